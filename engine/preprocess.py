@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import ImageDecodeError, InputShapeError, VqclipError
 from engine.zoo.registry import OPENAI_MEAN, OPENAI_STD
@@ -103,11 +103,17 @@ def _check_size(im: Image.Image, what: str, max_pixels: int) -> None:
         )
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """EXIF-upright RGB copy of a decoded image (never the same object)."""
-    upright = ImageOps.exif_transpose(im)  # a new image; orientation tag removed
-    rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
-    return rgb.copy() if rgb is im else rgb
+def _to_rgb(im: Image.Image, copy: bool = True) -> Image.Image:
+    """EXIF-upright RGB version of a decoded image.
+
+    With ``copy=False`` an upright RGB input is returned as is (the preprocessing path,
+    which only reads it); otherwise the result is never the input object.
+    """
+    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        im = ImageOps.exif_transpose(im)  # a new image, orientation tag removed
+    elif im.mode == "RGB":
+        return im.copy() if copy else im
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -131,11 +137,16 @@ def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 
     Example: ``load_image("photo.jpg").mode`` -> ``"RGB"``.
     """
+    return _decode(src, max_pixels, copy=True)
+
+
+def _decode(src: ImageSource, max_pixels: int, copy: bool) -> Image.Image:
+    """``load_image``; ``copy=False`` lets an upright RGB ``PIL.Image`` through uncopied."""
     what = _describe(src)
     if isinstance(src, Image.Image):
         _check_size(src, what, max_pixels)
         try:
-            return _to_rgb(src)
+            return _to_rgb(src, copy)
         except _DECODE_ERRORS as e:
             raise ImageDecodeError(f"image {what} cannot be converted to RGB ({e}); pass an RGB image") from e
 
@@ -310,7 +321,7 @@ class Preprocessor:
         out = np.empty((len(images), 3, self.size, self.size), dtype=np.float32)  # (B, 3, S, S)
         for i, src in enumerate(images):
             try:
-                rgb = load_image(src, self.max_pixels)
+                rgb = _decode(src, self.max_pixels, copy=False)  # only read below
             except ImageDecodeError as e:
                 raise ImageDecodeError(f"batch item {i}: {e}") from e
             out[i] = self.transform(rgb)

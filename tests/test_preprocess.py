@@ -189,6 +189,10 @@ def test_exif_rotated_jpeg(hf, orientation):
     assert loaded.size == ((240, 320) if orientation >= 5 else (320, 240))
     np.testing.assert_array_equal(np.asarray(loaded), np.asarray(upright.convert("RGB")))
     np.testing.assert_allclose(Preprocessor(SIZE)(data)[0], run_hf(hf, upright), rtol=0, atol=TOL)
+    # an opened-but-not-transposed PIL image gets the same treatment
+    opened = Image.open(io.BytesIO(data))
+    np.testing.assert_array_equal(np.asarray(load_image(opened)), np.asarray(loaded))
+    np.testing.assert_array_equal(Preprocessor(SIZE)(opened), Preprocessor(SIZE)(data))
 
 
 def test_sources_path_bytes_file_and_pil_agree(tmp_path):
