@@ -290,3 +290,16 @@ def test_first_use_from_many_threads():
 def test_clean_text_follows_openai():
     assert clean_text("  Caf&amp;eacute;\n\t BAR  ") == "café bar"
     assert clean_text("cafÃ©") == "café"  # ftfy repairs mojibake
+
+
+def test_plain_ascii_shortcut_is_exact():
+    """clean_text skips ftfy + unescape for printable ASCII without '&': prove it a no-op."""
+    from engine.tokenizer import _unescape_and_fix
+
+    rng = random.Random(1)
+    alphabet = [chr(c) for c in range(0x20, 0x7F) if chr(c) != "&"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    texts += [t for t in CORPUS if t.isascii() and t.isprintable() and "&" not in t]
+    texts += ["<b>x</b>", "a;b", "#39;", "lt;", "\\x00", "don't", "''quoted''", "--", "..."]
+    changed = [t for t in texts if _unescape_and_fix(t) != t]
+    assert not changed, changed[:5]
