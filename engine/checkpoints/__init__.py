@@ -1,4 +1,5 @@
 """Loading real checkpoints from local paths, safely and strictly."""
 from engine.checkpoints._io import read_tensors
+from engine.checkpoints.clip import convert_hf_clip, convert_openclip, infer_clip_config, load_clip
 
-__all__ = ["read_tensors"]
+__all__ = ["convert_hf_clip", "convert_openclip", "infer_clip_config", "load_clip", "read_tensors"]
