@@ -368,8 +368,12 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | None = None, de
     """
     path, zoo_config = _resolve(source)
     raw = read_tensors(path)
-    hf_json = read_json(path.parent / "config.json") if _is_hf(raw) else None
-    sd = clip_state_dict(raw)
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path} holds a {type(raw).__name__}, expected a dict of tensors")
+    unwrapped = convert_openclip(raw)
+    # A Hugging Face export keeps its architecture (incl. head counts) in config.json beside the weights.
+    hf_json = read_json(path.parent / "config.json") if _is_hf(unwrapped) else None
+    sd = clip_state_dict(unwrapped)
     if config is None and zoo_config is None and hf_json is not None:
         _check_hf_json(hf_json)
         config = _config_from_hf_json(hf_json)
