@@ -202,6 +202,34 @@ def test_torchscript_archive_loads_without_running_it(tmp_path, monkeypatch):
     _assert_same_embeddings(ours, ref.encode_image, ref.encode_text, SMALL)
 
 
+@pytest.mark.parametrize("damage", ["short_storage", "no_storage"])
+def test_torchscript_archive_with_damaged_storage_is_refused(tmp_path, damage):
+    path, _ = _traced_openai(tmp_path)
+    bad = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/data/0"):
+                if damage == "no_storage":
+                    continue
+                data = data[: len(data) // 2]
+            dst.writestr(info, data)
+    with pytest.raises(CheckpointError, match="refused.*storage"):
+        load_clip(bad)
+
+
+def test_loaded_model_matches_a_built_one(tmp_path):
+    # load_clip builds on the meta device: every tensor, incl. the non-persistent causal mask,
+    # must come out as the eagerly built module's.
+    built = CLIP(SMALL)
+    torch.save(built.state_dict(), tmp_path / "m.pt")
+    loaded = load_clip(tmp_path / "m.pt", config=SMALL)
+    assert torch.equal(loaded.attn_mask, built.attn_mask)
+    assert dict(loaded.named_buffers(remove_duplicate=False)).keys() == dict(built.named_buffers()).keys()
+    for k, v in built.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
 def test_requested_dtype_is_applied(tmp_path):
     path, _ = _traced_openai(tmp_path)
     ours = load_clip(path, dtype=torch.bfloat16)
@@ -271,6 +299,14 @@ def test_hf_config_with_other_activation_is_refused(tmp_path):
     _small_hf(act="gelu").save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="quick_gelu"):
         load_clip(tmp_path)
+
+
+@pytest.mark.parametrize("text,match", [("{not json", "not readable JSON"), ('{"model_type": "siglip"}', "siglip")])
+def test_bad_hf_config_json_is_refused(tmp_path, text, match):
+    _small_hf(heads=2).save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=match):
+        load_clip(tmp_path / "model.safetensors")
 
 
 def test_convert_hf_clip_needs_all_of_qkv():
