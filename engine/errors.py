@@ -13,6 +13,8 @@ __all__ = [
     "TextTooLongError",
     "InputShapeError",
     "BackendUnavailableError",
+    "UnknownBackendError",
+    "ManifestError",
 ]
 
 
@@ -45,3 +47,14 @@ class InputShapeError(VqclipError, ValueError):
 
 class BackendUnavailableError(VqclipError):
     """A backend that cannot load on this machine (no GPU, package missing)."""
+
+
+class UnknownBackendError(VqclipError, KeyError):
+    """A backend name that vqclip does not know (the message lists the known ones)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ManifestError(VqclipError):
+    """An export folder whose manifest is missing, unreadable, or disagrees with its graphs."""
