@@ -156,7 +156,13 @@ class OnnxRuntimeBackend(Backend):
         if self.verify and spec.sha256:
             verify_sha256(spec.path, spec.sha256)
         providers = [(p, self.provider_options.get(p, {})) for p in self.providers]
-        sess = self._ort.InferenceSession(str(spec.path), self._session_options(), providers=providers)
+        try:
+            sess = self._ort.InferenceSession(str(spec.path), self._session_options(), providers=providers)
+        except self._load_errors() as e:
+            raise ManifestError(
+                f"onnxruntime {self._ort.__version__} cannot load {spec.path} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); re-export the model with this vqclip"
+            ) from e
         # ORT falls back to the CPU silently when a GPU provider fails to initialise.
         if sess.get_providers()[0] != self.providers[0]:
             raise BackendUnavailableError(
@@ -167,6 +173,13 @@ class OnnxRuntimeBackend(Backend):
         self._sessions[component] = sess
         log.info("loaded %s (%s) with %s", spec.path.name, self.precision, sess.get_providers())
         return sess
+
+    def _load_errors(self) -> tuple[type[BaseException], ...]:
+        # ORT's own exception types (they derive from Exception only) for a graph that
+        # does not parse, validate or have kernels; an input error never reaches here.
+        state = self._ort.capi.onnxruntime_pybind11_state
+        names = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "Fail", "NotImplemented")
+        return tuple(getattr(state, n) for n in names if hasattr(state, n))
 
     @staticmethod
     def _check_io(spec: GraphSpec, sess: Any) -> None:

@@ -142,7 +142,13 @@ class TorchBackend(Backend):
         if module is None:
             return None
         # A private copy, so eval mode and the dtype/device move never touch the caller's module.
-        return copy.deepcopy(module).eval().to(device=self.device, dtype=self.dtype)
+        own = copy.deepcopy(module).eval().to(device=self.device, dtype=self.dtype)
+        for sub in own.modules():
+            # LayerNorm stays fp32 (OpenAI's fp16 recipe): CLIP's LayerNorm computes in fp32
+            # and fp16 LayerNorm is what degrades ViTs in half precision.
+            if isinstance(sub, nn.LayerNorm):
+                sub.float()
+        return own
 
     def _build_specs(self) -> dict[str, GraphSpec]:
         specs: dict[str, GraphSpec] = {}
