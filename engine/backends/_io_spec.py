@@ -32,6 +32,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+FORMAT_VERSION = 1  # the newest manifest layout this reader understands
+
 # The exported components, in the order ``describe()`` lists them.
 COMPONENTS = ("image_encoder", "text_encoder", "vqgan_decoder", "vqgan_encoder")
 
@@ -168,9 +170,11 @@ class Manifest:
 def read_manifest(folder: str | Path) -> Manifest:
     """Read an export folder's ``manifest.json``; graphs keyed ``(component, precision, kind)``.
 
-    ``kind`` is the file's suffix: ``"onnx"`` or ``"plan"``. The manifest's ``graphs``
-    may be a list of entries with a ``file`` key or a mapping from file name to entry;
-    ``component`` and ``precision`` default to what the file name says.
+    ``kind`` is the file's suffix: ``"onnx"`` or ``"plan"``. The manifest is the one
+    ``export.manifest.write_manifest`` writes (format version 1): ``graphs`` is a list of
+    entries with ``file``, ``sha256``, ``inputs``, ``outputs`` and usually ``component``
+    and ``precision`` (else taken from the file name). Hashes are not checked here (the
+    backends check each graph as they load it, so opening a folder stays cheap).
 
     Raises ``ManifestError`` when the folder, the manifest or a listed graph is missing
     or the manifest cannot be parsed.
@@ -189,15 +193,17 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise ManifestError(f"{mpath} cannot be read as JSON ({e}); re-export the model") from e
 
     graphs = manifest.get("graphs") if isinstance(manifest, dict) else None
-    if isinstance(graphs, dict):
-        entries = [{"file": name, **entry} for name, entry in graphs.items()]
-    elif isinstance(graphs, list):
-        entries = graphs
-    else:
+    if not isinstance(graphs, list):
         raise ManifestError(f"{mpath} has no 'graphs' list; re-export the model")
+    version = manifest.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ManifestError(
+            f"{mpath} has format version {version!r}; this vqclip reads up to {FORMAT_VERSION}: "
+            "upgrade vqclip or re-export with this one"
+        )
 
     specs: dict[tuple[str, str, str], GraphSpec] = {}
-    for entry in entries:
+    for entry in graphs:
         try:
             file_name = str(entry["file"])
             component, precision = _component_and_precision(Path(file_name).name)

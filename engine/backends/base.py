@@ -122,6 +122,8 @@ class Backend(abc.ABC):
         arr = check_input(x, spec.inputs[0], component)
         if component == "text_encoder":
             self._check_ids(arr)
+        elif component == "vqgan_encoder":
+            self._check_multiple(arr, spec)
         out = self._run(component, arr)
         return np.ascontiguousarray(out, dtype=np.float32)
 
@@ -172,6 +174,17 @@ class Backend(abc.ABC):
             raise InputShapeError(
                 f"text_encoder input ids lie in [{lo}, {hi}]; expected token ids in {bound}: "
                 "tokenize with engine's tokenizer"
+            )
+
+    @staticmethod
+    def _check_multiple(image: np.ndarray, spec: GraphSpec) -> None:
+        # The latent spec says "H/16": the image sides must divide by that factor.
+        dim = str(spec.outputs[0].shape[-1])
+        factor = int(dim.split("/")[-1]) if "/" in dim and dim.split("/")[-1].isdigit() else 1
+        if image.shape[-2] % factor or image.shape[-1] % factor:
+            raise InputShapeError(
+                f"vqgan_encoder input {spec.inputs[0].name!r} is {image.shape[-2]}x{image.shape[-1]}; "
+                f"expected sides that are multiples of {factor}: crop or pad the image"
             )
 
     def __enter__(self) -> "Backend":

@@ -75,9 +75,10 @@ class TorchBackend(Backend):
 
     Args:
         clip: a ``engine.models.CLIP``; gives ``image_encoder`` and ``text_encoder``.
-        vqgan: a VQGAN module with ``decode(latent)`` (latent -> image in [-1, 1]) and,
-            optionally, ``encode(image)`` (-> latent, or a tuple whose first item is it);
-            gives ``vqgan_decoder`` / ``vqgan_encoder``.
+        vqgan: a VQGAN module (``engine.models`` VQGAN: ``config.embed_dim``,
+            ``config.factor``, ``post_quant_conv``, ``decoder`` and optionally ``encoder``,
+            ``quant_conv``); gives ``vqgan_decoder`` (quantised z -> image in [-1, 1]) and
+            ``vqgan_encoder`` (image -> continuous z), as the exported graphs do.
         device: "cpu", "cuda" or "cuda:N".
         precision: "fp32", "fp16" or "bf16" (LayerNorm runs in fp32 inside the module
             whatever this is; fp16 on CPU works but is slow: use bf16 there).
@@ -163,17 +164,17 @@ class TorchBackend(Backend):
                 "text_encoder", self.precision,
                 (TensorSpec("input_ids", "int64", ("batch", cfg.context_length)),), (emb,))
         if self.vqgan is not None:
-            cfg = getattr(self.vqgan, "config", None)
-            ch = getattr(cfg, "embed_dim", "channels")  # a symbol when the module has no config
+            cfg = self.vqgan.config
+            ch, f = cfg.embed_dim, cfg.factor
             specs["vqgan_decoder"] = GraphSpec(
                 "vqgan_decoder", self.precision,
-                (TensorSpec("latent", "float32", ("batch", ch, "height", "width")),),
-                (TensorSpec("image", "float32", ("batch", 3, "16*height", "16*width")),))
-            if hasattr(self.vqgan, "encode"):
+                (TensorSpec("latent", "float32", ("batch", ch, "h", "w")),),
+                (TensorSpec("image", "float32", ("batch", 3, f"{f}*h", f"{f}*w")),))
+            if getattr(self.vqgan, "encoder", None) is not None:  # decode-only models have none
                 specs["vqgan_encoder"] = GraphSpec(
                     "vqgan_encoder", self.precision,
-                    (TensorSpec("image", "float32", ("batch", 3, "height", "width")),),
-                    (TensorSpec("latent", "float32", ("batch", ch, "height/16", "width/16")),))
+                    (TensorSpec("image", "float32", ("batch", 3, "H", "W")),),
+                    (TensorSpec("latent", "float32", ("batch", ch, f"H/{f}", f"W/{f}")),))
         return specs
 
     def _forward(self, component: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -182,13 +183,13 @@ class TorchBackend(Backend):
             return lambda x: F.normalize(self.clip.encode_image(x.to(self.dtype)).float(), dim=-1)
         if component == "text_encoder":
             return lambda ids: F.normalize(self.clip.encode_text(ids).float(), dim=-1)
+        # The VQGAN components are the export contract's, not VQGAN.decode/encode: the decoder
+        # takes an already quantised z (post_quant_conv + decoder) and the encoder gives the
+        # continuous z before quantisation (encoder + quant_conv).
+        vq = self.vqgan
         if component == "vqgan_decoder":
-            return lambda z: self.vqgan.decode(z.to(self.dtype)).float()
-
-        def encode(img: torch.Tensor) -> torch.Tensor:
-            out = self.vqgan.encode(img.to(self.dtype))
-            return (out[0] if isinstance(out, tuple) else out).float()
-        return encode
+            return lambda z: vq.decoder(vq.post_quant_conv(z.to(self.dtype))).float()
+        return lambda img: vq.quant_conv(vq.encoder(img.to(self.dtype))).float()
 
     def _specs(self) -> dict[str, GraphSpec]:
         return self._spec_map
