@@ -121,3 +121,24 @@ def test_missing_precision_and_component(folder):
         open_backend("onnxruntime", folder, precision="int8")
     with pytest.raises(BackendUnavailableError, match="no text_encoder; it holds: image_encoder"):
         open_backend("onnxruntime", folder).encode_text(np.zeros((1, 77), np.int64))
+
+
+def test_manifest_from_a_newer_vqclip(folder):
+    data = json.loads((folder / "manifest.json").read_text())
+    data["format_version"] = 99
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="format version 99; this vqclip reads up to 1"):
+        read_manifest(folder)
+
+
+def test_vqgan_encoder_needs_multiple_of_factor(tmp_path):
+    # The check reads the factor from the output spec ("H/16"); the graph itself is not needed.
+    from engine.backends.base import Backend
+    from engine.backends._io_spec import GraphSpec
+
+    spec = GraphSpec("vqgan_encoder", "fp32",
+                     (TensorSpec("image", "float32", ("batch", 3, "H", "W")),),
+                     (TensorSpec("latent", "float32", ("batch", 4, "H/16", "W/16")),))
+    Backend._check_multiple(np.zeros((1, 3, 32, 48), np.float32), spec)
+    with pytest.raises(InputShapeError, match="is 32x40; expected sides that are multiples of 16"):
+        Backend._check_multiple(np.zeros((1, 3, 32, 40), np.float32), spec)
