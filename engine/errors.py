@@ -13,6 +13,9 @@ __all__ = [
     "TextTooLongError",
     "InputShapeError",
     "BackendUnavailableError",
+    "OutputExistsError",
+    "ParityError",
+    "ManifestError",
 ]
 
 
@@ -45,3 +48,15 @@ class InputShapeError(VqclipError, ValueError):
 
 class BackendUnavailableError(VqclipError):
     """A backend that cannot load on this machine (no GPU, package missing)."""
+
+
+class OutputExistsError(VqclipError, FileExistsError):
+    """An output folder that already exists and would be replaced without ``force``."""
+
+
+class ParityError(VqclipError):
+    """An exported graph whose outputs differ from the PyTorch module's beyond tolerance."""
+
+
+class ManifestError(VqclipError):
+    """An export folder whose manifest is missing, unreadable, or disagrees with its graphs."""
