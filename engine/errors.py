@@ -14,6 +14,9 @@ __all__ = [
     "InputShapeError",
     "BackendUnavailableError",
     "UnknownBackendError",
+    "UnsupportedOperationError",
+    "OutputExistsError",
+    "ParityError",
     "ManifestError",
 ]
 
@@ -54,6 +57,18 @@ class UnknownBackendError(VqclipError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedOperationError(VqclipError, RuntimeError):
+    """A call the loaded model was built without (e.g. ``encode`` on a decode-only VQGAN)."""
+
+
+class OutputExistsError(VqclipError, FileExistsError):
+    """An output folder that already exists and would be replaced without ``force``."""
+
+
+class ParityError(VqclipError):
+    """An exported graph whose outputs differ from the PyTorch module's beyond tolerance."""
 
 
 class ManifestError(VqclipError):
