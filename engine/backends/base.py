@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from engine.backends._io_spec import COMPONENTS, GraphSpec, check_input
-from engine.errors import BackendUnavailableError, InputShapeError
+from engine.errors import InputShapeError, UnsupportedOperationError
 
 __all__ = ["Backend", "BackendInfo"]
 
@@ -60,7 +60,8 @@ class Backend(abc.ABC):
     - ``encode_latent(image float32 [B,3,H,W])`` -> ``latent float32 [B,C,H/16,W/16]``
 
     Wrong dtype or shape, or an empty batch, raises ``InputShapeError``; a component the
-    backend does not hold raises ``BackendUnavailableError``. Instances are not
+    backend does not hold (a text encoder in a VQGAN export, the encoder of a
+    decode-only VQGAN) raises ``UnsupportedOperationError``. Instances are not
     thread-safe: give each worker thread its own.
 
     Example::
@@ -103,11 +104,11 @@ class Backend(abc.ABC):
         return tuple(c for c in COMPONENTS if c in specs)
 
     def spec(self, component: str) -> GraphSpec:
-        """The I/O spec of ``component``; ``BackendUnavailableError`` if not held."""
+        """The I/O spec of ``component``; ``UnsupportedOperationError`` if not held."""
         specs = self._specs()
         if component not in specs:
             have = ", ".join(self.components) or "none"
-            raise BackendUnavailableError(
+            raise UnsupportedOperationError(
                 f"{self.name} backend ({self.precision}) has no {component}; it holds: {have}"
                 + self._missing_hint(component)
             )

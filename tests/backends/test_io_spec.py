@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from engine.backends import TensorSpec, open_backend, read_manifest
 from engine.backends._io_spec import check_input
-from engine.errors import BackendUnavailableError, InputShapeError, ManifestError
+from engine.errors import BackendUnavailableError, InputShapeError, ManifestError, UnsupportedOperationError
 
 PIXELS = TensorSpec("pixels", "float32", ("batch", 3, 8, 8))
 
@@ -119,7 +119,7 @@ def test_graph_names_disagree_with_manifest(folder):
 def test_missing_precision_and_component(folder):
     with pytest.raises(BackendUnavailableError, match="no ONNX graphs at int8; it has: fp32"):
         open_backend("onnxruntime", folder, precision="int8")
-    with pytest.raises(BackendUnavailableError, match="no text_encoder; it holds: image_encoder"):
+    with pytest.raises(UnsupportedOperationError, match="no text_encoder; it holds: image_encoder"):
         open_backend("onnxruntime", folder).encode_text(np.zeros((1, 77), np.int64))
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.backends import open_backend
-from engine.errors import BackendUnavailableError, InputShapeError
+from engine.errors import BackendUnavailableError, InputShapeError, UnsupportedOperationError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to PyTorch")
 
@@ -72,7 +72,7 @@ def test_bad_input(tiny_clip, ids):
         be.encode_text(ids[:, :16])
     with pytest.raises(InputShapeError, match="token ids in \\[0, 49408\\)"):
         be.encode_text(ids - 100)
-    with pytest.raises(BackendUnavailableError, match="no vqgan_decoder.*pass vqgan="):
+    with pytest.raises(UnsupportedOperationError, match="no vqgan_decoder.*pass vqgan="):
         be.decode(np.zeros((1, 4, 2, 2), np.float32))
 
 
