@@ -25,6 +25,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from engine.backends import BACKENDS, backend_status
+
+    status = backend_status()
+    for name in BACKENDS:
+        print(f"{name:<12} {'available' if status[name] is None else 'unavailable: ' + status[name]}")
+    return 0
+
+
+def _add_backends_parser(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("backends", help="list the inference backends and whether each runs here")
+    b.set_defaults(func=_cmd_backends)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vqclip", description="CLIP and VQGAN inference engine")
     p.add_argument("--version", action="version", version=f"vqclip {__version__}")
@@ -34,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the named models")
     m.add_argument("--family", choices=["clip", "vqgan"], help="only this family")
     m.set_defaults(func=_cmd_models)
+    _add_backends_parser(sub)
     return p
 
 

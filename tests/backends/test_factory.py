@@ -51,3 +51,12 @@ def test_unknown_device_and_precision(tiny_clip, tmp_path):
         open_backend("onnxruntime", tmp_path, device="tpu")
     with pytest.raises(BackendUnavailableError, match="int8 runs on the onnxruntime backend"):
         open_backend("torch", clip=tiny_clip, precision="int8")
+
+
+def test_cli_lists_backends(capsys):
+    from engine.cli import main
+
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == list(BACKENDS)
+    assert out[0].split()[1] == "available"  # torch always runs
