@@ -55,6 +55,7 @@ def test_half_precision_on_cpu(tiny_clip, pixels, ids, precision, bound):
 
 
 def test_describe_and_warmup(tiny_clip):
+    before = torch.get_num_threads()  # threads= is process-wide: put it back for the other tests
     be = open_backend("torch", clip=tiny_clip, threads=1)
     try:
         be.warmup(batch_sizes=(1, 2))
@@ -63,7 +64,7 @@ def test_describe_and_warmup(tiny_clip):
         assert info.components == ("image_encoder", "text_encoder") and info.threads["intra_op"] == 1
         assert "torch fp32 on cpu" in str(info)
     finally:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        torch.set_num_threads(before)
 
 
 def test_bad_input(tiny_clip, ids):
