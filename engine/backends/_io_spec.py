@@ -167,17 +167,18 @@ class Manifest:
         return sorted({p for (_, p, k) in self.graphs if k == kind})
 
 
-def read_manifest(folder: str | Path) -> Manifest:
+def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
     """Read an export folder's ``manifest.json``; graphs keyed ``(component, precision, kind)``.
 
     ``kind`` is the file's suffix: ``"onnx"`` or ``"plan"``. The manifest is the one
     ``export.manifest.write_manifest`` writes (format version 1): ``graphs`` is a list of
     entries with ``file``, ``sha256``, ``inputs``, ``outputs`` and usually ``component``
-    and ``precision`` (else taken from the file name). Hashes are not checked here (the
-    backends check each graph as they load it, so opening a folder stays cheap).
+    and ``precision`` (else taken from the file name). With ``verify`` every listed file's
+    sha256 is checked (seconds for large graphs); the backends pass ``verify=False`` and
+    hash each graph as they load it, so opening a folder stays cheap.
 
-    Raises ``ManifestError`` when the folder, the manifest or a listed graph is missing
-    or the manifest cannot be parsed.
+    Raises ``ManifestError`` when the folder, the manifest or a listed graph is missing,
+    the manifest cannot be parsed, or (``verify``) a file's hash differs from its record.
     """
     folder = Path(folder)
     mpath = folder / "manifest.json"
@@ -222,6 +223,8 @@ def read_manifest(folder: str | Path) -> Manifest:
             ) from e
         if not spec.path.is_file():
             raise ManifestError(f"{mpath} lists {file_name}, which is missing from {folder}")
+        if verify and spec.sha256:
+            verify_sha256(spec.path, spec.sha256)
         kind = spec.path.suffix.lstrip(".")
         specs[(spec.component, spec.precision, kind)] = spec
     log.debug("manifest %s: %d graphs", mpath, len(specs))

@@ -60,7 +60,7 @@ class OnnxRuntimeBackend(Backend):
     Args:
         export_dir: a folder written by ``vqclip export`` (``manifest.json`` + graphs).
         precision: "fp32", "fp16" or "int8"; must be among the folder's graphs.
-        device: "cpu", "cuda" (CUDA provider) or "tensorrt" (TensorRT provider).
+        device: "cpu" (None), "cuda" (CUDA provider) or "tensorrt" (TensorRT provider).
         intra_op_threads: threads inside one op; None -> ``default_cpu_threads()``.
         inter_op_threads: threads across independent ops (1: an encoder is one chain).
         graph_optimization_level: "disable", "basic", "extended" or "all".
@@ -85,12 +85,13 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, export_dir: str | Path, *, precision: str = "fp32", device: str = "cpu",
+    def __init__(self, export_dir: str | Path, *, precision: str = "fp32", device: str | None = None,
                  intra_op_threads: int | None = None, inter_op_threads: int = 1,
                  graph_optimization_level: str = "all", enable_mem_pattern: bool = True,
                  enable_cpu_mem_arena: bool = True, allow_spinning: bool = True,
                  verify: bool = True, provider_options: dict[str, dict[str, Any]] | None = None):
         self._ort = _import_ort()
+        device = device or "cpu"
         if device not in _DEVICE_PROVIDERS:
             raise BackendUnavailableError(
                 f"onnxruntime backend has no device {device!r}; available: {', '.join(_DEVICE_PROVIDERS)}"
@@ -107,7 +108,7 @@ class OnnxRuntimeBackend(Backend):
                 f"onnxruntime ({self._ort.__version__}) lacks (it has {', '.join(installed)}); "
                 "install onnxruntime-gpu in place of onnxruntime"
             )
-        self.manifest: Manifest = read_manifest(export_dir)
+        self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each graph is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
         self._graphs = {c: s for (c, p, k), s in self.manifest.graphs.items()
                         if p == precision and k == "onnx"}

@@ -80,7 +80,7 @@ class TensorRTBackend(Backend):
         export_dir: a folder written by ``vqclip export --tensorrt``.
         precision: the engines' precision ("fp16" or "fp32"; "int8" only where export
             calibrated one).
-        device: "cuda" or "cuda:N".
+        device: "cuda" or "cuda:N" (None: "cuda").
         verify: check each plan's sha256 against the manifest before loading it.
 
     Raises ``BackendUnavailableError`` naming what is missing (the package, a GPU, plans
@@ -97,10 +97,15 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, export_dir: str | Path, *, precision: str = "fp16", device: str = "cuda",
+    def __init__(self, export_dir: str | Path, *, precision: str = "fp16", device: str | None = None,
                  verify: bool = True):
+        device = device or "cuda"
+        if not device.startswith("cuda"):
+            raise BackendUnavailableError(
+                f"tensorrt backend runs on a CUDA GPU, not {device!r}; pass device='cuda' (or leave it out)"
+            )
         self._trt, self._torch = _import_tensorrt_and_cuda()
-        self.manifest: Manifest = read_manifest(export_dir)
+        self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each plan is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
         self._plans = {c: s for (c, p, k), s in self.manifest.graphs.items()
                        if p == precision and k == "plan"}

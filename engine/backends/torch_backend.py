@@ -79,7 +79,7 @@ class TorchBackend(Backend):
             ``config.factor``, ``post_quant_conv``, ``decoder`` and optionally ``encoder``,
             ``quant_conv``); gives ``vqgan_decoder`` (quantised z -> image in [-1, 1]) and
             ``vqgan_encoder`` (image -> continuous z), as the exported graphs do.
-        device: "cpu", "cuda" or "cuda:N".
+        device: "cpu" (None), "cuda" or "cuda:N".
         precision: "fp32", "fp16" or "bf16" (LayerNorm runs in fp32 inside the module
             whatever this is; fp16 on CPU works but is slow: use bf16 there).
         cuda_graphs: replay captured CUDA graphs (CUDA only).
@@ -99,7 +99,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, clip: nn.Module | None = None, vqgan: nn.Module | None = None, *,
-                 device: str = "cpu", precision: str = "fp32", cuda_graphs: bool = False,
+                 device: str | None = None, precision: str = "fp32", cuda_graphs: bool = False,
                  compile: bool = False, threads: int | None = None):
         if precision not in TORCH_PRECISIONS:
             raise BackendUnavailableError(
@@ -108,6 +108,7 @@ class TorchBackend(Backend):
             )
         if clip is None and vqgan is None:
             raise BackendUnavailableError("torch backend needs a module: pass clip=... and/or vqgan=...")
+        device = device or "cpu"
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(

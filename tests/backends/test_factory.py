@@ -60,3 +60,8 @@ def test_cli_lists_backends(capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == list(BACKENDS)
     assert out[0].split()[1] == "available"  # torch always runs
+
+
+def test_tensorrt_refuses_a_cpu_device(tmp_path):
+    with pytest.raises(BackendUnavailableError, match="runs on a CUDA GPU, not 'cpu'"):
+        open_backend("tensorrt", tmp_path, device="cpu")

@@ -104,6 +104,9 @@ def test_hash_mismatch_refused_on_load(folder):
     be = open_backend("onnxruntime", folder)  # reading the manifest is cheap; hashing waits for load
     with pytest.raises(ManifestError, match="sha256"):
         be.load()
+    with pytest.raises(ManifestError, match="sha256"):  # reading the folder with verification
+        read_manifest(folder)
+    assert read_manifest(folder, verify=False).graphs
     with pytest.raises(ManifestError, match="cannot load .*image_encoder.onnx"):  # unverified: ORT's error, typed
         open_backend("onnxruntime", folder, verify=False).load()
 
