@@ -6,7 +6,6 @@ pulls in onnxruntime, TensorRT or CUDA.
 from __future__ import annotations
 
 import importlib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,6 @@ from engine.backends.base import Backend
 from engine.errors import BackendUnavailableError, UnknownBackendError
 
 __all__ = ["BACKENDS", "open_backend", "backend_status"]
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
@@ -51,7 +48,7 @@ def open_backend(name: str, source: str | Path | None = None, **options: Any) ->
     """
     key = _resolve(name)
     module_name, cls_name = _CLASSES[key]
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = getattr(importlib.import_module(module_name), cls_name)  # imported only when chosen
     if key == "torch":
         if source is not None:
             raise BackendUnavailableError(
