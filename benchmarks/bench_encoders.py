@@ -300,6 +300,7 @@ def sweep(model: CLIP, folder: Path, args: argparse.Namespace) -> list[dict]:
     settings = {
         f"threads={n_cpu} spin": dict(intra_op_threads=n_cpu, allow_spinning=True),
         f"threads={n_cpu} nospin": dict(intra_op_threads=n_cpu, allow_spinning=False),
+        f"threads={n_cpu} dynamic_block_base=4": dict(intra_op_threads=n_cpu, dynamic_block_base=4),
         "threads=1": dict(intra_op_threads=1),
         f"threads={n_cpu} opt=basic": dict(intra_op_threads=n_cpu, graph_optimization_level="basic"),
         f"threads={n_cpu} no arena/pattern": dict(intra_op_threads=n_cpu, enable_cpu_mem_arena=False,

@@ -68,6 +68,10 @@ class OnnxRuntimeBackend(Backend):
         enable_cpu_mem_arena: keep freed CPU buffers in ORT's arena for reuse.
         allow_spinning: idle intra-op threads spin for work; faster on an idle machine,
             wasteful when the cores are shared, so off is worth trying there.
+        dynamic_block_base: > 0 splits each parallel loop into shrinking blocks that
+            threads claim as they come free (ORT's ``session.dynamic_block_base``), which
+            keeps one descheduled thread from stalling the op on a shared CPU; 0: ORT's
+            static split.
         verify: check each graph's sha256 against the manifest before loading it.
         provider_options: per-provider option dicts, e.g. ``{"CUDAExecutionProvider":
             {"device_id": 1}}``.
@@ -89,7 +93,7 @@ class OnnxRuntimeBackend(Backend):
                  intra_op_threads: int | None = None, inter_op_threads: int = 1,
                  graph_optimization_level: str = "all", enable_mem_pattern: bool = True,
                  enable_cpu_mem_arena: bool = True, allow_spinning: bool = True,
-                 verify: bool = True, provider_options: dict[str, dict[str, Any]] | None = None):
+                 dynamic_block_base: int = 0, verify: bool = True, provider_options: dict[str, dict[str, Any]] | None = None):
         self._ort = _import_ort()
         device = device or "cpu"
         if device not in _DEVICE_PROVIDERS:
@@ -128,6 +132,7 @@ class OnnxRuntimeBackend(Backend):
             "enable_mem_pattern": enable_mem_pattern,
             "enable_cpu_mem_arena": enable_cpu_mem_arena,
             "allow_spinning": allow_spinning,
+            "dynamic_block_base": dynamic_block_base,
         }
         self._sessions: dict[str, Any] = {}
 
@@ -147,6 +152,8 @@ class OnnxRuntimeBackend(Backend):
         so.enable_mem_pattern = o["enable_mem_pattern"]
         so.enable_cpu_mem_arena = o["enable_cpu_mem_arena"]
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if o["allow_spinning"] else "0")
+        if o["dynamic_block_base"] > 0:
+            so.add_session_config_entry("session.dynamic_block_base", str(o["dynamic_block_base"]))
         return so
 
     def _session(self, component: str) -> Any:

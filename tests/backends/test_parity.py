@@ -79,7 +79,7 @@ def test_backend_matches_torch(exported, reference, pixels, ids, name, precision
 
 
 @pytest.mark.parametrize("options", [
-    {"intra_op_threads": 1, "allow_spinning": False},
+    {"intra_op_threads": 1, "allow_spinning": False, "dynamic_block_base": 4},
     {"graph_optimization_level": "basic", "enable_mem_pattern": False, "enable_cpu_mem_arena": False},
     {"inter_op_threads": 2},  # parallel executor
 ])
