@@ -5,11 +5,14 @@ CPU by default. ``device="cuda"`` uses the CUDA execution provider and
 neither has been run in this project's own tests, which have no GPU). fp32, fp16 and int8
 graphs run alike: the fp16 and int8 graphs keep float32 inputs and outputs.
 
-Session defaults are chosen for a small, shared CPU (see ``benchmarks/bench_encoders.py
---sweep`` for the measurements behind them): one intra-op thread per CPU this process may
-use, a single inter-op thread with sequential execution (an encoder is one chain of ops,
-so parallel branches have nothing to overlap), all graph optimisations, and the memory
-arena and pattern planner on (batch sizes repeat in serving, so planned buffers reuse).
+Session defaults are chosen for a small, shared CPU (``benchmarks/bench_encoders.py
+--sweep`` measures them): one intra-op thread per CPU this process may use; idle threads
+sleep rather than spin (on a 2-core machine shared with other work, spinning made the
+ViT-B/32 int8 image encoder 2.3x slower at batch 1, 289 vs 125 ms p50, and fp32 1.2x;
+spinning only wins on cores nothing else wants); a single inter-op thread with sequential
+execution (an encoder is one chain of ops, so parallel branches have nothing to overlap);
+all graph optimisations ("basic" was 1.3x slower); and the memory arena and pattern
+planner on (turning them off was 1.1-1.4x slower).
 """
 from __future__ import annotations
 
@@ -66,8 +69,9 @@ class OnnxRuntimeBackend(Backend):
         graph_optimization_level: "disable", "basic", "extended" or "all".
         enable_mem_pattern: plan buffers from the first run's shapes and reuse them.
         enable_cpu_mem_arena: keep freed CPU buffers in ORT's arena for reuse.
-        allow_spinning: idle intra-op threads spin for work; faster on an idle machine,
-            wasteful when the cores are shared, so off is worth trying there.
+        allow_spinning: idle intra-op threads spin for work (ORT's own default); off here,
+            as spinning threads steal the cores that the rest of the process (image
+            decoding, other sessions) and machine need; turn it on for a dedicated CPU.
         dynamic_block_base: > 0 splits each parallel loop into shrinking blocks that
             threads claim as they come free (ORT's ``session.dynamic_block_base``), which
             keeps one descheduled thread from stalling the op on a shared CPU; 0: ORT's
@@ -92,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, export_dir: str | Path, *, precision: str = "fp32", device: str | None = None,
                  intra_op_threads: int | None = None, inter_op_threads: int = 1,
                  graph_optimization_level: str = "all", enable_mem_pattern: bool = True,
-                 enable_cpu_mem_arena: bool = True, allow_spinning: bool = True,
+                 enable_cpu_mem_arena: bool = True, allow_spinning: bool = False,
                  dynamic_block_base: int = 0, verify: bool = True, provider_options: dict[str, dict[str, Any]] | None = None):
         self._ort = _import_ort()
         device = device or "cpu"
