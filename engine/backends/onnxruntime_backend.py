@@ -11,8 +11,9 @@ sleep rather than spin (on a 2-core machine shared with other work, spinning mad
 ViT-B/32 int8 image encoder 2.3x slower at batch 1, 289 vs 125 ms p50, and fp32 1.2x;
 spinning only wins on cores nothing else wants); a single inter-op thread with sequential
 execution (an encoder is one chain of ops, so parallel branches have nothing to overlap);
-all graph optimisations ("basic" was 1.3x slower); and the memory arena and pattern
-planner on (turning them off was 1.1-1.4x slower).
+all graph optimisations ("basic" was never faster, and 1.3x slower for fp32 at batch 1);
+and the memory arena and pattern planner on (off was slower in 3 of the 4 fp32/int8 x
+batch 1/16 cases, up to 1.35x, and 7% faster in one, within this machine's noise).
 """
 from __future__ import annotations
 
