@@ -62,14 +62,28 @@ def clip_export(tmp_path_factory, clip_model):
 
 
 @pytest.fixture(scope="session")
-def vqgan_model():
-    return tiny_vqgan()
+def vqgan_checkpoint(tmp_path_factory):
+    """A taming-style Lightning checkpoint of the tiny VQGAN: {"state_dict": ...} in a .ckpt."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-vqgan.ckpt"
+    torch.save({"state_dict": tiny_vqgan().state_dict()}, path)
+    return path
 
 
 @pytest.fixture(scope="session")
-def vqgan_export(tmp_path_factory, vqgan_model):
-    from export import export_model
+def vqgan_model(vqgan_checkpoint):
+    from engine.checkpoints import load_vqgan
+
+    return load_vqgan(vqgan_checkpoint, config=TINY_VQGAN).eval()
+
+
+@pytest.fixture(scope="session")
+def vqgan_export(tmp_path_factory, vqgan_checkpoint):
+    """The VQGAN exported through the CLI, from the checkpoint path, with a Triton repo."""
+    from engine.cli import main
+    from export import read_manifest
 
     root = tmp_path_factory.mktemp("vqgan")
-    return export_model(vqgan_model, root / "tiny-vqgan", ["fp16"], triton_repo=root / "triton",
-                        name="tiny-vqgan")
+    rc = main(["export", str(vqgan_checkpoint), "--out", str(root / "tiny-vqgan"), "--precision", "fp16",
+               "--triton", str(root / "triton")])
+    assert rc == 0
+    return read_manifest(root / "tiny-vqgan")

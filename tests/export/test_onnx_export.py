@@ -125,7 +125,10 @@ def test_vqgan_graphs_have_dynamic_spatial_dims(vqgan_export, vqgan_model):
     assert {g.file for g in vqgan_export.graphs} == {"vqgan_decoder.onnx", "vqgan_decoder.fp16.onnx",
                                                      "vqgan_encoder.onnx", "vqgan_encoder.fp16.onnx"}
     dec, enc = session(vqgan_export, "vqgan_decoder"), session(vqgan_export, "vqgan_encoder")
-    for b, h, w in [(1, 1, 1), (2, 4, 7), (1, 9, 3)]:
+    # Not 1x1: the tiny model's GroupNorm has one channel per group, so a 1x1 latent
+    # normalises a single value and amplifies rounding noise 1000x (eps 1e-6); the zoo's
+    # models have 16 channels per group there.
+    for b, h, w in [(1, 2, 3), (2, 4, 7), (1, 9, 3)]:
         z = torch.randn(b, 16, h, w, generator=torch.Generator().manual_seed(h * w))
         with torch.no_grad():
             ref = vqgan_model.decode(z).numpy()
