@@ -54,39 +54,56 @@ def _state_dict_sha256(model: nn.Module) -> str:
 def load_source(source: str | Path | nn.Module, weights: str | Path | None = None) -> tuple[nn.Module, str, dict]:
     """Resolve what to export: ``(model in eval mode, model name, source record)``.
 
-    ``source`` is a zoo name (its bundled weights, or ``weights`` given as a checkpoint
-    path loaded strictly into the named architecture), a checkpoint path, or a CLIP /
-    VQGAN module already built. Raises ``UnknownModelError`` for a name the zoo does
-    not know, ``CheckpointError`` for a zoo model without weights (random weights are
-    never exported) or a checkpoint that does not fit its architecture.
+    ``source`` is one of:
+    - a zoo name: its bundled weights, or ``weights`` (a checkpoint path) loaded strictly
+      into the named architecture;
+    - a checkpoint path: a Lightning ``.ckpt`` is read as a taming-transformers VQGAN,
+      anything else (OpenAI ``.pt``, OpenCLIP, Hugging Face file or folder) as a CLIP;
+      for another layout, give the zoo name and ``weights``;
+    - a CLIP / VQGAN module already built (hashed by its state dict).
+
+    Raises ``UnknownModelError`` for a name the zoo does not know, ``CheckpointError``
+    for a zoo model without weights (random weights are never exported) or a checkpoint
+    that does not fit its architecture (the loaders name the keys).
     """
     if isinstance(source, nn.Module):
         return source.eval(), type(source).__name__.lower(), {"path": None, "sha256": _state_dict_sha256(source),
                                                               "kind": "state_dict"}
+    import engine.zoo as zoo
     from engine.zoo import canonical_name, get
 
     path = Path(source)
-    if weights is None and path.is_file():
+    if weights is None and path.exists():
         model = _load_checkpoint(path, None)
-        return model.eval(), path.stem, {"path": str(path.resolve()), "sha256": sha256_file(path), "kind": "file"}
+        return model.eval(), path.stem, _file_record(path)
     record = get(str(source))  # UnknownModelError lists the known names
     if weights is None:
         if record.weights is None:
             raise CheckpointError(f"model {record.name!r} has no bundled weights and random weights are never "
                                   f"exported; give its checkpoint: vqclip export {record.name} --weights PATH")
-        weights = record.weights.path
+        weights = Path(record.weights.path)
+        if not weights.is_absolute():
+            weights = Path(zoo.__file__).parent / "weights" / weights  # bundled: engine/zoo/weights
     model = _load_checkpoint(Path(weights), record)
-    return model.eval(), canonical_name(record.name), {"path": str(Path(weights).resolve()),
-                                                       "sha256": sha256_file(weights), "kind": "file"}
+    return model.eval(), canonical_name(record.name), _file_record(Path(weights))
+
+
+def _file_record(path: Path) -> dict:
+    # A Hugging Face folder is hashed by its weights file, the part that decides the graphs.
+    if path.is_dir():
+        files = [path / n for n in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")]
+        path = next((f for f in files if f.is_file()), path)
+    digest = sha256_file(path) if path.is_file() else None
+    return {"path": str(path.resolve()), "sha256": digest, "kind": "file"}
 
 
 def _load_checkpoint(path: Path, record) -> nn.Module:
-    """The model in ``path``: CLIP or VQGAN by the record's family (or the file's keys)."""
+    """The model in ``path``: CLIP or VQGAN by the record's family, or by the file's kind."""
     from engine import checkpoints
 
     family = record.family if record is not None else None
     if family is None:
-        family = "vqgan" if path.suffix == ".ckpt" else "clip"  # taming saves .ckpt; CLIP never does
+        family = "vqgan" if path.suffix == ".ckpt" else "clip"  # taming saves Lightning .ckpt files
     config = record.config if record is not None else None
     if family == "vqgan":
         return checkpoints.load_vqgan(path, config=config)

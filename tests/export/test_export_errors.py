@@ -97,3 +97,12 @@ def test_cli_export_from_checkpoint_path(vqgan_export, vqgan_checkpoint):
     from export.manifest import sha256_file
 
     assert m.source["sha256"] == sha256_file(vqgan_checkpoint)
+
+
+def test_clip_checkpoint_not_matching_the_named_config(tmp_path, clip_model):
+    # A tiny CLIP's state dict given as ViT-B/32 weights: refused by the strict loader.
+    path = tmp_path / "tiny.pt"
+    torch.save(clip_model.state_dict(), path)
+    with pytest.raises(CheckpointError):
+        export_model("ViT-B/32", tmp_path / "out", weights=path)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
