@@ -197,6 +197,8 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
     model_name = name or model_name
     comps = components_for(model)
     family = "clip" if comps[0].name == "image_encoder" else "vqgan"
+    if triton_repo is not None and not force:
+        _refuse_triton_clash(Path(triton_repo), model_name, comps, wanted, tensorrt)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -231,6 +233,22 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
 
         write_triton_repo(manifest, triton_repo, force=force)
     return manifest
+
+
+def _refuse_triton_clash(repo: Path, model_name: str, comps: list[Component], precisions: list[str],
+                         tensorrt: bool) -> None:
+    # Checked before exporting, so a clash costs nothing; write_triton_repo checks again.
+    from types import SimpleNamespace
+
+    from export.triton import triton_model_name
+
+    planned = [SimpleNamespace(component=c.name, precision=p, format="onnx")
+               for c in comps for p in precisions if p != "int8" or c.int8]
+    if tensorrt:
+        planned += [SimpleNamespace(component=c.name, precision=p, format="tensorrt")
+                    for c in comps for p in precisions if p != "int8"]
+    for rec in planned:
+        _refuse_existing(repo / triton_model_name(model_name, rec), False, "Triton model folder")
 
 
 def _zero_shot(comps: list[Component], tmp: Path, results: list, probe: ZeroShotProbe) -> None:

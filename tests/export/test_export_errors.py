@@ -106,3 +106,11 @@ def test_clip_checkpoint_not_matching_the_named_config(tmp_path, clip_model):
     with pytest.raises(CheckpointError):
         export_model("ViT-B/32", tmp_path / "out", weights=path)
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_triton_clash_refused_before_any_work(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "mine_vqgan_decoder").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="Triton model folder .*mine_vqgan_decoder already exists"):
+        export_model(tiny_vqgan(with_encoder=False), tmp_path / "out", triton_repo=repo, name="mine")
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
