@@ -120,7 +120,9 @@ def _versions() -> dict:
             "vqclip": __version__}
 
 
-def _export_component(comp: Component, tmp: Path, precisions: list[str], opset: int) -> list[tuple[GraphRecord, ParityReport]]:
+def _export_component(comp: Component, tmp: Path, precisions: list[str],
+                      opset: int) -> list[tuple[GraphRecord, ParityReport]]:
+    """fp32 graph, then the other precisions from it; each checked and measured, not yet judged."""
     out = []
     fp32 = tmp / graph_filename(comp.name, "fp32")
     t0 = time.perf_counter()

@@ -166,5 +166,5 @@ def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, *, precisio
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     log.info("built %s (%.1f MB)", plan_path.name, plan_path.stat().st_size / 1e6)
     plan_path.with_suffix(".calib").unlink(missing_ok=True)  # the folder holds what the manifest lists
-    return {"tensorrt": trt.__version__, "timing_cache": timing_cache.name if timing_cache else None, "profile": {k: [list(s) for s in v] for k, v in profile.items()},
-            "run_in_tests": False}
+    return {"tensorrt": trt.__version__, "timing_cache": timing_cache.name if timing_cache else None,
+            "profile": {k: [list(s) for s in v] for k, v in profile.items()}, "run_in_tests": False}
