@@ -54,39 +54,56 @@ def _state_dict_sha256(model: nn.Module) -> str:
 def load_source(source: str | Path | nn.Module, weights: str | Path | None = None) -> tuple[nn.Module, str, dict]:
     """Resolve what to export: ``(model in eval mode, model name, source record)``.
 
-    ``source`` is a zoo name (its bundled weights, or ``weights`` given as a checkpoint
-    path loaded strictly into the named architecture), a checkpoint path, or a CLIP /
-    VQGAN module already built. Raises ``UnknownModelError`` for a name the zoo does
-    not know, ``CheckpointError`` for a zoo model without weights (random weights are
-    never exported) or a checkpoint that does not fit its architecture.
+    ``source`` is one of:
+    - a zoo name: its bundled weights, or ``weights`` (a checkpoint path) loaded strictly
+      into the named architecture;
+    - a checkpoint path: a Lightning ``.ckpt`` is read as a taming-transformers VQGAN,
+      anything else (OpenAI ``.pt``, OpenCLIP, Hugging Face file or folder) as a CLIP;
+      for another layout, give the zoo name and ``weights``;
+    - a CLIP / VQGAN module already built (hashed by its state dict).
+
+    Raises ``UnknownModelError`` for a name the zoo does not know, ``CheckpointError``
+    for a zoo model without weights (random weights are never exported) or a checkpoint
+    that does not fit its architecture (the loaders name the keys).
     """
     if isinstance(source, nn.Module):
         return source.eval(), type(source).__name__.lower(), {"path": None, "sha256": _state_dict_sha256(source),
                                                               "kind": "state_dict"}
+    import engine.zoo as zoo
     from engine.zoo import canonical_name, get
 
     path = Path(source)
-    if weights is None and path.is_file():
+    if weights is None and path.exists():
         model = _load_checkpoint(path, None)
-        return model.eval(), path.stem, {"path": str(path.resolve()), "sha256": sha256_file(path), "kind": "file"}
+        return model.eval(), path.stem, _file_record(path)
     record = get(str(source))  # UnknownModelError lists the known names
     if weights is None:
         if record.weights is None:
             raise CheckpointError(f"model {record.name!r} has no bundled weights and random weights are never "
                                   f"exported; give its checkpoint: vqclip export {record.name} --weights PATH")
-        weights = record.weights.path
+        weights = Path(record.weights.path)
+        if not weights.is_absolute():
+            weights = Path(zoo.__file__).parent / "weights" / weights  # bundled: engine/zoo/weights
     model = _load_checkpoint(Path(weights), record)
-    return model.eval(), canonical_name(record.name), {"path": str(Path(weights).resolve()),
-                                                       "sha256": sha256_file(weights), "kind": "file"}
+    return model.eval(), canonical_name(record.name), _file_record(Path(weights))
+
+
+def _file_record(path: Path) -> dict:
+    # A Hugging Face folder is hashed by its weights file, the part that decides the graphs.
+    if path.is_dir():
+        files = [path / n for n in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")]
+        path = next((f for f in files if f.is_file()), path)
+    digest = sha256_file(path) if path.is_file() else None
+    return {"path": str(path.resolve()), "sha256": digest, "kind": "file"}
 
 
 def _load_checkpoint(path: Path, record) -> nn.Module:
-    """The model in ``path``: CLIP or VQGAN by the record's family (or the file's keys)."""
+    """The model in ``path``: CLIP or VQGAN by the record's family, or by the file's kind."""
     from engine import checkpoints
 
     family = record.family if record is not None else None
     if family is None:
-        family = "vqgan" if path.suffix == ".ckpt" else "clip"  # taming saves .ckpt; CLIP never does
+        family = "vqgan" if path.suffix == ".ckpt" else "clip"  # taming saves Lightning .ckpt files
     config = record.config if record is not None else None
     if family == "vqgan":
         return checkpoints.load_vqgan(path, config=config)
@@ -103,7 +120,9 @@ def _versions() -> dict:
             "vqclip": __version__}
 
 
-def _export_component(comp: Component, tmp: Path, precisions: list[str], opset: int) -> list[tuple[GraphRecord, ParityReport]]:
+def _export_component(comp: Component, tmp: Path, precisions: list[str],
+                      opset: int) -> list[tuple[GraphRecord, ParityReport]]:
+    """fp32 graph, then the other precisions from it; each checked and measured, not yet judged."""
     out = []
     fp32 = tmp / graph_filename(comp.name, "fp32")
     t0 = time.perf_counter()
@@ -180,6 +199,8 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
     model_name = name or model_name
     comps = components_for(model)
     family = "clip" if comps[0].name == "image_encoder" else "vqgan"
+    if triton_repo is not None and not force:
+        _refuse_triton_clash(Path(triton_repo), model_name, comps, wanted, tensorrt)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -216,16 +237,34 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
     return manifest
 
 
+def _refuse_triton_clash(repo: Path, model_name: str, comps: list[Component], precisions: list[str],
+                         tensorrt: bool) -> None:
+    # Checked before exporting, so a clash costs nothing; write_triton_repo checks again.
+    from types import SimpleNamespace
+
+    from export.triton import triton_model_name
+
+    planned = [SimpleNamespace(component=c.name, precision=p, format="onnx")
+               for c in comps for p in precisions if p != "int8" or c.int8]
+    if tensorrt:
+        planned += [SimpleNamespace(component=c.name, precision=p, format="tensorrt")
+                    for c in comps for p in precisions if p != "int8"]
+    for rec in planned:
+        _refuse_existing(repo / triton_model_name(model_name, rec), False, "Triton model folder")
+
+
 def _zero_shot(comps: list[Component], tmp: Path, results: list, probe: ZeroShotProbe) -> None:
+    """Record top-1 agreement of each reduced-precision encoder pair with torch, on both records."""
     image, text = comps[0], comps[1]
-    for rec, rep in results:
-        if rec.component != "image_encoder" or rec.precision == "fp32":
-            continue
-        txt = tmp / graph_filename("text_encoder", rec.precision)
-        rep.zero_shot_agreement = zero_shot_agreement(image, text, tmp / rec.file, txt, probe)
-        bound = TOLERANCES[rec.precision].get("zero_shot_agreement")
-        if bound is not None:
-            rep.bounds["zero_shot_agreement"] = bound
+    for precision in {rec.precision for rec, _ in results} - {"fp32"}:
+        agreement = zero_shot_agreement(image, text, tmp / graph_filename("image_encoder", precision),
+                                        tmp / graph_filename("text_encoder", precision), probe)
+        bound = TOLERANCES[precision].get("zero_shot_agreement")
+        for rec, rep in results:
+            if rec.precision == precision:
+                rep.zero_shot_agreement = agreement
+                if bound is not None:
+                    rep.bounds["zero_shot_agreement"] = bound
 
 
 def _build_plans(comps: list[Component], tmp: Path, precisions: list[str]) -> list[GraphRecord]:

@@ -59,6 +59,7 @@ class Component:
     int8: bool = True  # dynamic int8 quantisation is meaningful (MatMul-heavy graph)
     dynamic_shapes: dict = field(default_factory=dict)  # torch.export dims per input name
     transformer: dict | None = None  # onnxruntime.transformers fusion args, None: no fusion pass
+    factor: int = 1  # image pixels per latent cell (VQGAN), for the image-side dims "H", "W"
 
 
 class ImageEncoder(nn.Module):
@@ -192,7 +193,7 @@ def _vqgan_components(vqgan: nn.Module) -> list[Component]:
         inputs=(TensorSpec("latent", "float32", ("batch", C, "h", "w")),),
         outputs=(TensorSpec("image", "float32", ("batch", 3, f"{f}*h", f"{f}*w")),),
         dummy=lambda: (latent(2, 2, 3, 0),), parity_inputs=lambda: (latent(2, 3, 2, 1),),
-        normalised=False, int8=False, dynamic_shapes={"latent": {0: batch, 2: h, 3: w}},
+        normalised=False, int8=False, dynamic_shapes={"latent": {0: batch, 2: h, 3: w}}, factor=f,
     )]
     if getattr(vqgan, "encoder", None) is not None:  # decode-only models have none
         out.append(Component(
@@ -200,7 +201,7 @@ def _vqgan_components(vqgan: nn.Module) -> list[Component]:
             inputs=(TensorSpec("image", "float32", ("batch", 3, "H", "W")),),
             outputs=(TensorSpec("latent", "float32", ("batch", C, f"H/{f}", f"W/{f}")),),
             dummy=lambda: (image(2, 2, 3, 0),), parity_inputs=lambda: (image(2, 3, 2, 1),),
-            normalised=False, int8=False, dynamic_shapes={"image": {0: batch, 2: f * h, 3: f * w}},
+            normalised=False, int8=False, dynamic_shapes={"image": {0: batch, 2: f * h, 3: f * w}}, factor=f,
         ))
     return out
 

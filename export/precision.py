@@ -32,7 +32,8 @@ __all__ = ["to_fp16", "to_int8", "ort_optimize", "FP16_KEEP_FP32"]
 
 # Op types kept in fp32 in fp16 graphs (on top of ONNX Runtime's default list).
 FP16_KEEP_FP32 = [
-    "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",  # mean/var in fp16 lose the small tail
+    # mean/variance in fp16 lose the small tail
+    "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
     "Softmax",  # exp overflows fp16 above ~11; TensorRT #2564/#2709 saw ViT accuracy drop
     "GroupNormalization", "InstanceNormalization", "ReduceMean",  # VQGAN's GroupNorm, decomposed or not
     "ReduceL2", "ReduceSumSquare",  # L2 norms: squares overflow fp16 past 255

@@ -39,7 +39,7 @@ __all__ = ["require_tensorrt", "profile_for", "build_engine", "Profile"]
 Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 BATCH = (1, 8, 32)  # min/opt/max batch: latency at 1, throughput at 8..32
-LATENT = (1, 16, 32)  # VQGAN latent side: 16 px .. 256 px (opt) .. 512 px
+LATENT = (1, 16, 32)  # VQGAN latent side; f16: 16 px .. 256 px (opt) .. 512 px
 
 
 def require_tensorrt() -> None:
@@ -57,7 +57,10 @@ def require_tensorrt() -> None:
 
 def profile_for(component: Component, batch: tuple[int, int, int] = BATCH,
                 latent: tuple[int, int, int] = LATENT) -> Profile:
-    """min/opt/max shapes of each input: batch for all, plus spatial sizes for the VQGAN."""
+    """min/opt/max shapes of each input: batch for all, plus spatial sizes for the VQGAN.
+
+    ``latent`` is the latent side (h, w); image sides are ``factor`` times it.
+    """
     out: Profile = {}
     for spec in component.inputs:
         shapes = []
@@ -69,7 +72,7 @@ def profile_for(component: Component, batch: tuple[int, int, int] = BATCH,
                 elif d in ("h", "w"):
                     dims.append(latent[i])
                 elif d in ("H", "W"):
-                    dims.append(16 * latent[i])
+                    dims.append(component.factor * latent[i])
                 else:
                     dims.append(int(d))
             shapes.append(tuple(dims))
@@ -119,11 +122,11 @@ def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, *, precisio
     Raises ``InputShapeError`` for int8 without calibration data, ``RuntimeError`` when
     TensorRT cannot parse or build the graph (its messages included).
     """
-    import tensorrt as trt
-
     if precision == "int8" and calibration is None:
         raise InputShapeError("TensorRT int8 needs calibration data (batches of real inputs); "
                               "build fp16 instead or pass calibration batches")
+    import tensorrt as trt
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -162,5 +165,6 @@ def build_engine(onnx_path: Path, plan_path: Path, profile: Profile, *, precisio
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     log.info("built %s (%.1f MB)", plan_path.name, plan_path.stat().st_size / 1e6)
-    return {"tensorrt": trt.__version__, "profile": {k: [list(s) for s in v] for k, v in profile.items()},
-            "run_in_tests": False}
+    plan_path.with_suffix(".calib").unlink(missing_ok=True)  # the folder holds what the manifest lists
+    return {"tensorrt": trt.__version__, "timing_cache": timing_cache.name if timing_cache else None,
+            "profile": {k: [list(s) for s in v] for k, v in profile.items()}, "run_in_tests": False}
