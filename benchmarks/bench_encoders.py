@@ -7,7 +7,8 @@ inputs, in the same process, interleaved round by round so a load spike on a sha
 machine hits them all alike:
 
 - ``transformers`` : ``transformers.CLIPModel`` eager fp32 (its default SDPA attention),
-  ``get_image_features`` / ``get_text_features``; the peer the targets are set against;
+  ``get_image_features`` / ``get_text_features``, on ``--device``; the peer the targets
+  are set against;
 - ``vqclip-torch`` : vqclip's own module through the torch backend (fp32; on CUDA also
   fp16/bf16, with CUDA graphs, and torch.compile with ``--compile``);
 - ``onnxruntime``  : the exported graphs (fp32, fp16, int8) with the backend's defaults;
@@ -112,8 +113,8 @@ def export_dir(model: CLIP, label: str, root: Path, precisions: list[str]) -> Pa
     return out
 
 
-def hf_peer(model: CLIP) -> tuple[Callable, Callable]:
-    """transformers.CLIPModel of the same shape (own random weights), eager fp32."""
+def hf_peer(model: CLIP, device: str = "cpu") -> tuple[Callable, Callable]:
+    """transformers.CLIPModel of the same shape (own random weights), eager fp32 on ``device``."""
     from transformers import CLIPConfig as HFConfig
     from transformers import CLIPModel
 
@@ -125,19 +126,19 @@ def hf_peer(model: CLIP) -> tuple[Callable, Callable]:
         vision_config=dict(hidden_size=c.vision_width, intermediate_size=4 * c.vision_width,
                            num_hidden_layers=c.vision_layers, num_attention_heads=c.vision_heads,
                            image_size=c.image_size, patch_size=c.vision_patch_size, hidden_act="quick_gelu"),
-        projection_dim=c.embed_dim)).eval()
+        projection_dim=c.embed_dim)).eval().to(device)
 
     def feats(out: object) -> np.ndarray:  # transformers 5 returns a ModelOutput, 4.x a tensor
         t = getattr(out, "pooler_output", out)
-        return torch.nn.functional.normalize(t, dim=-1).numpy()
+        return torch.nn.functional.normalize(t, dim=-1).cpu().numpy()  # .cpu() waits for the GPU
 
     def image(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return feats(hf.get_image_features(pixel_values=torch.from_numpy(x)))
+            return feats(hf.get_image_features(pixel_values=torch.from_numpy(x).to(device)))
 
     def text(ids: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return feats(hf.get_text_features(input_ids=torch.from_numpy(ids)))
+            return feats(hf.get_text_features(input_ids=torch.from_numpy(ids).to(device)))
 
     return image, text
 
@@ -148,7 +149,7 @@ def runners(model: CLIP, folder: Path | None, args: argparse.Namespace) -> dict[
     status = backend_status()
     if not args.no_peers:
         try:
-            out["transformers fp32"] = hf_peer(model)
+            out["transformers fp32"] = hf_peer(model, args.device)
         except ImportError as e:
             print(f"note: transformers peer skipped: {e}")
     if "torch" in args.backends:
@@ -200,11 +201,6 @@ def inputs(model: CLIP, component: str, batch: int) -> np.ndarray:
     ids[:, 1:13] = rng.integers(1, EOT - 1, (batch, 12))
     ids[:, 13] = EOT
     return ids
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def measure(fns: dict[str, Callable[[np.ndarray], np.ndarray]], x: np.ndarray, args: argparse.Namespace,
