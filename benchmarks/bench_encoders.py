@@ -341,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true", help="time ORT session settings on ViT-B/32")
     p.add_argument("--export-root", type=Path, help="keep exports here and reuse them (default: temp)")
     p.add_argument("--json", type=Path, help="write all measurements here")
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the torch runners "
+                   "(default: torch's choice; 1 can win on an oversubscribed CPU)")
     args = p.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "")
