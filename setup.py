@@ -41,6 +41,7 @@ setup(
         "tqdm>=4.60",
         "ftfy>=6.1",
         "regex>=2023.0",
+        "pyyaml>=6.0",  # taming-transformers run configs (engine.checkpoints.vqgan)
     ],
     extras_require={
         # The reference packages the parity tests compare against. clip-anytorch and

@@ -20,6 +20,11 @@ Graph I/O (every precision; fp16 graphs cast inside, so callers never change dty
   ``latent`` float32 [batch, C, H/f, W/f] (after quant_conv, before quantisation).
 Batch is dynamic everywhere.
 
+Runtimes: fp32 graphs use standard ONNX ops only (any runtime, TensorRT's parser, Triton).
+fp16 graphs may hold ONNX Runtime contrib ops from its transformer fusions (CPU and CUDA
+providers). int8 graphs are saved after ONNX Runtime's CPU-provider optimisation and hold
+its CPU int8 kernels: run them on the CPU provider. TensorRT plans are built from fp32.
+
 manifest.json (``export.manifest``): ``format_version``, ``model``, ``family``,
 ``source`` {path, sha256, kind}, ``opset``, ``created`` (ISO 8601 UTC), ``versions``
 {torch, onnx, onnxruntime, vqclip}, ``config`` (architecture, incl. ``vocab_size`` for

@@ -186,6 +186,8 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
     ``ValueError`` for an unknown precision.
     """
     out_dir = Path(out_dir)
+    if isinstance(precisions, str):  # "fp16" would otherwise iterate as "f", "p", ...
+        precisions = [precisions]
     wanted = list(dict.fromkeys(["fp32", *precisions]))
     bad = [p for p in wanted if p not in PRECISIONS]
     if bad:

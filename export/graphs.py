@@ -154,6 +154,8 @@ def _clip_components(clip: nn.Module) -> list[Component]:
         return out
 
     heads_v, heads_t = cfg.vision_heads, cfg.text_heads
+    # ORT's "clip" fusion set for both towers: it fuses QuickGelu, which both use; its
+    # "vit" set fused nothing on these graphs (benchmarks/bench_export.py).
     return [
         Component(
             name="image_encoder", module=ImageEncoder(clip).eval(),
@@ -161,7 +163,7 @@ def _clip_components(clip: nn.Module) -> list[Component]:
             outputs=(TensorSpec("embedding", "float32", ("batch", E)),),
             dummy=lambda: (pixels(2, 0),), parity_inputs=lambda: (pixels(_PARITY_BATCH, 1),),
             normalised=True, dynamic_shapes={"pixels": {0: batch}},
-            transformer={"model_type": "vit", "num_heads": heads_v, "hidden_size": cfg.vision_width},
+            transformer={"model_type": "clip", "num_heads": heads_v, "hidden_size": cfg.vision_width},
         ),
         Component(
             name="text_encoder", module=TextEncoder(clip).eval(),

@@ -91,6 +91,7 @@ def to_fp16(src: Path, dst: Path, component: Component) -> dict:
     )
     from onnxruntime.transformers.onnx_model import OnnxModel
 
+    _drop_fp16_round_trips(model)
     OnnxModel(model).topological_sort()  # the converter appends its Casts at the end
     # Its value_info keeps some pre-conversion types, which full_check's inference rejects;
     # they are only hints, so drop them and let the runtime infer.
@@ -98,6 +99,37 @@ def to_fp16(src: Path, dst: Path, component: Component) -> dict:
     onnx.save_model(model, str(dst))
     log.info("fp16 %s: fusions %s, %d tail nodes kept fp32", dst.name, fused or "none", len(block_nodes))
     return fused
+
+
+def _drop_fp16_round_trips(model: onnx.ModelProto) -> int:
+    """Turn Cast(fp32 -> fp16) -> Cast(-> fp32) pairs into Identity; returns how many.
+
+    The converter puts such a pair between two fp32-kept nodes (e.g. ReduceL2 -> Clip ->
+    Div of the final normalisation), which rounds the value to fp16 on the way: exactly
+    what keeping those nodes in fp32 is meant to avoid. The first Cast's input is always
+    fp32 (that is why it was inserted), so the pair is the identity without the rounding.
+    """
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    n_dropped = 0
+    for node in model.graph.node:
+        first = producer.get(node.input[0]) if node.input else None
+        if cast_to(node) == FLOAT and first is not None and cast_to(first) == FLOAT16:
+            node.op_type = "Identity"
+            node.input[0] = first.input[0]
+            del node.attribute[:]
+            n_dropped += 1
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    dead = [n for n in model.graph.node if cast_to(n) == FLOAT16 and not any(o in used for o in n.output)]
+    for n in dead:
+        model.graph.node.remove(n)
+    return n_dropped
 
 
 def to_int8(src: Path, dst: Path) -> None:

@@ -18,6 +18,7 @@ import torch
 from engine.checkpoints._io import read_tensors
 from engine.errors import CheckpointError
 from engine.models.vqgan import VQGAN, VQGANConfig
+from engine.zoo.registry import get
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _SUPPORTED_TARGETS = ("taming.models.vqgan.VQModel",)
 class _LightningCallbackMarker:
     """Stands in for a Lightning callback class named in a checkpoint; never instantiated."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:  # pragma: no cover - refuse use
+    def __init__(self, *args: object, **kwargs: object) -> None:
         raise CheckpointError("a checkpoint tried to instantiate a Lightning callback; refused")
 
 
@@ -189,14 +190,14 @@ def read_vqgan_yaml(path: str | Path) -> VQGANConfig:
         raise CheckpointError(f"config {str(path)!r}: model.params is incomplete or invalid ({e})") from e
 
 
-def load_vqgan(path: str | Path, *, config: VQGANConfig | None = None, yaml_path: str | Path | None = None,
+def load_vqgan(path: str | Path, *, config: VQGANConfig | str | None = None, yaml_path: str | Path | None = None,
                decode_only: bool = False, device: str | torch.device = "cpu") -> VQGAN:
     """Build a ``VQGAN`` from a taming-transformers ``.ckpt`` (or a safetensors/state-dict file).
 
     Args:
         path: local checkpoint file. Lightning ``.ckpt`` files are read with weights_only=True.
-        config: the architecture (e.g. ``engine.zoo.get("vqgan-f16-16384").config``); default: read
-            from ``yaml_path`` if given, else inferred from the tensor shapes.
+        config: the architecture, a ``VQGANConfig`` or a zoo name (``"vqgan-f16-16384"``); default:
+            read from ``yaml_path`` if given, else inferred from the tensor shapes.
         decode_only: build decoder, ``post_quant_conv`` and codebook only; the encoder's tensors are
             dropped as soon as the file is read and never copied into a module.
         device: where the returned model lives.
@@ -208,6 +209,8 @@ def load_vqgan(path: str | Path, *, config: VQGANConfig | None = None, yaml_path
     """
     if config is not None and yaml_path is not None:
         raise CheckpointError("give config= or yaml_path=, not both")
+    if isinstance(config, str):
+        config = get(config, family="vqgan").config  # UnknownModelError lists the known names
     path = Path(path)
     sd = vqgan_state_dict(_read_checkpoint(path), source=str(path))
     if decode_only:

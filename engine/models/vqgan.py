@@ -306,6 +306,8 @@ class VQGAN(nn.Module):
 
     ``VQGAN(cfg, with_encoder=False)`` builds the decode-only model (decoder, post_quant_conv,
     codebook) for generation: ``encode`` then raises ``UnsupportedOperationError``.
+    ``model.quantize(z)`` (the ``VectorQuantizer`` submodule, named as in the checkpoints) gives
+    ``(z_q straight-through, indices, loss)`` for a latent ``z`` of the generation loop.
 
     Example::
 

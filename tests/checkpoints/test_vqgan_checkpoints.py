@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.checkpoints.vqgan import infer_vqgan_config, load_vqgan, read_vqgan_yaml, vqgan_state_dict
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, UnknownModelError
 from engine.models.clip import CLIP, CLIPConfig
 from engine.models.vqgan import VQGAN, VQGANConfig
 from engine.zoo import get
@@ -251,6 +251,13 @@ def test_bad_yaml_is_refused(ckpt_path, tmp_path, text, match):
     yaml_path.write_text(text)
     with pytest.raises(CheckpointError, match=match):
         load_vqgan(ckpt_path, yaml_path=yaml_path)
+
+
+def test_config_by_zoo_name(ckpt_path):
+    with pytest.raises(CheckpointError, match="does not match the VQGAN config.*missing 194 keys"):  # another model
+        load_vqgan(ckpt_path, config="vqgan-f16-1024")
+    with pytest.raises(UnknownModelError, match="unknown vqgan model 'ViT-B-32'; available: vqgan-f16-1024"):
+        load_vqgan(ckpt_path, config="ViT-B-32")
 
 
 def test_missing_yaml_and_conflicting_sources_are_refused(ckpt_path, tmp_path):
