@@ -36,6 +36,7 @@ setup(
         "pillow>=10.0",
         "onnx>=1.15",
         "onnxruntime>=1.17",
+        "onnxscript>=0.2",  # torch.onnx.export(dynamo=True), the exporter `vqclip export` uses
         "safetensors>=0.4",
         "tqdm>=4.60",
         "ftfy>=6.1",

@@ -1,0 +1,116 @@
+"""Bad input to the export step: each is a typed error, and nothing is half-written."""
+import importlib.util
+
+import pytest
+import torch
+
+from engine.cli import main
+from engine.errors import (BackendUnavailableError, CheckpointError, OutputExistsError, ParityError,
+                           UnknownModelError)
+from export import TOLERANCES, export_model, read_manifest
+from export.api import _swap_in
+from tests.export.conftest import tiny_vqgan
+
+
+def _leftovers(parent):
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_unknown_model_name(tmp_path, capsys):
+    with pytest.raises(UnknownModelError, match="unknown model 'ViT-Z/99'; available: .*ViT-B-32"):
+        export_model("ViT-Z/99", tmp_path / "out")
+    assert main(["export", "ViT-Z/99", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vqclip: error: unknown model") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_zoo_model_without_weights_is_not_exported_random(tmp_path):
+    with pytest.raises(CheckpointError, match="no bundled weights.*--weights PATH"):
+        export_model("ViT-B/32", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_not_matching_the_named_config(tmp_path, vqgan_checkpoint):
+    # The tiny VQGAN's weights given for the f16-1024 architecture.
+    with pytest.raises(CheckpointError):
+        export_model("vqgan-f16-1024", tmp_path / "out", weights=vqgan_checkpoint)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_precision(tmp_path):
+    with pytest.raises(ValueError, match="unknown precision.*fp32, fp16, int8"):
+        export_model(tiny_vqgan(), tmp_path / "out", ["fp8"])
+
+
+def test_existing_folder_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="already exists; pass --force"):
+        export_model(tiny_vqgan(), out)
+    assert main(["export", "vqgan-f16-1024", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and _leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
+                    reason="tensorrt and a CUDA GPU are present, so the missing-TensorRT gate does not apply")
+def test_tensorrt_gate_stops_before_any_work(tmp_path):
+    with pytest.raises(BackendUnavailableError, match="--tensorrt needs"):
+        export_model(tiny_vqgan(), tmp_path / "out", tensorrt=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monkeypatch):
+    # A real export judged against a bound no graph can meet: the export must fail with the
+    # report, and even with force=True the previous folder must survive untouched.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("old export")
+    monkeypatch.setitem(TOLERANCES, "fp32", {"max_abs_diff": -1.0})
+    with pytest.raises(ParityError, match=r"failed validation, nothing written: vqgan_decoder fp32: "
+                                          r"max_abs_diff .* > -1"):
+        export_model(tiny_vqgan(with_encoder=False), out, force=True)
+    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_swap_in_replaces_only_with_force(tmp_path):
+    new, out = tmp_path / "new", tmp_path / "out"
+    for d, text in ((new, "new"), (out, "old")):
+        d.mkdir()
+        (d / "f").write_text(text)
+    with pytest.raises(OutputExistsError):
+        _swap_in(new, out, force=False)
+    assert (out / "f").read_text() == "old" and new.exists()
+    _swap_in(new, out, force=True)
+    assert (out / "f").read_text() == "new" and not new.exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_cli_export_from_checkpoint_path(vqgan_export, vqgan_checkpoint):
+    # The CLI run in the fixture: a .ckpt path is a VQGAN, named after the file, hashed.
+    m = read_manifest(vqgan_export.directory)
+    assert m.family == "vqgan" and m.model == "tiny-vqgan"
+    assert m.source["path"] == str(vqgan_checkpoint.resolve())
+    from export.manifest import sha256_file
+
+    assert m.source["sha256"] == sha256_file(vqgan_checkpoint)
+
+
+def test_clip_checkpoint_not_matching_the_named_config(tmp_path, clip_model):
+    # A tiny CLIP's state dict given as ViT-B/32 weights: refused by the strict loader.
+    path = tmp_path / "tiny.pt"
+    torch.save(clip_model.state_dict(), path)
+    with pytest.raises(CheckpointError):
+        export_model("ViT-B/32", tmp_path / "out", weights=path)
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_triton_clash_refused_before_any_work(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "mine_vqgan_decoder").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="Triton model folder .*mine_vqgan_decoder already exists"):
+        export_model(tiny_vqgan(with_encoder=False), tmp_path / "out", triton_repo=repo, name="mine")
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []

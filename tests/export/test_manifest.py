@@ -1,0 +1,90 @@
+"""manifest.json: what it records, and every way a folder can disagree with it."""
+import json
+import shutil
+
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+from engine import __version__
+from engine.errors import ManifestError
+from export import read_manifest
+from export.manifest import FORMAT_VERSION, sha256_file
+
+
+@pytest.fixture
+def folder(clip_export, tmp_path):
+    # A private copy: these tests damage it.
+    dst = tmp_path / "copy"
+    shutil.copytree(clip_export.directory, dst)
+    return dst
+
+
+def test_manifest_records_provenance(clip_export):
+    data = json.loads((clip_export.directory / "manifest.json").read_text())
+    assert data["format_version"] == FORMAT_VERSION
+    assert data["model"] == "tiny-clip" and data["family"] == "clip"
+    assert data["opset"] == 18
+    assert data["versions"] == {"torch": torch.__version__, "onnx": onnx.__version__,
+                                "onnxruntime": onnxruntime.__version__, "vqclip": __version__}
+    assert len(data["source"]["sha256"]) == 64
+    assert data["config"]["vocab_size"] == 49408 and data["config"]["embed_dim"] == 32
+    assert data["created"].endswith("+00:00")
+    for g in data["graphs"]:
+        assert g["sha256"] == sha256_file(clip_export.directory / g["file"])
+        assert set(g["parity"]) >= {"max_abs_diff", "min_cosine", "zero_shot_agreement", "n_samples", "bounds"}
+        assert all(set(t) == {"name", "dtype", "shape"} for t in g["inputs"] + g["outputs"])
+
+
+def test_round_trip(clip_export):
+    m = read_manifest(clip_export.directory)
+    assert m.to_dict() == clip_export.to_dict()
+    assert m.graph("text_encoder", "int8").file == "text_encoder.int8.onnx"
+
+
+def test_same_model_same_source_hash(clip_model):
+    # The in-memory source hash is stable: the same weights hash the same.
+    from export.api import _state_dict_sha256
+    from tests.export.conftest import tiny_clip
+
+    assert _state_dict_sha256(clip_model) == _state_dict_sha256(tiny_clip())
+    assert _state_dict_sha256(clip_model) != _state_dict_sha256(tiny_clip(seed=1))
+
+
+def test_tampered_graph_is_refused(folder):
+    path = folder / "image_encoder.onnx"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=r"image_encoder\.onnx: sha256 differs.*re-export"):
+        read_manifest(folder)
+    read_manifest(folder, verify=False)  # the caller may opt out of hashing
+
+
+def test_missing_graph_is_refused(folder):
+    (folder / "text_encoder.fp16.onnx").unlink()
+    with pytest.raises(ManifestError, match=r"text_encoder\.fp16\.onnx is listed in the manifest but missing"):
+        read_manifest(folder, verify=False)
+
+
+def test_missing_or_broken_manifest(folder, tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        read_manifest(tmp_path / "nowhere")
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="unreadable"):
+        read_manifest(folder)
+    (folder / "manifest.json").write_text('{"graphs": []}')
+    with pytest.raises(ManifestError, match="not a vqclip export manifest"):
+        read_manifest(folder)
+    (folder / "manifest.json").write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(ManifestError, match="upgrade vqclip"):
+        read_manifest(folder)
+    (folder / "manifest.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "graphs": [{}]}))
+    with pytest.raises(ManifestError, match="malformed"):
+        read_manifest(folder)
+
+
+def test_asking_for_an_absent_graph(clip_export):
+    with pytest.raises(ManifestError, match="no onnx graph 'vqgan_decoder' at fp32.*image_encoder/fp32/onnx"):
+        clip_export.graph("vqgan_decoder")
