@@ -13,6 +13,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -49,9 +50,7 @@ def export_onnx(component: Component, path: Path, opset: int = OPSET) -> None:
     # Trace with placeholder output names: the exporter names intermediate values after
     # their ops, so "embedding" (the token-embedding Gather) would clash with the output.
     names_out = [f"vqclip_output_{i}" for i in range(len(component.outputs))]
-    with torch.no_grad(), warnings.catch_warnings():
-        # The exporter warns about optional torchvision ops it cannot register; not ours.
-        warnings.filterwarnings("ignore", module=r"torch\.onnx")
+    with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
             module, component.dummy(), input_names=names_in, output_names=names_out,
             dynamic_shapes=component.dynamic_shapes, opset_version=opset, dynamo=True,
@@ -65,6 +64,26 @@ def export_onnx(component: Component, path: Path, opset: int = OPSET) -> None:
     onnx.save_model(model, str(path))
     check_graph(path, component)
     log.info("exported %s (%d nodes, opset %d)", path.name, len(model.graph.node), opset)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's notes that are about torch itself, not the user's model.
+
+    It logs a warning per torchvision op it cannot register when torchvision is absent
+    (vqclip does not need it) and torch.export raises a FutureWarning about its own
+    pytree internals; neither says anything about the graph being exported.
+    """
+    reg = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = reg.level
+    reg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec", category=FutureWarning)
+            warnings.filterwarnings("ignore", module=r"torch\.onnx")
+            yield
+    finally:
+        reg.setLevel(level)
 
 
 def _rename_value(model: onnx.ModelProto, old: str, new: str) -> None:

@@ -19,7 +19,10 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+from collections import Counter
 from pathlib import Path
 
 import onnx
@@ -38,6 +41,39 @@ FP16_KEEP_FP32 = [
     "GroupNormalization", "InstanceNormalization", "ReduceMean",  # VQGAN's GroupNorm, decomposed or not
     "ReduceL2", "ReduceSumSquare",  # L2 norms: squares overflow fp16 past 255
 ]
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_fusion_tools():
+    """Keep the fusion tools' chatter out of the user's terminal, in our debug log instead.
+
+    Their symbolic shape inference fails on torch.export graphs (an Expand whose target
+    shape it cannot follow), which they print and log as warnings on every graph; the only
+    effect is that SkipLayerNormalization is not fused, which the manifest's notes show.
+    """
+    names = ("fusion_skiplayernorm", "fusion_base", "fusion_utils", "onnx_model", "onnx_model_bert",
+             "onnx_model_clip")
+    saved = {n: logging.getLogger(n).level for n in names}
+    out = io.StringIO()
+    try:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(out):
+            yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
+        if out.getvalue().strip():
+            log.debug("onnxruntime.transformers said: %s", out.getvalue().strip())
 
 
 def _tail_nodes(model: onnx.ModelProto) -> list[str]:
@@ -66,7 +102,7 @@ def to_fp16(src: Path, dst: Path, component: Component) -> dict:
     """Write the fp16 graph of ``src`` to ``dst``; returns the fusion counts applied.
 
     Graph inputs and outputs stay float32 (token ids stay int64), so callers never change
-    dtype. Deterministic: the same ``src`` gives the same bytes.
+    dtype.
     """
     from onnxruntime.transformers import float16
 
@@ -77,8 +113,13 @@ def to_fp16(src: Path, dst: Path, component: Component) -> dict:
 
         # opt_level=0: pattern fusions only, no provider-specific session rewrites, so
         # the graph runs on CPU and CUDA providers alike.
-        opt = optimizer.optimize_model(model, opt_level=0, use_gpu=False, **component.transformer)
-        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        before = Counter(n.op_type for n in model.graph.node)  # the pass edits the proto in place
+        with _quiet_fusion_tools():
+            opt = optimizer.optimize_model(model, opt_level=0, use_gpu=False, **component.transformer)
+        after = Counter(n.op_type for n in opt.model.graph.node)
+        # Only ops the pass created: its own statistics also count LayerNormalization
+        # nodes that the exporter already wrote as one op.
+        fused = {k: after[k] - before[k] for k in opt.get_fused_operator_statistics() if after[k] > before[k]}
         model = opt.model
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             # The fused ops live in ONNX Runtime's contrib domain; the optimiser only
@@ -141,10 +182,16 @@ def to_int8(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     raw = dst.with_name(dst.name + ".raw")
+    # The quantiser logs on the root logger that a pre-processing pass (symbolic shape
+    # inference) is advised; that pass fails on torch.export graphs (see _quiet_fusion_tools)
+    # and dynamic quantisation does not need it, so the note is dropped.
+    root, note = logging.getLogger(), _DropMessage("pre-processing before quantization")
+    root.addFilter(note)
     try:
         quantize_dynamic(src, raw, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
         ort_optimize(raw, dst)
     finally:
+        root.removeFilter(note)
         raw.unlink(missing_ok=True)
 
 

@@ -46,6 +46,18 @@ def probe_for(model: CLIP):
 
 
 @pytest.fixture(scope="session")
+def make_tiny_clip():
+    """``make_tiny_clip(seed=0)``: a fresh tiny CLIP (a fixture, so tests need no import path)."""
+    return tiny_clip
+
+
+@pytest.fixture(scope="session")
+def make_tiny_vqgan():
+    """``make_tiny_vqgan(seed=0, with_encoder=True)``: a fresh tiny VQGAN."""
+    return tiny_vqgan
+
+
+@pytest.fixture(scope="session")
 def clip_model():
     return tiny_clip()
 

@@ -9,7 +9,6 @@ from engine.errors import (BackendUnavailableError, CheckpointError, OutputExist
                            UnknownModelError)
 from export import TOLERANCES, export_model, read_manifest
 from export.api import _swap_in
-from tests.export.conftest import tiny_vqgan
 
 
 def _leftovers(parent):
@@ -38,17 +37,17 @@ def test_checkpoint_not_matching_the_named_config(tmp_path, vqgan_checkpoint):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unknown_precision(tmp_path):
+def test_unknown_precision(tmp_path, make_tiny_vqgan):
     with pytest.raises(ValueError, match="unknown precision.*fp32, fp16, int8"):
-        export_model(tiny_vqgan(), tmp_path / "out", ["fp8"])
+        export_model(make_tiny_vqgan(), tmp_path / "out", ["fp8"])
 
 
-def test_existing_folder_refused_before_any_work(tmp_path, capsys):
+def test_existing_folder_refused_before_any_work(tmp_path, capsys, make_tiny_vqgan):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="already exists; pass --force"):
-        export_model(tiny_vqgan(), out)
+        export_model(make_tiny_vqgan(), out)
     assert main(["export", "vqgan-f16-1024", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and _leftovers(tmp_path) == []
@@ -56,13 +55,13 @@ def test_existing_folder_refused_before_any_work(tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
                     reason="tensorrt and a CUDA GPU are present, so the missing-TensorRT gate does not apply")
-def test_tensorrt_gate_stops_before_any_work(tmp_path):
+def test_tensorrt_gate_stops_before_any_work(tmp_path, make_tiny_vqgan):
     with pytest.raises(BackendUnavailableError, match="--tensorrt needs"):
-        export_model(tiny_vqgan(), tmp_path / "out", tensorrt=True)
+        export_model(make_tiny_vqgan(), tmp_path / "out", tensorrt=True)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monkeypatch):
+def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monkeypatch, make_tiny_vqgan):
     # A real export judged against a bound no graph can meet: the export must fail with the
     # report, and even with force=True the previous folder must survive untouched.
     out = tmp_path / "out"
@@ -71,7 +70,7 @@ def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monk
     monkeypatch.setitem(TOLERANCES, "fp32", {"max_abs_diff": -1.0})
     with pytest.raises(ParityError, match=r"failed validation, nothing written: vqgan_decoder fp32: "
                                           r"max_abs_diff .* > -1"):
-        export_model(tiny_vqgan(with_encoder=False), out, force=True)
+        export_model(make_tiny_vqgan(with_encoder=False), out, force=True)
     assert [p.name for p in out.iterdir()] == ["previous.txt"]
     assert _leftovers(tmp_path) == []
 
@@ -108,9 +107,9 @@ def test_clip_checkpoint_not_matching_the_named_config(tmp_path, clip_model):
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
-def test_triton_clash_refused_before_any_work(tmp_path):
+def test_triton_clash_refused_before_any_work(tmp_path, make_tiny_vqgan):
     repo = tmp_path / "repo"
     (repo / "mine_vqgan_decoder").mkdir(parents=True)
     with pytest.raises(OutputExistsError, match="Triton model folder .*mine_vqgan_decoder already exists"):
-        export_model(tiny_vqgan(with_encoder=False), tmp_path / "out", triton_repo=repo, name="mine")
+        export_model(make_tiny_vqgan(with_encoder=False), tmp_path / "out", triton_repo=repo, name="mine")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []

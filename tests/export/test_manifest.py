@@ -43,13 +43,11 @@ def test_round_trip(clip_export):
     assert m.graph("text_encoder", "int8").file == "text_encoder.int8.onnx"
 
 
-def test_same_model_same_source_hash(clip_model):
+def test_same_model_same_source_hash(clip_model, make_tiny_clip):
     # The in-memory source hash is stable: the same weights hash the same.
     from export.api import _state_dict_sha256
-    from tests.export.conftest import tiny_clip
-
-    assert _state_dict_sha256(clip_model) == _state_dict_sha256(tiny_clip())
-    assert _state_dict_sha256(clip_model) != _state_dict_sha256(tiny_clip(seed=1))
+    assert _state_dict_sha256(clip_model) == _state_dict_sha256(make_tiny_clip())
+    assert _state_dict_sha256(clip_model) != _state_dict_sha256(make_tiny_clip(seed=1))
 
 
 def test_tampered_graph_is_refused(folder):
