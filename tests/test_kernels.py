@@ -439,3 +439,22 @@ def test_unknown_environment_path_is_a_clear_error():
     out = _child({K.SIMD_ENV: "avx1024"})
     assert out.returncode != 0
     assert "BackendUnavailableError" in out.stderr and "avx1024" in out.stderr
+
+
+# ----------------------------------------------------------------------- CUDA (optional)
+
+
+@pytest.mark.skipif(not K.cuda_available(), reason="no CUDA GPU (or engine._kernels_cuda not built)")
+@pytest.mark.parametrize("b,n,d,k", [(1, 5000, 512, 10), (7, 4099, 66, 100), (33, 100, 31, 120)])
+def test_cuda_matches_float64_reference(rng, b, n, d, k):
+    g = K.Gallery.from_rows(rng.standard_normal((n, d)), "float16")
+    q = rng.standard_normal((b, d)).astype(np.float32)
+    scores, ids = K.CudaGallery(g).search(q, k)
+    assert_topk(scores, ids, reference(q, dequantised(g)), k)
+
+
+def test_cuda_gallery_without_gpu_is_a_clear_error():
+    if K.cuda_available():
+        pytest.skip("a CUDA GPU is present: the error path cannot be reached")
+    with pytest.raises(BackendUnavailableError, match="CUDA"):
+        K.CudaGallery(K.Gallery.from_rows(np.ones((2, 4)), "float16"))
