@@ -42,6 +42,9 @@ def _build_ext_class(build_ext_cls):
             objects = []
             for src in sources:
                 obj = out_dir / (Path(src).stem + ".o")
+                if obj.exists() and obj.stat().st_mtime > Path(src).stat().st_mtime and not self.force:
+                    objects.append(str(obj))  # up to date: nvcc is slow
+                    continue
                 cmd = [ext.nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", *gencode,
                        "-I", pybind11.get_include(), "-I", sysconfig.get_paths()["include"],
                        "-c", src, "-o", str(obj)]
@@ -62,18 +65,25 @@ def cuda_extension():
     """
     if os.environ.get("VQCLIP_BUILD_CUDA") != "1":
         return []
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    nvcc = str(Path(cuda_home) / "bin" / "nvcc") if cuda_home else shutil.which("nvcc")
-    if not nvcc or not Path(nvcc).exists():
-        raise RuntimeError("VQCLIP_BUILD_CUDA=1 but nvcc was not found; set CUDA_HOME or put nvcc on PATH")
-    home = Path(nvcc).resolve().parent.parent
+    nvcc_on_path = shutil.which("nvcc")
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+             str(Path(nvcc_on_path).resolve().parents[1]) if nvcc_on_path else None, "/usr/local/cuda"]
+    for home in filter(None, homes):
+        libs = [Path(home) / d for d in ("lib64", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib", "lib")]
+        lib = next((d for d in libs if (d / "libcudart_static.a").exists()), None)
+        nvcc = Path(home) / "bin" / "nvcc"
+        if lib and nvcc.exists():
+            break
+    else:
+        raise RuntimeError("VQCLIP_BUILD_CUDA=1 but no CUDA toolkit (bin/nvcc + libcudart_static.a) "
+                           "was found; set CUDA_HOME")
     from pybind11.setup_helpers import Pybind11Extension
 
-    lib = next((str(home / d) for d in ("lib64", "lib", "targets/x86_64-linux/lib") if (home / d).exists()), None)
-    ext = Pybind11Extension("engine._kernels_cuda", [], cxx_std=17, libraries=["cudart"],
-                            library_dirs=[lib] if lib else [], runtime_library_dirs=[lib] if lib else [])
+    # The static runtime: the module then needs only the driver (libcuda) at run time.
+    ext = Pybind11Extension("engine._kernels_cuda", [], cxx_std=17, library_dirs=[str(lib)],
+                            libraries=["cudart_static", "dl", "rt", "pthread"])
     ext.cuda_sources = ["csrc/cuda/topk_cuda.cu"]
-    ext.nvcc = nvcc
+    ext.nvcc = str(nvcc)
     return [ext]
 
 

@@ -32,8 +32,12 @@ constexpr int64_t kTileMinQueries = 4;
 // Queries scored together against one gallery block (bounds the score buffer).
 constexpr int64_t kQueryGroup = 256;
 // Up to this k a binary heap keeps the best k; above it a buffer of 2k that is cut
-// back to k with nth_element (cheaper per insert for large k).
-constexpr int64_t kHeapMaxK = 64;
+// back to k with nth_element (cheaper per insert for large k). A macro so that the
+// crossover can be re-measured with -DVQ_HEAP_MAX_K=... (see the README's kernel notes).
+#ifndef VQ_HEAP_MAX_K
+#define VQ_HEAP_MAX_K 64
+#endif
+constexpr int64_t kHeapMaxK = VQ_HEAP_MAX_K;
 
 struct Hit {
     float score;
