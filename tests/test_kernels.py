@@ -347,15 +347,19 @@ def test_memmap_is_searched_in_place_and_append_copies_nothing(rng, tmp_path):
     np.testing.assert_array_equal(scores, s2)
 
 
-def test_appending_equals_building_at_once(rng):
-    rows = rng.standard_normal((900, 32)).astype(np.float32)
-    g = K.Gallery(32, "float16")
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [2, 7])
+def test_appending_equals_building_at_once(rng, simd, b):
+    # Segments of 250 rows put every row at another place in its block and tile than the
+    # single segment does: scores must still be bit-identical (fixed summation order).
+    rows = rng.standard_normal((900, 37)).astype(np.float32)
+    g = K.Gallery(37, "float16")
     for lo in range(0, 900, 250):
         g.append(rows[lo : lo + 250])
     whole = K.Gallery.from_rows(rows, "float16")
-    q = rng.standard_normal((5, 32))
-    for a, b in zip(g.search(q, 30), whole.search(q, 30)):
-        np.testing.assert_array_equal(a, b)
+    q = rng.standard_normal((b, 37))
+    for x, y in zip(g.search(q, 30, simd=simd), whole.search(q, 30, simd=simd)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_encode_rows_round_trips(rng):
@@ -374,13 +378,15 @@ def test_encode_rows_round_trips(rng):
 # ----------------------------------------------------------------------- threads and dispatch
 
 
-def test_threads_give_identical_results(rng):
-    g = K.Gallery.from_rows(rng.standard_normal((5000, 64)), "float16")
-    q = rng.standard_normal((9, 64))
-    one = g.search(q, 25, threads=1)
-    two = g.search(q, 25, threads=2)
-    for a, b in zip(one, two):
-        np.testing.assert_array_equal(a, b)
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [1, 9, 66])
+def test_threads_give_identical_results(rng, simd, b):
+    g = K.Gallery.from_rows(rng.standard_normal((5001, 61)), "float16")
+    q = rng.standard_normal((b, 61))
+    one = g.search(q, 25, threads=1, simd=simd)
+    for t in (2, 3):
+        for x, y in zip(one, g.search(q, 25, threads=t, simd=simd)):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_concurrent_calls_from_python_threads(rng):
