@@ -15,7 +15,10 @@
 #include <cmath>
 #include <cstring>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+// VQCLIP_PORTABLE_ONLY builds the scalar path alone, as on ARM: a way to check the
+// portable build on an x86 machine (see the report of issue 4).
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(VQCLIP_PORTABLE_ONLY)
 #define VQ_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
