@@ -172,18 +172,21 @@ def test_int8_rescore_gives_the_float32_result(rng, data):
     np.testing.assert_allclose(scores, f32_scores, atol=ATOL, rtol=0)
 
 
-def test_int8_recall_without_rescore(rng):
-    # Per-row symmetric int8 perturbs each cosine by ~1e-3 (D=128): on random data the
-    # true nearest neighbour is still first-k almost always (1-recall@k), while the whole
-    # top-k set (k-recall@k) is limited by score gaps of the same size near the top.
+def test_int8_recall_without_rescore():
+    # Per-row symmetric int8 moves each cosine by ~3e-4 (random unit rows, D=128), the
+    # size of the gaps between neighbouring scores near the top: the nearest neighbour is
+    # always kept (1-recall@k), the whole top-k set nearly (k-recall@k). Measured: 0.985
+    # here; 0.984 at D=512, N=100k (below issue 4's 0.99: a property of the storage
+    # format, the kernel itself is exact on the stored values, see the test above).
+    rng = np.random.default_rng(99)  # own stream: the figure must not depend on test order
     d, n, k = 128, 20000, 10
     rows = rng.standard_normal((n, d)).astype(np.float32)
-    q = rng.standard_normal((64, d)).astype(np.float32)
+    q = rng.standard_normal((128, d)).astype(np.float32)
     true_ids = np.argsort(-reference(q, rows), axis=1, kind="stable")[:, :k]
     _, ids = K.Gallery.from_rows(rows, "int8").search(q, k)
     one_recall = np.mean([t[0] in a for a, t in zip(ids, true_ids)])
     assert one_recall >= 0.99
-    assert recall(ids, true_ids) >= 0.90
+    assert recall(ids, true_ids) >= 0.98
 
 
 # ----------------------------------------------------------------------- edge cases
