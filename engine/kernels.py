@@ -479,7 +479,9 @@ class Gallery:
                 f"exact rows must be float [{n}, {self._dim}] (the gallery's rows), "
                 f"got {exact.dtype} {exact.shape}"
             )
-        _, cand = _run(q, segs, self._dtype, min(k * int(rescore), max(n, 1)), nthreads, path)
+        if n == 0:  # nothing to re-rank: the kernel's all-padding answer
+            return _run(q, segs, self._dtype, k, nthreads, path)
+        _, cand = _run(q, segs, self._dtype, min(k * int(rescore), n), nthreads, path)
         return _rescore(q, cand, exact, k)
 
 

@@ -202,8 +202,9 @@ def test_k_larger_than_gallery_pads_with_minus_one_and_neg_inf(rng):
 
 def test_empty_gallery_gives_all_padding():
     g = K.Gallery(16, "int8")
-    scores, ids = g.search(np.ones((2, 16), np.float32), 3)
-    assert ids.tolist() == [[-1] * 3] * 2 and np.all(np.isneginf(scores))
+    for kwargs in ({}, {"rescore": 2, "exact": np.zeros((0, 16), np.float32)}):
+        scores, ids = g.search(np.ones((2, 16), np.float32), 3, **kwargs)
+        assert ids.tolist() == [[-1] * 3] * 2 and np.all(np.isneginf(scores))
 
 
 def test_empty_query_batch_gives_empty_result(rng):
