@@ -46,16 +46,23 @@ MODES = {
 }
 
 
-def timed(fn: Callable[[], object], repeat: int, budget_s: float) -> float:
-    """Median wall time in ms of fn() over up to `repeat` runs (fewer past `budget_s`)."""
+def timed(fn: Callable[[], object], repeat: int, budget_s: float) -> tuple[float, float]:
+    """Median wall and process-CPU time in ms of fn() over up to `repeat` runs.
+
+    The CPU time (all threads of this process) is the figure to read on a machine shared
+    with other jobs: preemption inflates wall time but not CPU time. With threads > 1 it
+    also counts OpenMP's spin-waiting, so compare CPU times at --threads 1.
+    """
     fn()  # warm-up: page faults, thread pools, lazy init
-    times: list[float] = []
+    walls: list[float] = []
+    cpus: list[float] = []
     start = time.perf_counter()
-    while len(times) < repeat and (len(times) < 2 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
+    while len(walls) < repeat and (len(walls) < 2 or time.perf_counter() - start < budget_s):
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        walls.append((time.perf_counter() - t0) * 1e3)
+        cpus.append((time.process_time() - c0) * 1e3)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def random_unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -85,6 +92,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every method")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--budget", type=float, default=10.0, help="seconds of repeats per measurement")
+    ap.add_argument("--tag", default="", help="suffix for the JSON file name")
     ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/bench_topk_<mode>.json)")
     args = ap.parse_args()
     mode = args.mode or "full"
@@ -114,17 +122,18 @@ def main() -> None:
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     rng = np.random.default_rng(0)
     rows_out: list[dict] = []
-    header = (f"{'N':>8} {'D':>4} {'B':>4} {'k':>4}  {'method':<16} {'ms':>10} {'GB/s':>7} "
-              f"{'%bw':>5} {'vs faiss':>9} {'vs torch':>9} {'recall':>7}")
+    header = (f"{'N':>8} {'D':>4} {'B':>4} {'k':>4}  {'method':<16} {'ms':>10} {'cpu-ms':>10} {'GB/s':>7} "
+              f"{'%bw':>5} {'%bw-cpu':>7} {'vs faiss':>9} {'vs torch':>9} {'recall':>7}")
 
     for n in ns:
         for d in ds:
             g = random_unit(rng, n, d)
             galleries = {s: K.Gallery.from_rows(g, s) for s in args.storages}
-            bw_ms = timed(lambda: K.stream_sum(g, threads=threads), args.repeat, args.budget)
+            bw_ms, bw_cpu_ms = timed(lambda: K.stream_sum(g, threads=threads), args.repeat, args.budget)
             bw = g.nbytes / bw_ms / 1e6
+            bw_cpu = g.nbytes / bw_cpu_ms / 1e6
             print(f"\nN={n} D={d}: read bandwidth (streaming sum of {g.nbytes / 1e9:.2f} GB, "
-                  f"{threads} threads): {bw:.1f} GB/s")
+                  f"{threads} threads): {bw:.1f} GB/s wall, {bw_cpu:.1f} GB/s per CPU-second")
             print(header)
             index = None
             if "faiss" in peers:
@@ -161,29 +170,36 @@ def main() -> None:
                     truth = galleries["float32"].search(q, k)[1] if "float32" in galleries else None
                     results: dict[str, dict] = {}
                     for name, fn in methods.items():
-                        ms = timed(fn, args.repeat, args.budget)
+                        ms, cpu_ms = timed(fn, args.repeat, args.budget)
                         _, ids = fn()
                         storage = name.split("-", 1)[1] if name.startswith("vqclip-") else "float32"
                         gbs = n * d * BYTES[storage] / ms / 1e6
                         results[name] = {
                             "ms": ms,
+                            "cpu_ms": cpu_ms,
                             "gb_s": gbs,
                             "pct_bw": 100 * gbs / bw,
+                            "pct_bw_cpu": 100 * (n * d * BYTES[storage] / cpu_ms / 1e6) / bw_cpu,
                             "recall": None if truth is None else recall(np.asarray(ids), truth),
                         }
                     for name, r in results.items():
                         vs_f = results["faiss-flatip"]["ms"] / r["ms"] if "faiss-flatip" in results else None
                         vs_t = results["torch-topk"]["ms"] / r["ms"] if "torch-topk" in results else None
                         r.update(vs_faiss=vs_f, vs_torch=vs_t)
+                        if "faiss-flatip" in results:
+                            r["vs_faiss_cpu"] = results["faiss-flatip"]["cpu_ms"] / r["cpu_ms"]
+                        if "torch-topk" in results:
+                            r["vs_torch_cpu"] = results["torch-topk"]["cpu_ms"] / r["cpu_ms"]
                         fmt = lambda x, f: f"{x:{f}}" if x is not None else "-"  # noqa: E731
-                        print(f"{n:>8} {d:>4} {b:>4} {k:>4}  {name:<16} {r['ms']:>10.2f} {r['gb_s']:>7.1f} "
-                              f"{r['pct_bw']:>5.0f} {fmt(vs_f, '>8.2f')}x {fmt(vs_t, '>8.2f')}x "
+                        print(f"{n:>8} {d:>4} {b:>4} {k:>4}  {name:<16} {r['ms']:>10.2f} {r['cpu_ms']:>10.2f} "
+                              f"{r['gb_s']:>7.1f} {r['pct_bw']:>5.0f} {r['pct_bw_cpu']:>7.0f} "
+                              f"{fmt(vs_f, '>8.2f')}x {fmt(vs_t, '>8.2f')}x "
                               f"{fmt(r['recall'], '>7.3f')}")
                         rows_out.append({"n": n, "d": d, "b": b, "k": k, "method": name,
-                                         "read_bw_gb_s": bw, **r})
+                                         "read_bw_gb_s": bw, "read_bw_cpu_gb_s": bw_cpu, **r})
             del galleries, index, g
 
-    out = args.out or RESULTS / f"bench_topk_{mode}.json"
+    out = args.out or RESULTS / f"bench_topk_{mode}{'_' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"mode": mode, "threads": threads, "kernels": info, "machine": platform.platform(),
            "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
