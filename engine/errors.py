@@ -13,6 +13,7 @@ __all__ = [
     "TextTooLongError",
     "InputShapeError",
     "BackendUnavailableError",
+    "OutputPathError",
 ]
 
 
@@ -45,3 +46,7 @@ class InputShapeError(VqclipError, ValueError):
 
 class BackendUnavailableError(VqclipError):
     """A backend that cannot load on this machine (no GPU, package missing)."""
+
+
+class OutputPathError(VqclipError):
+    """An output folder or file that cannot be created or written (permissions, a file in the way)."""
