@@ -44,7 +44,7 @@ def _clip_config():
     return CLIPConfig(
         embed_dim=128,
         image_size=64,
-        vision_patch_size=8,
+        vision_patch_size=16,  # 4x4 tokens: a third of the 8x8 cost on 2 shared cores (measured)
         vision_width=128,
         vision_layers=4,
         vision_heads=2,
