@@ -13,6 +13,7 @@ __all__ = [
     "TextTooLongError",
     "InputShapeError",
     "BackendUnavailableError",
+    "UnsupportedOperationError",
     "OutputPathError",
 ]
 
@@ -46,6 +47,10 @@ class InputShapeError(VqclipError, ValueError):
 
 class BackendUnavailableError(VqclipError):
     """A backend that cannot load on this machine (no GPU, package missing)."""
+
+
+class UnsupportedOperationError(VqclipError, RuntimeError):
+    """A call the loaded model was built without (e.g. ``encode`` on a decode-only VQGAN)."""
 
 
 class OutputPathError(VqclipError):
