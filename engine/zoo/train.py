@@ -374,6 +374,45 @@ def _restart_dead_codes(model, z: torch.Tensor, usage: torch.Tensor, rng: np.ran
     return len(dead)
 
 
+# ----------------------------------------------------------------------------- shape judge
+
+def train_judge(args: argparse.Namespace) -> dict:
+    """The independent shape classifier that scores VQGAN reconstructions (``shape_judge``)."""
+    from engine.zoo.shape_judge import ShapeJudge
+
+    out = check_writable(args.out)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    model = ShapeJudge()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    images = render_cache(args.cache, "train", args.train_images, workers=args.threads)
+    train_scenes = shapes.sample_scenes("train", 0, args.train_images)
+    labels = torch.tensor([shapes.SHAPES.index(s.shape) for s in train_scenes])
+    val_scenes = shapes.sample_scenes("val", 0, args.val_images)
+    val = shapes.render_batch(val_scenes)
+    start = time.time()
+    step = 0
+    model.train()
+    while step < args.steps and time.time() - start < args.minutes * 60:
+        rng = np.random.default_rng((args.seed, step))
+        idx = np.sort(rng.choice(len(images), args.batch, replace=False))
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.steps, args.lr, args.warmup)
+        loss = F.cross_entropy(model(quality.vqgan_input(images[idx])), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % args.log_every == 0:
+            log.info("step %d loss %.4f", step, loss.item())
+    acc = float(np.mean([p == s.shape for p, s in zip(model.predict(val), val_scenes)]))
+    final = {"final": True, "step": step, "minutes": round((time.time() - start) / 60, 2), "val_accuracy": acc}
+    (out / "log.jsonl").write_text(json.dumps(final) + "\n")
+    _save_safetensors(model.state_dict(), out / "model.safetensors", {"steps": step, "seed": args.seed})
+    log.info("done: %s", final)
+    return final
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -417,6 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--train-images", type=int, default=100_000)
     v.add_argument("--val-images", type=int, default=200)
     v.set_defaults(func=train_vqgan)
+    j = sub.add_parser("judge", help="train the independent shape classifier")
+    _add_common(j)
+    j.add_argument("--steps", type=int, default=800)
+    j.add_argument("--batch", type=int, default=128)
+    j.add_argument("--lr", type=float, default=3e-3)
+    j.add_argument("--warmup", type=int, default=30)
+    j.add_argument("--train-images", type=int, default=100_000)
+    j.add_argument("--val-images", type=int, default=2000)
+    j.set_defaults(func=train_judge)
     return p
 
 
