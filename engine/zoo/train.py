@@ -35,28 +35,15 @@ from engine.zoo import quality, shapes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["main", "render_cache", "check_writable", "atomic_save", "SHAPES_CLIP_CONFIG"]
+__all__ = ["main", "render_cache", "check_writable", "atomic_save"]
 
 
 def _clip_config():
-    from engine.models.clip import CLIPConfig
+    # The architecture lives in the registry (engine/zoo/configs.py), so the recipe and the
+    # loader can never disagree about it.
+    from engine.zoo import get
 
-    return CLIPConfig(
-        embed_dim=128,
-        image_size=64,
-        vision_patch_size=16,  # 4x4 tokens: a third of the 8x8 cost on 2 shared cores (measured)
-        vision_width=128,
-        vision_layers=4,
-        vision_heads=2,
-        vision_stem="conv",
-        context_length=16,
-        text_width=128,
-        text_layers=3,
-        text_heads=2,
-    )
-
-
-SHAPES_CLIP_CONFIG = None  # filled lazily by _clip_config(); kept for the name in __all__
+    return get("shapes-clip").config
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -165,10 +152,6 @@ def train_clip(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     cfg = _clip_config()
-    if args.patch:
-        from dataclasses import replace
-
-        cfg = replace(cfg, vision_patch_size=args.patch, vision_width=args.width, vision_heads=args.width // 64)
     model = CLIP(cfg)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1 / 0.07))  # OpenAI's initial temperature
@@ -257,18 +240,9 @@ def _save_state(path: Path, model, opt, step: int, elapsed: float) -> None:
 # ----------------------------------------------------------------------------- VQGAN
 
 def _vqgan_config():
-    from engine.models.vqgan import VQGANConfig
+    from engine.zoo import get
 
-    return VQGANConfig(
-        ch=32,  # the least GroupNorm(32) allows: full-resolution convs are most of the cost
-        ch_mult=(1, 2, 2),  # f4: a 64x64 image is 16x16 codes, enough to keep star points
-        num_res_blocks=1,
-        attn_resolutions=(),  # only the mid-block attention (16x16 latents at 64x64)
-        z_channels=64,
-        embed_dim=16,  # low-dimensional codes stay in use (ViT-VQGAN's finding)
-        n_embed=512,
-        resolution=64,
-    )
+    return get("shapes-vqgan").config
 
 
 def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,8 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weight-decay", type=float, default=0.05)
     c.add_argument("--train-images", type=int, default=100_000)
     c.add_argument("--val-images", type=int, default=1000)
-    c.add_argument("--patch", type=int, default=0, help="override the patch size (experiments)")
-    c.add_argument("--width", type=int, default=128, help="vision width with --patch (experiments)")
     c.set_defaults(func=train_clip)
     v = sub.add_parser("vqgan", help="train shapes-vqgan")
     _add_common(v)
