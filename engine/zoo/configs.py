@@ -59,7 +59,7 @@ SHAPES_CLIP = register(ModelRecord(
 ))
 SHAPES_VQGAN = register(ModelRecord(
     name="shapes-vqgan", family="vqgan",
-    config=VQGANConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
+    config=VQGANConfig(ch=32, ch_mult=(2, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
                        embed_dim=16, n_embed=512, resolution=64),
     weights=WeightsRecord(path="shapes-vqgan.safetensors", sha256=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                           interpolation="bicubic"),
