@@ -7,6 +7,9 @@ folder, and ``--resume`` continues from it.
 
     python -m engine.zoo.train clip --out /tmp/shapes-clip --minutes 45 --threads 1
     python -m engine.zoo.train vqgan --out /tmp/shapes-vqgan --minutes 45 --threads 1
+    python -m engine.zoo.train judge --out /tmp/shape-judge
+
+(engine/zoo/MODEL_CARD.md has the exact commands, stages and times of the shipped weights.)
 
 The output folder gets ``last.pt`` (resume state), ``model.safetensors`` (fp32 weights,
 OpenAI / taming key layout), ``config.json`` and ``log.jsonl`` (loss and held-out
@@ -146,6 +149,11 @@ def _label_targets(scenes: list[shapes.Scene], caps: list[shapes.Caption]) -> to
 
 
 def train_clip(args: argparse.Namespace) -> dict:
+    """Train shapes-clip contrastively on captioned scenes; returns the final held-out figures.
+
+    Writes ``args.out``/{last.pt, model.safetensors, config.json, log.jsonl}. Raises
+    ``OutputPathError`` before any work when ``args.out`` or ``args.cache`` is not writable.
+    """
     from engine.models.clip import CLIP
 
     out = check_writable(args.out)
@@ -250,6 +258,11 @@ def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_vqgan(args: argparse.Namespace) -> dict:
+    """Train shapes-vqgan to reconstruct scenes; returns the final validation PSNR and usage.
+
+    Same files and errors as ``train_clip``. ``--resume --steps N`` continues a finished or
+    killed run under a new cosine schedule of N steps (the shipped model took three stages).
+    """
     from engine.models.vqgan import VQGAN
 
     out = check_writable(args.out)
