@@ -140,3 +140,33 @@ def test_training_recipe_refuses_an_unwritable_output_folder(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "not writable" in err and "--out" in err
     assert not (tmp_path / "cache").exists()  # refused before any rendering
+
+
+def test_every_caption_fits_the_clip_context():
+    ctx = get("shapes-clip").config.context_length
+    texts = {shapes.caption(s, t).text for s in shapes.sample_scenes("test", 0, 400)
+             for t in range(len(shapes.TEMPLATES))}
+    texts |= {f"a large {c} triangle on a {b} background" for c in shapes.COLOURS for b in shapes.BACKGROUNDS}
+    ids = quality.tokenize(sorted(texts), ctx)  # raises on a text longer than the context
+    assert ids.shape == (len(texts), ctx)
+
+
+@pytest.mark.parametrize("what,extra", [
+    ("clip", ["--batch", "8", "--val-images", "16"]),
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5"]),
+])
+def test_recipe_is_reproducible_from_its_seed(what, extra, tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.zoo import train
+
+    common = ["--cache", str(tmp_path / "cache"), "--train-images", "64", "--steps", "2", "--log-every", "1000",
+              "--eval-every", "1000", *extra]
+    for run in ("a", "b"):
+        assert train.main([what, "--out", str(tmp_path / run), *common]) == 0
+    a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("a", "b"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert train.main([what, "--out", str(tmp_path / "c"), "--seed", "1", *common]) == 0
+    c = load_file(str(tmp_path / "c" / "model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the seed matters, so the check can fail
