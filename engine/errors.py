@@ -18,6 +18,7 @@ __all__ = [
     "OutputExistsError",
     "ParityError",
     "ManifestError",
+    "OutputPathError",
 ]
 
 
@@ -73,3 +74,5 @@ class ParityError(VqclipError):
 
 class ManifestError(VqclipError):
     """An export folder whose manifest is missing, unreadable, or disagrees with its graphs."""
+class OutputPathError(VqclipError):
+    """An output folder or file that cannot be created or written (permissions, a file in the way)."""
