@@ -256,7 +256,7 @@ def test_bad_yaml_is_refused(ckpt_path, tmp_path, text, match):
 def test_config_by_zoo_name(ckpt_path):
     with pytest.raises(CheckpointError, match="does not match the VQGAN config.*missing 194 keys"):  # another model
         load_vqgan(ckpt_path, config="vqgan-f16-1024")
-    with pytest.raises(UnknownModelError, match="unknown vqgan model 'ViT-B-32'; available: vqgan-f16-1024"):
+    with pytest.raises(UnknownModelError, match="unknown vqgan model 'ViT-B-32'; available: shapes-vqgan, vqgan-f16-1024"):
         load_vqgan(ckpt_path, config="ViT-B-32")
 
 
