@@ -13,6 +13,9 @@ __all__ = [
     "TextTooLongError",
     "InputShapeError",
     "BackendUnavailableError",
+    "InvalidInputError",
+    "SearchIndexError",
+    "IndexMismatchError",
 ]
 
 
@@ -45,3 +48,16 @@ class InputShapeError(VqclipError, ValueError):
 
 class BackendUnavailableError(VqclipError):
     """A backend that cannot load on this machine (no GPU, package missing)."""
+
+
+class InvalidInputError(VqclipError, ValueError):
+    """A value given by the user that is empty or out of range: no labels, k < 1, a blank
+    query, a text file (labels, templates) that is not UTF-8 or not in the expected form."""
+
+
+class SearchIndexError(VqclipError):
+    """An index folder that is missing, unreadable, locked by a writer, or not an index."""
+
+
+class IndexMismatchError(SearchIndexError):
+    """An index used with another model than the one that built it (the message names both)."""

@@ -1,0 +1,238 @@
+"""One CLIP model ready for the runtime jobs: encoders on a backend plus what the jobs
+need to know about the model (its identity, preprocessing, default prompt, temperature).
+
+The jobs (classify, index, search) talk to an ``Encoder`` and never to a backend or a
+torch module directly, so every backend serves every job the same way.
+
+Example::
+
+    enc = open_encoder("shapes-clip")                     # zoo name, file path or CLIP module
+    img = enc.encode_image(enc.preprocess([pil_image]))   # (1, E) float32, unit rows
+    txt = enc.encode_texts(["a red circle"])              # (1, E) float32, unit rows
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engine.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL", "ModelIdentity", "Encoder", "open_encoder", "weights_digest"]
+
+DEFAULT_MODEL = "shapes-clip"  # the bundled CLIP: every command uses it when no model is named
+_TEXT_BATCH = 256  # prompts per text-encoder call: bounds memory for the 80-template ensemble
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which weights produced an embedding: a readable name and a digest of the weights.
+
+    Two identities are the same model when their digests match; the name is for people.
+    """
+
+    name: str  # zoo name or the file path as given
+    digest: str  # sha256 hex of the weights (file bytes, or the tensors of an in-memory module)
+
+    def __str__(self) -> str:
+        return f"{self.name} (weights sha256 {self.digest[:12]})"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "digest": self.digest}
+
+
+_digest_cache: dict[tuple, str] = {}
+_digest_lock = threading.Lock()
+
+
+def weights_digest(source: Any) -> str:
+    """sha256 hex of a weights file (streamed; cached per path, size and mtime) or of a
+    module's state dict (names, dtypes, shapes and bytes of every tensor, in key order)."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        with _digest_lock:
+            if key in _digest_cache:
+                return _digest_cache[key]
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        with _digest_lock:
+            _digest_cache[key] = h.hexdigest()
+        return h.hexdigest()
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in source.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    # A zero row stays zero (norm clamped) rather than becoming NaN.
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+class Encoder:
+    """Image and text encoders of one CLIP model on one backend, with its metadata.
+
+    ``encode_image`` / ``encode_text`` take the backend's numpy inputs and return
+    L2-normalised float32 rows. Safe to call from several threads at once: the torch
+    backend runs under ``inference_mode`` with no shared mutable state, and backend
+    sessions (onnxruntime, TensorRT) are documented thread-safe for ``run``.
+    """
+
+    def __init__(self, session: Any, identity: ModelIdentity, *, image_size: int,
+                 mean: Sequence[float], std: Sequence[float], default_template: str,
+                 logit_scale: float, context_length: int = 77, backend: str = "torch"):
+        self.session = session  # has encode_image(np) / encode_text(np) -> np
+        self.identity = identity
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.default_template = default_template
+        self.logit_scale = float(logit_scale)  # exp(learned log-temperature), e.g. 100
+        self.context_length = int(context_length)
+        self.backend = backend
+        self._preprocessor = None
+
+    def describe(self) -> str:
+        """One line: model, backend, input size."""
+        extra = self.session.describe() if hasattr(self.session, "describe") else self.backend
+        return f"{self.identity} on {extra}, {self.image_size}px input"
+
+    @property
+    def preprocessor(self):
+        """The model's CLIP preprocessing (resize, centre crop, normalise), built on first use."""
+        if self._preprocessor is None:
+            from engine.preprocess import Preprocessor
+
+            self._preprocessor = Preprocessor(self.image_size, self.mean, self.std)
+        return self._preprocessor
+
+    def preprocess(self, images: list) -> np.ndarray:
+        """PIL RGB images -> float32 (B, 3, S, S) normalised pixels."""
+        return self.preprocessor(images)
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        """float32 (B, 3, S, S) normalised pixels -> float32 (B, E) unit rows."""
+        return _normalise(self.session.encode_image(np.ascontiguousarray(pixels, dtype=np.float32)))
+
+    def encode_text(self, ids: np.ndarray) -> np.ndarray:
+        """int64 (B, T) token ids -> float32 (B, E) unit rows."""
+        return _normalise(self.session.encode_text(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    def encode_texts(self, texts: Sequence[str], truncate: bool = False) -> np.ndarray:
+        """Texts -> float32 (N, E) unit rows, tokenised and encoded in batches.
+
+        A text longer than the context raises ``TextTooLongError`` unless ``truncate``.
+        An empty list gives a (0, E)-shaped result only if E is known, so it is refused.
+        """
+        from engine.tokenizer import tokenize
+
+        if not texts:
+            raise InvalidInputError("no texts to encode; give at least one")
+        out = []
+        for i in range(0, len(texts), _TEXT_BATCH):
+            ids = tokenize(list(texts[i:i + _TEXT_BATCH]), context_length=self.context_length, truncate=truncate)
+            out.append(self.encode_text(ids))
+        return np.concatenate(out, axis=0)
+
+
+class _TorchSession:
+    """The reference backend over a ``CLIP`` module, used until ``engine.backends`` is in."""
+
+    def __init__(self, module: Any, device: str = "cpu"):
+        import torch
+
+        self._torch = torch
+        self.module = module.eval().to(device)
+        self.device = device
+
+    def describe(self) -> str:
+        return f"torch {self.device} {str(self.module.dtype).replace('torch.', '')}"
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels).to(self.device, self.module.dtype)
+            return self.module.encode_image(x).float().cpu().numpy()
+
+    def encode_text(self, ids: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            return self.module.encode_text(torch.from_numpy(ids).to(self.device)).float().cpu().numpy()
+
+
+def open_encoder(model: Any = None, backend: str = "torch", *, device: str = "cpu") -> Encoder:
+    """An ``Encoder`` for ``model``: a zoo name, a checkpoint path, or a ``CLIP`` module.
+
+    ``None`` means the bundled ``shapes-clip``. Zoo records give the preprocessing mean/std
+    and the default prompt; a bare file or module gets OpenAI's. Raises
+    ``UnknownModelError`` / ``CheckpointError`` for a bad model, ``BackendUnavailableError``
+    for a backend this machine cannot run.
+    """
+    from engine.models.clip import CLIP
+    from engine.zoo.registry import OPENAI_MEAN, OPENAI_STD
+
+    record = None
+    if model is None:
+        model = DEFAULT_MODEL
+    if isinstance(model, CLIP):
+        module, name = model, "in-memory CLIP"
+        digest = weights_digest(module)
+    else:
+        from engine.checkpoints import load_clip
+
+        src = str(model)
+        if not Path(src).exists():
+            from engine.zoo import get
+
+            record = get(src, family="clip")
+            name = record.name
+        else:
+            name = src
+        module = load_clip(src)
+        digest = _record_digest(record) if record is not None else weights_digest(src)
+        if digest is None:
+            digest = weights_digest(module)
+    if backend != "torch":
+        from engine.backends import open_backend  # lands with the backends branch
+
+        session = open_backend(backend, module)
+    else:
+        session = _TorchSession(module, device)
+    cfg = module.config
+    return Encoder(
+        session, ModelIdentity(name, digest), image_size=cfg.image_size,
+        mean=record.weights.mean if record and record.weights else OPENAI_MEAN,
+        std=record.weights.std if record and record.weights else OPENAI_STD,
+        default_template=record.default_template if record else "a photo of a {}.",
+        logit_scale=float(module.logit_scale.detach().exp().clamp(max=100.0)),
+        context_length=cfg.context_length, backend=backend,
+    )
+
+
+def _record_digest(record: Any) -> str | None:
+    w = getattr(record, "weights", None)
+    if w is None:
+        return None
+    if w.sha256:
+        return w.sha256
+    p = Path(w.path)
+    if not p.is_absolute():
+        p = Path(__file__).parent / "zoo" / "weights" / p
+    return weights_digest(p) if p.is_file() else None
