@@ -25,6 +25,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runtime_parsers(sub) -> None:
+    """classify, index, search and demo (engine/_cli_runtime.py)."""
+    from engine import _cli_runtime as rt
+
+    rt.add_classify_parser(sub)
+    rt.add_index_parser(sub)
+    rt.add_search_parser(sub)
+    rt.add_demo_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vqclip", description="CLIP and VQGAN inference engine")
     p.add_argument("--version", action="version", version=f"vqclip {__version__}")
@@ -34,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the named models")
     m.add_argument("--family", choices=["clip", "vqgan"], help="only this family")
     m.set_defaults(func=_cmd_models)
+    _add_runtime_parsers(sub)
     return p
 
 
