@@ -73,7 +73,7 @@ def weights_digest(source: Any) -> str:
 
     h = hashlib.sha256()
     for name, t in source.state_dict().items():
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (logit_scale) cannot be byte-viewed
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
