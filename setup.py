@@ -40,6 +40,7 @@ setup(
         "tqdm>=4.60",
         "ftfy>=6.1",
         "regex>=2023.0",
+        "tokenizers>=0.15",  # Rust BPE engine under engine.tokenizer
     ],
     extras_require={
         # The reference packages the parity tests compare against. clip-anytorch and
