@@ -6,15 +6,39 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 
 
+def _openmp_flags(build_ext_cls):
+    """Probe -fopenmp with a test compile; the kernels still build single-threaded without it."""
+
+    class BuildExt(build_ext_cls):
+        def build_extensions(self):
+            from pybind11.setup_helpers import has_flag
+
+            if self.compiler.compiler_type == "unix" and has_flag(self.compiler, "-fopenmp"):
+                for ext in self.extensions:
+                    if ext.name == "engine._kernels":
+                        ext.extra_compile_args.append("-fopenmp")
+                        ext.extra_link_args.append("-fopenmp")
+            super().build_extensions()
+
+    return BuildExt
+
+
 def kernel_extensions():
-    """The pybind11 extension built from csrc/ (empty until the kernels exist)."""
+    """The pybind11 extension engine._kernels built from csrc/*.cpp.
+
+    One binary holds every SIMD variant (AVX-512, AVX2, scalar) through per-function
+    target attributes, so no -march flag is passed: the module runs on any x86-64 or ARM
+    CPU and picks its path at run time. The optional CUDA extension is built separately
+    (see csrc/cuda/build.py) only on request.
+    """
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     if not sources:
         return [], {}
     from pybind11.setup_helpers import Pybind11Extension, build_ext
 
-    ext = Pybind11Extension("engine._kernels", sources, cxx_std=17)
-    return [ext], {"build_ext": build_ext}
+    ext = Pybind11Extension("engine._kernels", sources, cxx_std=17, depends=["csrc/topk.h"])
+    ext.extra_compile_args.append("-O3")
+    return [ext], {"build_ext": _openmp_flags(build_ext)}
 
 
 ext_modules, cmdclass = kernel_extensions()

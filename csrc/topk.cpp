@@ -1,0 +1,321 @@
+// The top-k driver: query normalisation, blocking over the gallery, per-thread
+// selection and the final merge. The arithmetic comes from a SimdOps table.
+//
+// Threads (OpenMP when the build found it):
+//   - few queries: each thread scans a contiguous slice of the gallery with its own
+//     selectors, merged at the end (the gallery is read once, by all cores together);
+//   - many queries (b >= kQueryParallelMin per thread): each thread takes a tile of
+//     queries and scans the whole gallery; no merge.
+// Extra memory is O(threads x b x k + block), never the b x n score matrix.
+#include "topk.h"
+
+#include <algorithm>
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <stdexcept>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace vq {
+namespace {
+
+// Below this many multiply-adds a call runs on one thread: waking a team costs more.
+constexpr int64_t kParallelMinWork = int64_t(1) << 20;
+// Queries per thread from which the query-parallel split beats the gallery split.
+constexpr int64_t kQueryParallelMin = 32;
+// From this many queries per pass the register-blocked tile kernel is used; below it
+// each row is dotted with each query directly (conversion fused, no scratch copy).
+constexpr int64_t kTileMinQueries = 4;
+// Queries scored together against one gallery block (bounds the score buffer).
+constexpr int64_t kQueryGroup = 256;
+// Up to this k a binary heap keeps the best k; above it a buffer of 2k that is cut
+// back to k with nth_element (cheaper per insert for large k).
+constexpr int64_t kHeapMaxK = 64;
+
+struct Hit {
+    float score;
+    int64_t id;
+};
+
+// Strict order of the output: higher score first, then the lower id.
+inline bool better(const Hit& a, const Hit& b) {
+    return a.score > b.score || (a.score == b.score && a.id < b.id);
+}
+
+// The best k hits seen so far for one query.
+class Selector {
+public:
+    explicit Selector(int64_t k) : k_(k), heap_(k <= kHeapMaxK) {
+        hits_.reserve(static_cast<size_t>(heap_ ? k : 2 * k));
+    }
+
+    // Scores below this cannot enter; scores equal to it might (the id decides).
+    float threshold() const { return thr_; }
+
+    void push(float score, int64_t id) {
+        if (score < thr_) return;
+        const Hit h{score, id};
+        if (heap_) {
+            // std heaps with `better` as "less" keep the worst hit at the front.
+            if (static_cast<int64_t>(hits_.size()) < k_) {
+                hits_.push_back(h);
+                std::push_heap(hits_.begin(), hits_.end(), better);
+                if (static_cast<int64_t>(hits_.size()) == k_) thr_ = hits_.front().score;
+            } else if (better(h, hits_.front())) {
+                std::pop_heap(hits_.begin(), hits_.end(), better);
+                hits_.back() = h;
+                std::push_heap(hits_.begin(), hits_.end(), better);
+                thr_ = hits_.front().score;
+            }
+        } else {
+            hits_.push_back(h);
+            if (static_cast<int64_t>(hits_.size()) == 2 * k_) {
+                std::nth_element(hits_.begin(), hits_.begin() + (k_ - 1), hits_.end(), better);
+                thr_ = hits_[k_ - 1].score;
+                hits_.resize(k_);
+            }
+        }
+    }
+
+    void append_to(std::vector<Hit>& out) const { out.insert(out.end(), hits_.begin(), hits_.end()); }
+
+private:
+    int64_t k_;
+    bool heap_;
+    float thr_ = -std::numeric_limits<float>::infinity();
+    std::vector<Hit> hits_;
+};
+
+// Sorts `hits` and writes the best k of them to one output row, padding with (-inf, -1).
+void write_row(std::vector<Hit>& hits, int64_t k, float* scores, int64_t* ids) {
+    const int64_t n = std::min<int64_t>(k, static_cast<int64_t>(hits.size()));
+    std::partial_sort(hits.begin(), hits.begin() + n, hits.end(), better);
+    for (int64_t j = 0; j < n; ++j) {
+        scores[j] = hits[j].score;
+        ids[j] = hits[j].id;
+    }
+    for (int64_t j = n; j < k; ++j) {
+        scores[j] = -std::numeric_limits<float>::infinity();
+        ids[j] = -1;
+    }
+}
+
+size_t storage_bytes(Storage st) {
+    switch (st) {
+        case Storage::f32: return 4;
+        case Storage::f16:
+        case Storage::bf16: return 2;
+        case Storage::i8: return 1;
+    }
+    return 4;
+}
+
+// Scans global rows [r0, r1) against queries qn[q0, q1) (normalised, [b, d]) and feeds
+// sel[q - q0]. Rows are taken segment by segment in blocks that stay in cache.
+void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d,
+          const std::vector<Segment>& segments, Storage st, int64_t r0, int64_t r1,
+          Selector* sel) {
+    const int64_t nq = q1 - q0;
+    const bool tiled = nq >= kTileMinQueries && ops.tile_scores != nullptr;
+    // A block of ~128 KiB of float32 rows stays in L2 while every query passes over it.
+    const int64_t block = std::max<int64_t>(16, (int64_t(128) << 10) / (4 * d)) & ~int64_t(3);
+    const int64_t group = std::min(nq, tiled ? kQueryGroup : int64_t(1));
+    std::vector<float> conv(tiled && st != Storage::f32 ? static_cast<size_t>(block * d) : 0);
+    std::vector<float> buf(static_cast<size_t>(group * block));
+    std::vector<int32_t> idx(static_cast<size_t>(block + 16));  // +16: whole-vector stores
+
+    int64_t seg_start = 0;
+    for (const Segment& seg : segments) {
+        const int64_t lo = std::max(r0, seg_start), hi = std::min(r1, seg_start + seg.rows);
+        seg_start += seg.rows;
+        if (lo >= hi) continue;
+        const int64_t local0 = lo - (seg_start - seg.rows);
+        const int64_t local1 = hi - (seg_start - seg.rows);
+        const char* base = static_cast<const char*>(seg.data);
+        const size_t row_bytes = storage_bytes(st) * static_cast<size_t>(d);
+        for (int64_t b0 = local0; b0 < local1; b0 += block) {
+            const int64_t nb = std::min(block, local1 - b0);
+            const void* rows = base + row_bytes * static_cast<size_t>(b0);
+            const float* factor = seg.factor + b0;
+            const int64_t id0 = seg.first_id + b0;
+            if (tiled) {
+                const float* g = static_cast<const float*>(rows);
+                if (st != Storage::f32) {  // convert once, reuse for every query
+                    ops.convert_rows(rows, st, nb, d, conv.data());
+                    g = conv.data();
+                }
+                for (int64_t g0 = q0; g0 < q1; g0 += group) {
+                    const int64_t ng = std::min(group, q1 - g0);
+                    ops.tile_scores(qn + g0 * d, ng, g, nb, d, buf.data(), block);
+                    for (int64_t i = 0; i < ng; ++i) {
+                        float* s = buf.data() + i * block;
+                        Selector& se = sel[g0 + i - q0];
+                        const int64_t c = ops.scale_filter(s, factor, nb, se.threshold(), idx.data());
+                        for (int64_t j = 0; j < c; ++j) se.push(s[idx[j]], id0 + idx[j]);
+                    }
+                }
+            } else {
+                for (int64_t q = q0; q < q1; ++q) {
+                    ops.dot_rows(qn + q * d, rows, st, nb, d, buf.data());
+                    Selector& se = sel[q - q0];
+                    const int64_t c = ops.scale_filter(buf.data(), factor, nb, se.threshold(), idx.data());
+                    for (int64_t j = 0; j < c; ++j) se.push(buf[idx[j]], id0 + idx[j]);
+                }
+            }
+        }
+    }
+}
+
+int thread_count(int requested) {
+#ifdef _OPENMP
+    // Never nest a team inside another library's (or our own caller's) parallel region.
+    if (omp_in_parallel()) return 1;
+    return requested > 0 ? requested : omp_get_max_threads();
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+}  // namespace
+
+int max_threads() { return thread_count(0); }
+
+bool have_openmp() {
+#ifdef _OPENMP
+    return true;
+#else
+    return false;
+#endif
+}
+
+Simd best_simd() {
+    if (ops_avx512() && cpu_has_avx512()) return Simd::avx512;
+    if (ops_avx2() && cpu_has_avx2()) return Simd::avx2;
+    return Simd::scalar;
+}
+
+const char* simd_name(Simd simd) {
+    switch (simd) {
+        case Simd::scalar: return "scalar";
+        case Simd::avx2: return "avx2";
+        case Simd::avx512: return "avx512";
+    }
+    return "unknown";
+}
+
+const SimdOps& ops_for(Simd simd) {
+    switch (simd) {
+        case Simd::scalar: return ops_scalar();
+        case Simd::avx2:
+            if (ops_avx2() && cpu_has_avx2()) return *ops_avx2();
+            break;
+        case Simd::avx512:
+            if (ops_avx512() && cpu_has_avx512()) return *ops_avx512();
+            break;
+    }
+    throw std::invalid_argument(std::string("SIMD path '") + simd_name(simd) +
+                                "' is not supported by this CPU or build");
+}
+
+void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<Segment>& segments,
+                 Storage st, int64_t k, int threads, Simd simd, float* out_scores,
+                 int64_t* out_ids) {
+    if (k < 1) throw std::invalid_argument("k must be >= 1");
+    if (d < 1) throw std::invalid_argument("dimension must be >= 1");
+    const SimdOps& ops = ops_for(simd);
+    int64_t n = 0;
+    for (const Segment& s : segments) n += s.rows;
+    const int64_t kk = std::min(k, n);  // selectors never hold more than the gallery
+
+    // Normalised queries; a zero query stays zero and scores 0 against every row.
+    std::vector<float> qn(static_cast<size_t>(b * d));
+    for (int64_t i = 0; i < b; ++i) {
+        const float* q = queries + i * d;
+        double ss = 0;
+        for (int64_t j = 0; j < d; ++j) ss += double(q[j]) * double(q[j]);
+        const double inv = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
+        for (int64_t j = 0; j < d; ++j) qn[i * d + j] = static_cast<float>(q[j] * inv);
+    }
+
+    std::vector<Hit> merged;
+    if (n == 0 || b == 0) {
+        for (int64_t i = 0; i < b; ++i) write_row(merged, k, out_scores + i * k, out_ids + i * k);
+        return;
+    }
+
+    int t = thread_count(threads);
+    if (static_cast<double>(b) * n * d < kParallelMinWork) t = 1;
+    t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, n / 16 + 1)));
+    std::exception_ptr failure;
+
+    if (t > 1 && b >= kQueryParallelMin * t) {
+        // Query tiles: each thread owns whole output rows, so no merge is needed.
+#pragma omp parallel num_threads(t)
+        {
+            try {
+                const int me = thread_id(), nt = t;
+                const int64_t lo = b * me / nt, hi = b * (me + 1) / nt;
+                std::vector<Selector> sel(static_cast<size_t>(hi - lo), Selector(kk));
+                scan(ops, qn.data(), lo, hi, d, segments, st, 0, n, sel.data());
+                std::vector<Hit> hits;
+                for (int64_t i = lo; i < hi; ++i) {
+                    hits.clear();
+                    sel[i - lo].append_to(hits);
+                    write_row(hits, k, out_scores + i * k, out_ids + i * k);
+                }
+            } catch (...) {
+#pragma omp critical(vq_failure)
+                failure = std::current_exception();
+            }
+        }
+    } else {
+        // Gallery slices: every thread keeps selectors for all queries; merged below.
+        std::vector<std::vector<Selector>> sel(static_cast<size_t>(t));
+#pragma omp parallel num_threads(t)
+        {
+            try {
+                const int me = thread_id();
+                const int64_t lo = n * me / t, hi = n * (me + 1) / t;
+                sel[me].assign(static_cast<size_t>(b), Selector(kk));
+                scan(ops, qn.data(), 0, b, d, segments, st, lo, hi, sel[me].data());
+            } catch (...) {
+#pragma omp critical(vq_failure)
+                failure = std::current_exception();
+            }
+        }
+        if (failure) std::rethrow_exception(failure);
+        for (int64_t i = 0; i < b; ++i) {
+            merged.clear();
+            for (int p = 0; p < t; ++p) sel[p][i].append_to(merged);
+            write_row(merged, k, out_scores + i * k, out_ids + i * k);
+        }
+    }
+    if (failure) std::rethrow_exception(failure);
+}
+
+double stream_sum(const float* p, int64_t n, int threads, Simd simd) {
+    const SimdOps& ops = ops_for(simd);
+    const int t = thread_count(threads);
+    double total = 0;
+#pragma omp parallel num_threads(t) reduction(+ : total)
+    {
+        const int me = thread_id();
+        const int64_t lo = n * me / t, hi = n * (me + 1) / t;
+        total += ops.sum_f32(p + lo, hi - lo);
+    }
+    return total;
+}
+
+}  // namespace vq

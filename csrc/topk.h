@@ -1,0 +1,81 @@
+// Fused cosine-similarity + top-k over a gallery of stored vectors.
+//
+// The driver (topk.cpp) owns threading and selection; the arithmetic lives in one
+// table of function pointers per instruction set (topk_simd.cpp), picked at run time.
+// Nothing here touches Python: bindings.cpp is the only file that includes pybind11.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace vq {
+
+// How the gallery rows are stored. The numeric values are part of the binding's API.
+enum class Storage : int32_t {
+    f32 = 0,   // IEEE float32
+    f16 = 1,   // IEEE binary16
+    bf16 = 2,  // bfloat16 (upper half of a float32)
+    i8 = 3,    // int8, symmetric per-row scale folded into the row factor
+};
+
+enum class Simd : int32_t { scalar = 0, avx2 = 1, avx512 = 2 };
+
+// One contiguous run of gallery rows. A gallery is a list of these so that appending
+// never copies the rows already stored (and a memory-mapped base needs no copy at all).
+struct Segment {
+    const void* data;      // [rows, dim] in `storage`, C-contiguous
+    const float* factor;   // [rows]: multiplier turning a raw dot product into a cosine
+    int64_t rows;
+    int64_t first_id;      // global id of row 0 of this segment
+};
+
+// The arithmetic for one instruction set. Every function handles any d (vector tails
+// are masked or scalar) and any row/query count.
+struct SimdOps {
+    const char* name;
+    // scores[r] = <q, row r>, rows converted from `storage` on the fly.
+    void (*dot_rows)(const float* q, const void* rows, Storage storage, int64_t nrows,
+                     int64_t d, float* scores);
+    // dst[r * d + j] = float(row r, element j).
+    void (*convert_rows)(const void* rows, Storage storage, int64_t nrows, int64_t d,
+                         float* dst);
+    // scores[i * lds + r] = <q_i, g_r> for i < nq, r < ng; q [nq, d], g [ng, d] float32.
+    void (*tile_scores)(const float* q, int64_t nq, const float* g, int64_t ng, int64_t d,
+                        float* scores, int64_t lds);
+    // scores[r] *= factor[r]; writes the r with scores[r] >= thr to idx; returns their count.
+    int64_t (*scale_filter)(float* scores, const float* factor, int64_t n, float thr,
+                            int32_t* idx);
+    // Sum of `n` floats; used to measure read bandwidth with the same code generation.
+    double (*sum_f32)(const float* p, int64_t n);
+};
+
+const SimdOps& ops_scalar();
+const SimdOps* ops_avx2();     // nullptr when not compiled for this architecture
+const SimdOps* ops_avx512();   // nullptr when not compiled for this architecture
+
+bool cpu_has_avx2();
+bool cpu_has_avx512();
+Simd best_simd();
+const SimdOps& ops_for(Simd simd);   // throws std::invalid_argument if the CPU lacks it
+const char* simd_name(Simd simd);
+
+struct TopkResult {
+    std::vector<float> scores;    // [b, k]
+    std::vector<int64_t> ids;     // [b, k]
+};
+
+// Top-k cosine of each query against all segments. `queries` [b, d] float32 need not be
+// normalised. Scores sorted descending, ties by the lower id; missing results are
+// id -1 and score -inf. `threads` <= 0 means the OpenMP default.
+void topk_cosine(const float* queries, int64_t b, int64_t d,
+                 const std::vector<Segment>& segments, Storage storage, int64_t k,
+                 int threads, Simd simd, float* out_scores, int64_t* out_ids);
+
+// Multi-threaded streaming sum, to measure the read bandwidth the kernels compete with.
+double stream_sum(const float* p, int64_t n, int threads, Simd simd);
+
+int max_threads();
+bool have_openmp();
+
+}  // namespace vq

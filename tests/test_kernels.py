@@ -1,0 +1,441 @@
+"""engine.kernels against a float64 numpy brute force, on every SIMD path.
+
+Index comparisons are tie-aware (as FAISS's tests do): a returned id is right when its
+reference score is within ATOL of the k-th best; every id clearly above the k-th best
+must be returned. ATOL = 1e-5: float32 accumulation over D <= 512 of unit vectors errs by
+~1e-7 per score, so 1e-5 leaves two orders of margin and still catches a wrong row.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import kernels as K
+from engine.errors import BackendUnavailableError, InputShapeError
+
+ATOL = 1e-5
+ROOT = Path(__file__).resolve().parents[1]
+PATHS = K.info()["supported"]
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+def reference(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Cosine [B, N] in float64 of the values as given (dequantise before calling)."""
+    return unit(q) @ unit(rows).T
+
+
+def assert_topk(scores: np.ndarray, ids: np.ndarray, ref: np.ndarray, k: int, atol: float = ATOL) -> None:
+    b, n = ref.shape
+    kk = min(k, n)
+    assert scores.shape == ids.shape == (b, k)
+    assert scores.dtype == np.float32 and ids.dtype == np.int64
+    assert np.all(ids[:, kk:] == -1) and np.all(np.isneginf(scores[:, kk:]))
+    for i in range(b):
+        got = ids[i, :kk]
+        assert len(set(got.tolist())) == kk, f"query {i}: duplicate ids {got}"
+        assert np.all(np.diff(scores[i, :kk]) <= 0), f"query {i}: not sorted"
+        np.testing.assert_allclose(scores[i, :kk], ref[i, got], atol=atol, rtol=0)
+        kth = np.sort(ref[i])[::-1][kk - 1]
+        assert np.all(ref[i, got] >= kth - atol), f"query {i}: returned a row below the k-th"
+        must = np.flatnonzero(ref[i] > kth + atol)
+        assert set(must.tolist()) <= set(got.tolist()), f"query {i}: missed a clear top-k row"
+
+
+def recall(ids: np.ndarray, true_ids: np.ndarray) -> float:
+    """k-recall@k: the fraction of the true top-k found in the returned top-k."""
+    hits = sum(len(set(a.tolist()) & set(t.tolist())) for a, t in zip(ids, true_ids))
+    return hits / true_ids.size
+
+
+def dequantised(g: K.Gallery) -> np.ndarray:
+    parts = []
+    for data, _norms, scales in g.segments:
+        if g.dtype == "bfloat16":
+            parts.append((data.astype(np.uint32) << 16).view(np.float32).astype(np.float64))
+        elif g.dtype == "int8":
+            parts.append(data.astype(np.float64) * scales[:, None].astype(np.float64))
+        else:
+            parts.append(data.astype(np.float64))
+    return np.concatenate(parts)
+
+
+def clustered(rng: np.random.Generator, n: int, d: int, centres: int = 8, noise: float = 1e-3) -> np.ndarray:
+    """Rows near a few centres: many scores within ~1e-3 of each other (near-ties)."""
+    c = rng.standard_normal((centres, d))
+    return (c[rng.integers(0, centres, n)] + noise * rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+# ----------------------------------------------------------------------- exactness
+
+
+# (B, N, D, k, threads): B < 4 takes the direct path, B >= 4 the register-blocked tile
+# kernel, B >= 64 with 2 threads the query-parallel split; D not a multiple of 8/16
+# exercises the masked and scalar tails; k = 1 is the argmax case, k > 64 the
+# nth_element buffer instead of the heap.
+CASES = [
+    (1, 3000, 512, 10, 2),
+    (1, 1001, 67, 1, 1),
+    (3, 2000, 33, 5, 2),
+    (5, 1500, 100, 7, 1),
+    (17, 2500, 512, 100, 2),
+    (70, 1200, 129, 10, 2),
+    (130, 700, 16, 150, 2),
+]
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b,n,d,k,threads", CASES)
+def test_float32_matches_float64_reference(rng, simd, b, n, d, k, threads):
+    q = rng.standard_normal((b, d)).astype(np.float32)
+    g = rng.standard_normal((n, d)).astype(np.float32)
+    scores, ids = K.topk_cosine(q, g, k, threads=threads, simd=simd)
+    assert_topk(scores, ids, reference(q, g), k)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "int8"])
+@pytest.mark.parametrize("b", [1, 9])
+def test_storage_types_are_exact_on_their_stored_values(rng, simd, dtype, b):
+    d = 75
+    q = rng.standard_normal((b, d)).astype(np.float32)
+    g = K.Gallery.from_rows(rng.standard_normal((1800, d)), dtype)
+    scores, ids = g.search(q, 12, simd=simd, threads=2)
+    assert_topk(scores, ids, reference(q, dequantised(g)), 12)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_clustered_near_ties_float32(rng, simd):
+    q = clustered(rng, 6, 64)
+    g = clustered(rng, 3000, 64)
+    scores, ids = K.topk_cosine(q, g, 20, simd=simd, threads=2)
+    assert_topk(scores, ids, reference(q, g), 20)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [1, 8])
+def test_exact_ties_go_to_the_lower_id_across_threads(rng, simd, b):
+    d, n = 40, 4000
+    g = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((b, d)).astype(np.float32)
+    dup = (q[0] * 3).astype(np.float32)  # same direction as query 0: cosine 1
+    for row in (3900, 7, 2500, 1999):  # spread over both threads' slices
+        g[row] = dup
+    scores, ids = K.topk_cosine(q, g, 4, threads=2, simd=simd)
+    assert ids[0].tolist() == [7, 1999, 2500, 3900]
+    assert len(set(scores[0].tolist())) == 1
+
+
+def test_float16_subnormals_match_between_paths(rng):
+    # Values around 1e-6 are subnormal in float16: the scalar converter renormalises them.
+    g = (rng.standard_normal((300, 24)) * 1e-6).astype(np.float16)
+    q = rng.standard_normal((2, 24)).astype(np.float32)
+    results = [K.topk_cosine(q, g, 9, simd=p) for p in PATHS]
+    ref = reference(q, g.astype(np.float64))
+    for scores, ids in results:
+        assert_topk(scores, ids, ref, 9, atol=1e-4)  # float16 rows: scores good to ~1e-4
+
+
+# ----------------------------------------------------------------------- int8 quality
+
+
+@pytest.mark.parametrize("data", ["random", "clustered"])
+def test_int8_rescore_gives_the_float32_result(rng, data):
+    d, n, k = 128, 20000, 10
+    make = (lambda m: rng.standard_normal((m, d)).astype(np.float32)) if data == "random" else (
+        lambda m: clustered(rng, m, d, centres=32, noise=0.05))
+    rows, q = make(n), make(32)
+    g = K.Gallery.from_rows(rows, "int8")
+    scores, ids = g.search(q, k, rescore=8, exact=rows)
+    assert_topk(scores, ids, reference(q, rows), k)
+    f32_scores, f32_ids = K.Gallery.from_rows(rows).search(q, k)
+    np.testing.assert_allclose(scores, f32_scores, atol=ATOL, rtol=0)
+
+
+def test_int8_recall_without_rescore(rng):
+    # Per-row symmetric int8 perturbs each cosine by ~1e-3 (D=128): on random data the
+    # true nearest neighbour is still first-k almost always (1-recall@k), while the whole
+    # top-k set (k-recall@k) is limited by score gaps of the same size near the top.
+    d, n, k = 128, 20000, 10
+    rows = rng.standard_normal((n, d)).astype(np.float32)
+    q = rng.standard_normal((64, d)).astype(np.float32)
+    true_ids = np.argsort(-reference(q, rows), axis=1, kind="stable")[:, :k]
+    _, ids = K.Gallery.from_rows(rows, "int8").search(q, k)
+    one_recall = np.mean([t[0] in a for a, t in zip(ids, true_ids)])
+    assert one_recall >= 0.99
+    assert recall(ids, true_ids) >= 0.90
+
+
+# ----------------------------------------------------------------------- edge cases
+
+
+def test_k_larger_than_gallery_pads_with_minus_one_and_neg_inf(rng):
+    g = rng.standard_normal((3, 8)).astype(np.float32)
+    q = rng.standard_normal((2, 8)).astype(np.float32)
+    scores, ids = K.topk_cosine(q, g, 5)
+    assert_topk(scores, ids, reference(q, g), 5)
+    assert ids[:, 3:].tolist() == [[-1, -1], [-1, -1]]
+
+
+def test_empty_gallery_gives_all_padding():
+    g = K.Gallery(16, "int8")
+    scores, ids = g.search(np.ones((2, 16), np.float32), 3)
+    assert ids.tolist() == [[-1] * 3] * 2 and np.all(np.isneginf(scores))
+
+
+def test_empty_query_batch_gives_empty_result(rng):
+    scores, ids = K.topk_cosine(np.zeros((0, 8), np.float32), rng.standard_normal((5, 8)), 2)
+    assert scores.shape == ids.shape == (0, 2)
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True, "3"])
+def test_bad_k_is_refused(rng, k):
+    with pytest.raises(InputShapeError, match="k must be"):
+        K.topk_cosine(np.ones((1, 4)), np.ones((3, 4)), k)
+
+
+def test_dimension_mismatch_is_refused():
+    g = K.Gallery.from_rows(np.ones((3, 8)))
+    with pytest.raises(InputShapeError, match="d=7 but the gallery has d=8"):
+        g.search(np.ones((1, 7)), 1)
+    with pytest.raises(InputShapeError, match="d=7 but the gallery has d=8"):
+        g.append(np.ones((2, 7)))
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_zero_vectors_score_zero_never_nan(rng, simd):
+    g = rng.standard_normal((50, 20)).astype(np.float32)
+    g[[4, 31]] = 0
+    q = rng.standard_normal((3, 20)).astype(np.float32)
+    q[1] = 0
+    for dtype in K.STORAGE_DTYPES:
+        scores, ids = K.Gallery.from_rows(g, dtype).search(q, 50, simd=simd)
+        assert not np.isnan(scores).any()
+        assert np.all(scores[1] == 0) and ids[1].tolist() == list(range(50))  # zero query
+        zero_rows = {i: s for i, s in zip(ids[0].tolist(), scores[0].tolist()) if i in (4, 31)}
+        assert zero_rows == {4: 0.0, 31: 0.0}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_refused(bad):
+    q = np.ones((3, 4), np.float32)
+    q[2, 1] = bad
+    with pytest.raises(InputShapeError, match="row 2"):
+        K.topk_cosine(q, np.ones((5, 4)), 1)
+    g = np.ones((5, 4), np.float32)
+    g[3, 0] = bad
+    with pytest.raises(InputShapeError, match="row 3"):
+        K.topk_cosine(np.ones((1, 4)), g, 1)
+    with pytest.raises(InputShapeError, match="row 3"):
+        K.Gallery(4, "int8").append(g)
+    with pytest.raises(InputShapeError, match="row 1"):
+        K.Gallery.from_arrays(np.ones((3, 4), np.float32), norms=np.array([1, np.nan, 1], np.float32))
+
+
+def test_float16_overflow_is_refused():
+    with pytest.raises(InputShapeError, match="overflows float16"):
+        K.Gallery.from_rows(np.full((2, 4), 1e6, np.float32), "float16")
+
+
+def test_non_contiguous_and_float64_queries_are_converted_once(rng):
+    g = rng.standard_normal((300, 32)).astype(np.float32)
+    q = rng.standard_normal((6, 64))[:, ::2]  # float64, strided
+    assert not q.flags.c_contiguous
+    s1, i1 = K.topk_cosine(q, g, 5)
+    s2, i2 = K.topk_cosine(np.ascontiguousarray(q, np.float32), g, 5)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(s1, s2)
+
+
+@pytest.mark.parametrize("q", [np.ones((2, 4), np.int32), np.ones((2, 4), bool), np.ones(4, np.float32),
+                               np.ones((2, 4), np.complex64)])
+def test_wrong_query_dtype_or_rank_is_refused(q):
+    with pytest.raises(InputShapeError, match="queries"):
+        K.topk_cosine(q, np.ones((3, 4), np.float32), 1)
+
+
+def test_non_contiguous_gallery_data_is_refused_not_copied():
+    data = np.ones((10, 8), np.float32)[::2]
+    with pytest.raises(InputShapeError, match="C-contiguous"):
+        K.Gallery.from_arrays(data)
+
+
+@pytest.mark.parametrize(
+    "data,kwargs,match",
+    [
+        (np.ones((3, 4), np.uint16), {}, "ambiguous"),
+        (np.ones((3, 4), np.int32), {}, "not a storage type"),
+        (np.ones((3, 4), np.int8), {}, "needs scales"),
+        (np.ones((3, 4), np.float32), {"scales": np.ones(3, np.float32)}, "only for int8"),
+        (np.ones((3, 4), np.float32), {"norms": np.ones(2, np.float32)}, r"shape \(3,\)"),
+        (np.ones((3, 4), np.float32), {"dtype": "int4"}, "not supported"),
+    ],
+)
+def test_bad_stored_arrays_are_refused(data, kwargs, match):
+    with pytest.raises(InputShapeError, match=match):
+        K.Gallery.from_arrays(data, **kwargs)
+
+
+def test_rescore_argument_errors(rng):
+    rows = rng.standard_normal((20, 8)).astype(np.float32)
+    g = K.Gallery.from_rows(rows, "int8")
+    with pytest.raises(InputShapeError, match="needs exact"):
+        g.search(rows[:1], 2, rescore=2)
+    with pytest.raises(InputShapeError, match="without rescore"):
+        g.search(rows[:1], 2, exact=rows)
+    with pytest.raises(InputShapeError, match="exact rows must be"):
+        g.search(rows[:1], 2, rescore=2, exact=rows[:5])
+    with pytest.raises(InputShapeError, match="rescore must be"):
+        g.search(rows[:1], 2, rescore=0, exact=rows)
+
+
+def test_bad_threads_and_simd_are_refused():
+    g = K.Gallery.from_rows(np.ones((3, 4)))
+    with pytest.raises(InputShapeError, match="threads"):
+        g.search(np.ones((1, 4)), 1, threads=0)
+    with pytest.raises(BackendUnavailableError, match="neon"):
+        g.search(np.ones((1, 4)), 1, simd="neon")
+
+
+def test_large_batch_of_queries(rng):
+    g = rng.standard_normal((257, 24)).astype(np.float32)
+    q = rng.standard_normal((4096, 24)).astype(np.float32)
+    scores, ids = K.topk_cosine(q, g, 3, threads=2)
+    assert_topk(scores[::97], ids[::97], reference(q[::97], g), 3)
+
+
+# ----------------------------------------------------------------------- index-friendly API
+
+
+def test_memmap_is_searched_in_place_and_append_copies_nothing(rng, tmp_path):
+    rows = rng.standard_normal((500, 48)).astype(np.float32)
+    data, norms, scales = K.encode_rows(rows, "int8")
+    mm = np.lib.format.open_memmap(tmp_path / "g.npy", mode="w+", dtype=np.int8, shape=data.shape)
+    mm[:] = data
+    mm.flush()
+    ro = np.load(tmp_path / "g.npy", mmap_mode="r")  # read-only map, as an index opens it
+    g = K.Gallery.from_arrays(ro, norms, scales)
+    assert g.segments[0][0] is ro  # wrapped, not copied
+    more = rng.standard_normal((100, 48)).astype(np.float32)
+    assert g.append(more) == range(500, 600)
+    assert g.segments[0][0] is ro and len(g) == 600
+    q = rng.standard_normal((4, 48)).astype(np.float32)
+    scores, ids = g.search(q, 15)
+    assert_topk(scores, ids, reference(q, dequantised(g)), 15)
+    g.compact()
+    s2, i2 = g.search(q, 15)
+    np.testing.assert_array_equal(ids, i2)
+    np.testing.assert_array_equal(scores, s2)
+
+
+def test_appending_equals_building_at_once(rng):
+    rows = rng.standard_normal((900, 32)).astype(np.float32)
+    g = K.Gallery(32, "float16")
+    for lo in range(0, 900, 250):
+        g.append(rows[lo : lo + 250])
+    whole = K.Gallery.from_rows(rows, "float16")
+    q = rng.standard_normal((5, 32))
+    for a, b in zip(g.search(q, 30), whole.search(q, 30)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_encode_rows_round_trips(rng):
+    rows = rng.standard_normal((64, 40)).astype(np.float32)
+    rows[5] = 0
+    data, norms, scales = K.encode_rows(rows, "int8")
+    assert data.dtype == np.int8 and np.abs(data).max() == 127 and scales[5] == 0
+    back = data * scales[:, None]
+    assert np.abs(back - rows).max() <= scales.max() / 2 + 1e-7  # half a quantisation step
+    np.testing.assert_allclose(norms, np.linalg.norm(back, axis=1), rtol=1e-6)
+    bits, _, _ = K.encode_rows(rows, "bfloat16")
+    bf = (bits.astype(np.uint32) << 16).view(np.float32)
+    assert np.all(np.abs(bf - rows) <= np.abs(rows) * 2**-8)  # bfloat16: 8 bits of mantissa
+
+
+# ----------------------------------------------------------------------- threads and dispatch
+
+
+def test_threads_give_identical_results(rng):
+    g = K.Gallery.from_rows(rng.standard_normal((5000, 64)), "float16")
+    q = rng.standard_normal((9, 64))
+    one = g.search(q, 25, threads=1)
+    two = g.search(q, 25, threads=2)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_calls_from_python_threads(rng):
+    g = K.Gallery.from_rows(rng.standard_normal((4000, 96)), "int8")
+    qs = [rng.standard_normal((b, 96)) for b in (1, 3, 8, 40, 1, 16)]
+    serial = [g.search(q, 10) for q in qs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda q: g.search(q, 10), qs * 3))
+    for (s, i), (ps, pi) in zip(serial * 3, parallel):
+        np.testing.assert_array_equal(i, pi)
+        np.testing.assert_array_equal(s, ps)
+
+
+def test_stream_sum(rng):
+    a = rng.standard_normal((1000, 77)).astype(np.float32)
+    for p in PATHS:
+        assert K.stream_sum(a, simd=p) == pytest.approx(float(a.astype(np.float64).sum()), abs=1e-2)
+
+
+def test_info_reports_the_active_path():
+    i = K.info()
+    assert i["simd"] in i["supported"] and "scalar" in i["supported"]
+    assert i["best"] in i["supported"] and i["max_threads"] >= 1
+
+
+_CHILD = """
+import json, numpy as np
+from engine import kernels as K
+rng = np.random.default_rng(7)
+g, q = rng.standard_normal((700, 37)), rng.standard_normal((5, 37))
+s, i = K.topk_cosine(q, g, 6)
+print(json.dumps({"simd": K.info()["simd"], "threads": K.info()["max_threads"], "ids": i.tolist()}))
+"""
+
+
+def _child(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_environment_variable_forces_each_path(rng, simd):
+    out = _child({K.SIMD_ENV: simd, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["simd"] == simd and got["threads"] == 1
+    child_rng = np.random.default_rng(7)
+    g, q = child_rng.standard_normal((700, 37)), child_rng.standard_normal((5, 37))
+    ref = reference(q, g)
+    ids = np.array(got["ids"], dtype=np.int64)
+    assert_topk(np.take_along_axis(ref, ids, 1).astype(np.float32), ids, ref, 6)
+
+
+def test_unknown_environment_path_is_a_clear_error():
+    out = _child({K.SIMD_ENV: "avx1024"})
+    assert out.returncode != 0
+    assert "BackendUnavailableError" in out.stderr and "avx1024" in out.stderr
