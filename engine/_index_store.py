@@ -52,7 +52,7 @@ from engine.errors import IndexMismatchError, InvalidInputError, SearchIndexErro
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STORAGE_TYPES", "IMAGE_EXTENSIONS", "IndexStore", "encode_rows", "decode_rows", "walk_images"]
+__all__ = ["STORAGE_TYPES", "KERNEL_DTYPES", "IMAGE_EXTENSIONS", "IndexStore", "encode_rows", "decode_rows", "walk_images"]
 
 FORMAT = "vqclip-index"
 VERSION = 1
@@ -77,25 +77,21 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('committed_rows', 0);
 """
 
 
+KERNEL_DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}  # our names -> engine.kernels
+
+
 def encode_rows(emb: np.ndarray, storage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """float32 (n, E) unit rows -> (rows in the storage dtype, float32 norms (n,), float32 scales (n,) or None).
 
-    int8: per-row symmetric scale ``max|x| / 127`` (a zero row gets scale 1 and stays zero);
-    the norms are those of the rows as stored, so a kernel divides by the right length.
+    The kernels' own encoding (``engine.kernels.encode_rows``), so the index files are
+    exactly the arrays a ``Gallery`` reads: int8 is symmetric per row (``max|x| -> 127``),
+    norms are those of the rows as stored; a zero row stays zero with norm 0.
     """
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
-    if storage == "fp32":
-        return emb, np.linalg.norm(emb, axis=1).astype(np.float32), None
-    if storage == "fp16":
-        rows = emb.astype(np.float16)
-        return rows, np.linalg.norm(rows.astype(np.float32), axis=1).astype(np.float32), None
-    if storage == "int8":
-        amax = np.abs(emb).max(axis=1)
-        scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)  # (n,)
-        q = np.clip(np.rint(emb / scales[:, None]), -127, 127).astype(np.int8)
-        norms = (np.linalg.norm(q.astype(np.float32), axis=1) * scales).astype(np.float32)
-        return q, norms, scales
-    raise InvalidInputError(f"storage {storage!r} is not one of {', '.join(STORAGE_TYPES)}")
+    if storage not in KERNEL_DTYPES:
+        raise InvalidInputError(f"storage {storage!r} is not one of {', '.join(STORAGE_TYPES)}")
+    from engine.kernels import encode_rows as kernel_encode_rows
+
+    return kernel_encode_rows(np.ascontiguousarray(emb, dtype=np.float32), KERNEL_DTYPES[storage])
 
 
 def decode_rows(rows: np.ndarray, scales: np.ndarray | None) -> np.ndarray:

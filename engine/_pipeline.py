@@ -7,7 +7,6 @@ where encoding dominates, decoding hides behind it. Results come back in input o
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import threading
@@ -77,7 +76,10 @@ def read_and_decode(path: str) -> Loaded:
         raise ImageDecodeError(f"{path}: cannot read the file ({e.strerror}); check it exists and is readable") from e
     if not data:
         raise ImageDecodeError(f"{path}: the file is empty (0 bytes); it holds no image")
-    image = load_image(io.BytesIO(data))
+    try:
+        image = load_image(data)
+    except ImageDecodeError as e:  # name the file, not the in-memory buffer it was decoded from
+        raise ImageDecodeError(f"{path}: {e}") from e
     return Loaded(image=image, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 

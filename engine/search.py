@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine._index_store import IndexStore
+from engine._index_store import KERNEL_DTYPES, IndexStore
 from engine.encoder import Encoder
 from engine.errors import InvalidInputError, SearchIndexError
 
@@ -111,7 +111,8 @@ class Index:
         from engine.kernels import Gallery
 
         s = self.store
-        self._gallery = Gallery(s.vectors, norms=s.norms, scales=s.scales)
+        # Wraps the memory-mapped rows in place: opening a 1M-row index reads no rows.
+        self._gallery = Gallery.from_arrays(s.vectors, s.norms, s.scales, dtype=KERNEL_DTYPES[s.header.storage])
 
     def search(self, text: str | None = None, image: Any = None, k: int = 10) -> list[Hit]:
         """Top-``k`` images for a text or an image query (exactly one), best first.
@@ -145,10 +146,8 @@ class Index:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != s.header.embed_dim:
             raise InvalidInputError(f"queries of shape {queries.shape}; expected (B, {s.header.embed_dim})")
-        from engine.kernels import topk_cosine
-
         kk = min(s.count, k + max(s.holes, 0))
-        scores, ids = topk_cosine(queries, self._gallery, kk)  # (B, kk) each
+        scores, ids = self._gallery.search(queries, kk)  # (B, kk) each; -1 pads past the rows
         out = []
         for srow, irow in zip(scores, ids):
             valid = [int(i) for i in irow if i >= 0]
