@@ -13,6 +13,11 @@ __all__ = [
     "TextTooLongError",
     "InputShapeError",
     "BackendUnavailableError",
+    "UnknownBackendError",
+    "UnsupportedOperationError",
+    "OutputExistsError",
+    "ParityError",
+    "ManifestError",
     "InvalidInputError",
     "SearchIndexError",
     "IndexMismatchError",
@@ -48,6 +53,29 @@ class InputShapeError(VqclipError, ValueError):
 
 class BackendUnavailableError(VqclipError):
     """A backend that cannot load on this machine (no GPU, package missing)."""
+
+
+class UnknownBackendError(VqclipError, KeyError):
+    """A backend name that vqclip does not know (the message lists the known ones)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedOperationError(VqclipError, RuntimeError):
+    """A call the loaded model was built without (e.g. ``encode`` on a decode-only VQGAN)."""
+
+
+class OutputExistsError(VqclipError, FileExistsError):
+    """An output folder that already exists and would be replaced without ``force``."""
+
+
+class ParityError(VqclipError):
+    """An exported graph whose outputs differ from the PyTorch module's beyond tolerance."""
+
+
+class ManifestError(VqclipError):
+    """An export folder whose manifest is missing, unreadable, or disagrees with its graphs."""
 
 
 class InvalidInputError(VqclipError, ValueError):

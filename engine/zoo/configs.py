@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from engine.models.clip import CLIPConfig
+from engine.models.vqgan import VQGANConfig
 from engine.zoo.registry import ModelRecord, register
 
 # OpenAI's released CLIP ViTs (the shapes of the files their clip.load downloads).
@@ -28,4 +29,18 @@ VIT_L_14_336 = register(ModelRecord(
     config=CLIPConfig(embed_dim=768, image_size=336, vision_patch_size=14, vision_width=1024,
                       vision_layers=24, vision_heads=16, text_width=768, text_layers=12, text_heads=12),
     description="OpenAI CLIP ViT-L/14@336px architecture (weights from a local file)",
+))
+
+# taming-transformers' released ImageNet VQGANs (f16: a 256x256 image is a 16x16 code grid).
+VQGAN_F16_1024 = register(ModelRecord(
+    name="vqgan-f16-1024", family="vqgan", aliases=("vqgan_imagenet_f16_1024",),
+    config=VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
+                       z_channels=256, embed_dim=256, n_embed=1024, resolution=256),
+    description="taming-transformers ImageNet VQGAN f16, 1024 codes (weights from a local .ckpt)",
+))
+VQGAN_F16_16384 = register(ModelRecord(
+    name="vqgan-f16-16384", family="vqgan", aliases=("vqgan_imagenet_f16_16384",),
+    config=VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
+                       z_channels=256, embed_dim=256, n_embed=16384, resolution=256),
+    description="taming-transformers ImageNet VQGAN f16, 16384 codes (weights from a local .ckpt)",
 ))

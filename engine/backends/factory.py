@@ -1,0 +1,85 @@
+"""Choosing a backend by name: ``open_backend("onnxruntime", "exports/vit-b-32")``.
+
+The backend modules are imported only when chosen, so ``import engine.backends`` never
+pulls in onnxruntime, TensorRT or CUDA.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from engine.backends.base import Backend
+from engine.errors import BackendUnavailableError, UnknownBackendError
+
+__all__ = ["BACKENDS", "open_backend", "backend_status"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+_ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+_CLASSES = {  # name -> (module, class)
+    "torch": ("engine.backends.torch_backend", "TorchBackend"),
+    "onnxruntime": ("engine.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "tensorrt": ("engine.backends.tensorrt_backend", "TensorRTBackend"),
+}
+
+
+def _resolve(name: str) -> str:
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in _CLASSES:
+        raise UnknownBackendError(
+            f"unknown backend {name!r}; available: {', '.join(BACKENDS)} "
+            f"(aliases: {', '.join(f'{a}={b}' for a, b in _ALIASES.items())})"
+        )
+    return key
+
+
+def open_backend(name: str, source: str | Path | None = None, **options: Any) -> Backend:
+    """Open the backend called ``name`` ("torch", "onnxruntime" or "tensorrt"; "ort", "trt").
+
+    ``source`` is the export folder for "onnxruntime" and "tensorrt"; the torch backend
+    takes its modules as ``clip=`` / ``vqgan=`` options instead. The other options go to
+    the backend's constructor (``precision``, ``device``, thread and session settings:
+    see ``TorchBackend``, ``OnnxRuntimeBackend``, ``TensorRTBackend``).
+
+    Raises ``UnknownBackendError`` (listing the names) for an unknown name and
+    ``BackendUnavailableError`` (naming what is missing) when the backend cannot run here.
+
+    Example: ``be = open_backend("onnxruntime", "exports/vit-b-32", precision="int8")``.
+    """
+    key = _resolve(name)
+    module_name, cls_name = _CLASSES[key]
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if key == "torch":
+        if source is not None:
+            raise BackendUnavailableError(
+                "the torch backend runs vqclip's modules, not an export folder: "
+                "open_backend('torch', clip=model, vqgan=vqgan)"
+            )
+        return cls(**options)
+    if source is None:
+        raise BackendUnavailableError(f"the {key} backend needs an export folder: open_backend({key!r}, 'DIR')")
+    return cls(source, **options)
+
+
+def backend_status() -> dict[str, str | None]:
+    """For each backend, None when it can run on this machine, else why not (one line).
+
+    Checks packages and devices only, not export folders. Cheap: imports, no sessions.
+    """
+    status: dict[str, str | None] = {"torch": None}
+    try:
+        import onnxruntime  # noqa: F401
+        status["onnxruntime"] = None
+    except ImportError:
+        status["onnxruntime"] = "the onnxruntime package is not installed"
+    try:
+        from engine.backends.tensorrt_backend import _import_tensorrt_and_cuda
+
+        _import_tensorrt_and_cuda()
+        status["tensorrt"] = None
+    except BackendUnavailableError as e:
+        status["tensorrt"] = str(e)
+    return status

@@ -1,0 +1,223 @@
+"""The ONNX Runtime backend: an export folder's graphs in ``onnxruntime`` sessions.
+
+CPU by default. ``device="cuda"`` uses the CUDA execution provider and
+``device="tensorrt"`` ONNX Runtime's TensorRT provider (both need ``onnxruntime-gpu``;
+neither has been run in this project's own tests, which have no GPU). fp32, fp16 and int8
+graphs run alike: the fp16 and int8 graphs keep float32 inputs and outputs.
+
+Session defaults are chosen for a small, shared CPU (see ``benchmarks/bench_encoders.py
+--sweep`` for the measurements behind them): one intra-op thread per CPU this process may
+use, a single inter-op thread with sequential execution (an encoder is one chain of ops,
+so parallel branches have nothing to overlap), all graph optimisations, and the memory
+arena and pattern planner on (batch sizes repeat in serving, so planned buffers reuse).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backends._io_spec import GraphSpec, Manifest, read_manifest, verify_sha256
+from engine.backends.base import Backend, BackendInfo
+from engine.errors import BackendUnavailableError, ManifestError
+
+__all__ = ["OnnxRuntimeBackend", "default_cpu_threads"]
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+_DEVICE_PROVIDERS = {  # device -> providers in priority order (CPU last catches unsupported ops)
+    "cpu": ("CPUExecutionProvider",),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+def default_cpu_threads() -> int:
+    """CPUs this process may run on (its affinity mask, so containers and taskset count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "onnxruntime backend: the onnxruntime package is not installed; pip install onnxruntime"
+        ) from e
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    """Graphs from an export folder, run by ONNX Runtime.
+
+    Args:
+        export_dir: a folder written by ``vqclip export`` (``manifest.json`` + graphs).
+        precision: "fp32", "fp16" or "int8"; must be among the folder's graphs.
+        device: "cpu", "cuda" (CUDA provider) or "tensorrt" (TensorRT provider).
+        intra_op_threads: threads inside one op; None -> ``default_cpu_threads()``.
+        inter_op_threads: threads across independent ops (1: an encoder is one chain).
+        graph_optimization_level: "disable", "basic", "extended" or "all".
+        enable_mem_pattern: plan buffers from the first run's shapes and reuse them.
+        enable_cpu_mem_arena: keep freed CPU buffers in ORT's arena for reuse.
+        allow_spinning: idle intra-op threads spin for work; faster on an idle machine,
+            wasteful when the cores are shared, so off is worth trying there.
+        verify: check each graph's sha256 against the manifest before loading it.
+        provider_options: per-provider option dicts, e.g. ``{"CUDAExecutionProvider":
+            {"device_id": 1}}``.
+
+    Sessions are created on first use of each component (or all at once by ``load()``).
+    Raises ``BackendUnavailableError`` if the provider for ``device`` is missing (naming
+    the package to install) or the folder has no graph at ``precision``;
+    ``ManifestError`` for a missing/unreadable manifest or a graph whose hash differs.
+
+    Example::
+
+        be = OnnxRuntimeBackend("exports/vit-b-32", precision="int8", intra_op_threads=2)
+        emb = be.encode_text(ids)  # (B, 512) float32, unit norm
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, export_dir: str | Path, *, precision: str = "fp32", device: str = "cpu",
+                 intra_op_threads: int | None = None, inter_op_threads: int = 1,
+                 graph_optimization_level: str = "all", enable_mem_pattern: bool = True,
+                 enable_cpu_mem_arena: bool = True, allow_spinning: bool = True,
+                 verify: bool = True, provider_options: dict[str, dict[str, Any]] | None = None):
+        self._ort = _import_ort()
+        if device not in _DEVICE_PROVIDERS:
+            raise BackendUnavailableError(
+                f"onnxruntime backend has no device {device!r}; available: {', '.join(_DEVICE_PROVIDERS)}"
+            )
+        if graph_optimization_level not in _OPT_LEVELS:
+            raise BackendUnavailableError(
+                f"graph_optimization_level {graph_optimization_level!r} is not one of {_OPT_LEVELS}"
+            )
+        self.providers = _DEVICE_PROVIDERS[device]
+        installed = self._ort.get_available_providers()
+        if self.providers[0] not in installed:
+            raise BackendUnavailableError(
+                f"onnxruntime backend: device {device!r} needs {self.providers[0]}, which this "
+                f"onnxruntime ({self._ort.__version__}) lacks (it has {', '.join(installed)}); "
+                "install onnxruntime-gpu in place of onnxruntime"
+            )
+        self.manifest: Manifest = read_manifest(export_dir)
+        super().__init__(precision, vocab_size=self.manifest.vocab_size)
+        self._graphs = {c: s for (c, p, k), s in self.manifest.graphs.items()
+                        if p == precision and k == "onnx"}
+        if not self._graphs:
+            raise BackendUnavailableError(
+                f"{export_dir} has no ONNX graphs at {precision}; it has: "
+                f"{', '.join(self.manifest.precisions('onnx')) or 'none'} "
+                f"(export with --precision {precision})"
+            )
+        self.device = device
+        self.verify = verify
+        self.provider_options = dict(provider_options or {})
+        self.options = {
+            "intra_op_threads": intra_op_threads or default_cpu_threads(),
+            "inter_op_threads": inter_op_threads,
+            "graph_optimization_level": graph_optimization_level,
+            "enable_mem_pattern": enable_mem_pattern,
+            "enable_cpu_mem_arena": enable_cpu_mem_arena,
+            "allow_spinning": allow_spinning,
+        }
+        self._sessions: dict[str, Any] = {}
+
+    def _session_options(self) -> Any:
+        ort, o = self._ort, self.options
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = o["intra_op_threads"]
+        so.inter_op_num_threads = o["inter_op_threads"]
+        so.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if o["inter_op_threads"] <= 1
+                             else ort.ExecutionMode.ORT_PARALLEL)
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[o["graph_optimization_level"]]
+        so.enable_mem_pattern = o["enable_mem_pattern"]
+        so.enable_cpu_mem_arena = o["enable_cpu_mem_arena"]
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if o["allow_spinning"] else "0")
+        return so
+
+    def _session(self, component: str) -> Any:
+        sess = self._sessions.get(component)
+        if sess is not None:
+            return sess
+        spec = self.spec(component)
+        if self.verify and spec.sha256:
+            verify_sha256(spec.path, spec.sha256)
+        providers = [(p, self.provider_options.get(p, {})) for p in self.providers]
+        try:
+            sess = self._ort.InferenceSession(str(spec.path), self._session_options(), providers=providers)
+        except self._load_errors() as e:
+            raise ManifestError(
+                f"onnxruntime {self._ort.__version__} cannot load {spec.path} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:200]}); re-export the model with this vqclip"
+            ) from e
+        # ORT falls back to the CPU silently when a GPU provider fails to initialise.
+        if sess.get_providers()[0] != self.providers[0]:
+            raise BackendUnavailableError(
+                f"onnxruntime could not start {self.providers[0]} for {spec.path.name} (it runs "
+                f"{sess.get_providers()}); check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs"
+            )
+        self._check_io(spec, sess)
+        self._sessions[component] = sess
+        log.info("loaded %s (%s) with %s", spec.path.name, self.precision, sess.get_providers())
+        return sess
+
+    def _load_errors(self) -> tuple[type[BaseException], ...]:
+        # ORT's own exception types (they derive from Exception only) for a graph that
+        # does not parse, validate or have kernels; an input error never reaches here.
+        state = self._ort.capi.onnxruntime_pybind11_state
+        names = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile", "Fail", "NotImplemented")
+        return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+    @staticmethod
+    def _check_io(spec: GraphSpec, sess: Any) -> None:
+        names = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
+        want = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+        if names != want:
+            raise ManifestError(
+                f"{spec.path.name} has inputs/outputs {names}, but its manifest says {want}; re-export"
+            )
+
+    def _specs(self) -> dict[str, GraphSpec]:
+        return self._graphs
+
+    def _missing_hint(self, component: str) -> str:
+        return f" (export the model with that component at {self.precision})"
+
+    def load(self) -> None:
+        for component in self.components:
+            self._session(component)
+
+    def _run(self, component: str, x: np.ndarray) -> np.ndarray:
+        spec = self._graphs[component]
+        sess = self._session(component)
+        (y,) = sess.run([spec.outputs[0].name], {spec.inputs[0].name: x})
+        return y
+
+    def describe(self) -> BackendInfo:
+        o = self.options
+        return BackendInfo(
+            backend=self.name,
+            device=self.device,
+            precision=self.precision,
+            providers=self.providers,
+            threads={"intra_op": o["intra_op_threads"], "inter_op": o["inter_op_threads"]},
+            components=self.components,
+            options={k: v for k, v in o.items() if not k.endswith("_threads")}
+            | {"onnxruntime": self._ort.__version__, "export_dir": str(self.manifest.folder)},
+        )
+
+    def close(self) -> None:
+        self._sessions.clear()

@@ -1,0 +1,260 @@
+"""``export_model``: a model in, a validated export folder (and Triton repository) out.
+
+Steps, per component of the model (``export.graphs``): torch -> fp32 ONNX (checked) ->
+parity vs the torch module -> fp16 / int8 graphs -> their parity -> optionally TensorRT
+plans -> ``manifest.json``. Everything is written into a temp folder beside ``out_dir``
+and renamed into place at the end, so ``out_dir`` is either the complete, validated
+export or untouched: a graph outside tolerance, an error or an interrupt leaves nothing
+behind.
+
+Example::
+
+    m = export_model("ViT-B/32", "exports/vit-b-32", ["fp32", "int8"], weights="ViT-B-32.pt")
+    m.graph("image_encoder", "int8").parity["min_cosine"]   # e.g. 0.9998
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import onnx
+import torch
+from torch import nn
+
+from engine.errors import CheckpointError, OutputExistsError, ParityError
+from export.graphs import Component, components_for
+from export.manifest import GraphRecord, Manifest, graph_filename, read_manifest, sha256_file, write_manifest
+from export.onnx_export import OPSET, check_graph, export_onnx, graph_io
+from export.parity import TOLERANCES, ParityReport, ZeroShotProbe, measure, zero_shot_agreement
+from export.precision import to_fp16, to_int8
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_model", "load_source", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _state_dict_sha256(model: nn.Module) -> str:
+    # A stable hash of an in-memory model: names, dtypes, shapes and bytes, in key order.
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_source(source: str | Path | nn.Module, weights: str | Path | None = None) -> tuple[nn.Module, str, dict]:
+    """Resolve what to export: ``(model in eval mode, model name, source record)``.
+
+    ``source`` is a zoo name (its bundled weights, or ``weights`` given as a checkpoint
+    path loaded strictly into the named architecture), a checkpoint path, or a CLIP /
+    VQGAN module already built. Raises ``UnknownModelError`` for a name the zoo does
+    not know, ``CheckpointError`` for a zoo model without weights (random weights are
+    never exported) or a checkpoint that does not fit its architecture.
+    """
+    if isinstance(source, nn.Module):
+        return source.eval(), type(source).__name__.lower(), {"path": None, "sha256": _state_dict_sha256(source),
+                                                              "kind": "state_dict"}
+    from engine.zoo import canonical_name, get
+
+    path = Path(source)
+    if weights is None and path.is_file():
+        model = _load_checkpoint(path, None)
+        return model.eval(), path.stem, {"path": str(path.resolve()), "sha256": sha256_file(path), "kind": "file"}
+    record = get(str(source))  # UnknownModelError lists the known names
+    if weights is None:
+        if record.weights is None:
+            raise CheckpointError(f"model {record.name!r} has no bundled weights and random weights are never "
+                                  f"exported; give its checkpoint: vqclip export {record.name} --weights PATH")
+        weights = record.weights.path
+    model = _load_checkpoint(Path(weights), record)
+    return model.eval(), canonical_name(record.name), {"path": str(Path(weights).resolve()),
+                                                       "sha256": sha256_file(weights), "kind": "file"}
+
+
+def _load_checkpoint(path: Path, record) -> nn.Module:
+    """The model in ``path``: CLIP or VQGAN by the record's family (or the file's keys)."""
+    from engine import checkpoints
+
+    family = record.family if record is not None else None
+    if family is None:
+        family = "vqgan" if path.suffix == ".ckpt" else "clip"  # taming saves .ckpt; CLIP never does
+    config = record.config if record is not None else None
+    if family == "vqgan":
+        return checkpoints.load_vqgan(path, config=config)
+    return checkpoints.load_clip(path, config=config)
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    from engine import __version__
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "vqclip": __version__}
+
+
+def _export_component(comp: Component, tmp: Path, precisions: list[str], opset: int) -> list[tuple[GraphRecord, ParityReport]]:
+    out = []
+    fp32 = tmp / graph_filename(comp.name, "fp32")
+    t0 = time.perf_counter()
+    export_onnx(comp, fp32, opset)
+    log.info("%s: exported in %.1f s", comp.name, time.perf_counter() - t0)
+    for precision in precisions:
+        notes: dict = {}
+        path = tmp / graph_filename(comp.name, precision)
+        if precision == "fp16":
+            notes["fusions"] = to_fp16(fp32, path, comp)
+            notes["kept_fp32"] = "LayerNorm, Softmax, norm layers, final L2 normalisation"
+        elif precision == "int8":
+            if not comp.int8:
+                log.info("%s: no int8 graph (dynamic int8 covers MatMul only; this graph is convolutions)",
+                         comp.name)
+                continue
+            to_int8(fp32, path)
+            notes["quantisation"] = "dynamic, int8 weights of MatMul/Gemm, CPU-optimised"
+        if precision != "fp32":
+            check_graph(path, comp)  # the I/O contract holds at every precision
+        report = measure(comp, precision, path)
+        inputs, outputs = graph_io(onnx.load(str(path), load_external_data=False))
+        rec = GraphRecord(comp.name, precision, "onnx", path.name, sha256_file(path), inputs, outputs,
+                          notes=notes)
+        out.append((rec, report))
+    return out
+
+
+def _refuse_existing(path: Path, force: bool, what: str) -> None:
+    if path.exists() and not force:
+        raise OutputExistsError(f"{what} {path} already exists; pass --force (force=True) to replace it, "
+                                "or choose another path")
+
+
+def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions: Iterable[str] = ("fp32",), *,
+                 tensorrt: bool = False, triton_repo: str | Path | None = None, force: bool = False,
+                 weights: str | Path | None = None, probe: ZeroShotProbe | None = None,
+                 opset: int = OPSET, name: str | None = None) -> Manifest:
+    """Export a CLIP (image + text encoders) or VQGAN (decoder + encoder) to ``out_dir``.
+
+    Args:
+        source: zoo name, checkpoint path, or a built CLIP / VQGAN module.
+        out_dir: the export folder to create (graphs + ``manifest.json``).
+        precisions: any of "fp32", "fp16", "int8"; fp32 is always written (the others and
+            TensorRT derive from it). int8 applies to the CLIP encoders only.
+        tensorrt: also build ``{component}.{precision}.plan`` engines (fp32/fp16; int8
+            needs calibration data). Needs the ``tensorrt`` package and a GPU; checked
+            first, so without them nothing is done (``BackendUnavailableError``).
+        triton_repo: also add the graphs to this Triton model repository.
+        force: replace an existing ``out_dir`` (and Triton model folders).
+        weights: checkpoint for a zoo ``source`` without bundled weights.
+        probe: labelled images and prompts for the zero-shot agreement check of fp16/int8.
+        opset: ONNX opset (recorded in the manifest).
+        name: model name for the manifest and Triton (default: from the source).
+
+    Returns the ``Manifest`` as written (``directory`` set to ``out_dir``).
+
+    Raises ``OutputExistsError`` (``out_dir`` exists, no ``force``), ``UnknownModelError``,
+    ``CheckpointError``, ``ParityError`` (the report of every graph outside tolerance;
+    nothing is written), ``BackendUnavailableError`` (``tensorrt`` without TensorRT/GPU),
+    ``ValueError`` for an unknown precision.
+    """
+    out_dir = Path(out_dir)
+    wanted = list(dict.fromkeys(["fp32", *precisions]))
+    bad = [p for p in wanted if p not in PRECISIONS]
+    if bad:
+        raise ValueError(f"unknown precision {bad}; choose from {', '.join(PRECISIONS)}")
+    if tensorrt:
+        from export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    _refuse_existing(out_dir, force, "export folder")
+    model, model_name, source_record = load_source(source, weights)
+    model_name = name or model_name
+    comps = components_for(model)
+    family = "clip" if comps[0].name == "image_encoder" else "vqgan"
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        t0 = time.perf_counter()
+        results = [r for c in comps for r in _export_component(c, tmp, wanted, opset)]
+        if probe is not None and family == "clip":
+            _zero_shot(comps, tmp, results, probe)
+        reports = [rep for _, rep in results]
+        failures = [line for rep in reports for line in rep.failures()]
+        if failures:
+            table = "; ".join(failures)
+            raise ParityError(f"export of {model_name} failed validation, nothing written: {table}")
+        records = []
+        for rec, rep in results:
+            rec.parity = rep.to_dict()
+            records.append(rec)
+        if tensorrt:
+            records += _build_plans(comps, tmp, wanted)
+        manifest = Manifest(model=model_name, family=family, source=source_record, opset=opset,
+                            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                            versions=_versions(), config=model.config.to_dict(), graphs=records)
+        manifest.config = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.config.items()}
+        write_manifest(manifest, tmp)
+        _swap_in(tmp, out_dir, force)
+        log.info("exported %s to %s in %.1f s", model_name, out_dir, time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    manifest = read_manifest(out_dir, verify=False)
+    if triton_repo is not None:
+        from export.triton import write_triton_repo
+
+        write_triton_repo(manifest, triton_repo, force=force)
+    return manifest
+
+
+def _zero_shot(comps: list[Component], tmp: Path, results: list, probe: ZeroShotProbe) -> None:
+    image, text = comps[0], comps[1]
+    for rec, rep in results:
+        if rec.component != "image_encoder" or rec.precision == "fp32":
+            continue
+        txt = tmp / graph_filename("text_encoder", rec.precision)
+        rep.zero_shot_agreement = zero_shot_agreement(image, text, tmp / rec.file, txt, probe)
+        bound = TOLERANCES[rec.precision].get("zero_shot_agreement")
+        if bound is not None:
+            rep.bounds["zero_shot_agreement"] = bound
+
+
+def _build_plans(comps: list[Component], tmp: Path, precisions: list[str]) -> list[GraphRecord]:
+    from export.tensorrt import build_engine, profile_for
+
+    out = []
+    if "int8" in precisions:
+        log.warning("TensorRT int8 needs calibration data; building fp32/fp16 engines only")
+    for comp in comps:
+        for precision in (p for p in precisions if p != "int8"):
+            plan = tmp / graph_filename(comp.name, precision, "tensorrt")
+            notes = build_engine(tmp / graph_filename(comp.name, "fp32"), plan, profile_for(comp),
+                                 precision=precision, timing_cache=tmp / "tensorrt.timing-cache")
+            out.append(GraphRecord(comp.name, precision, "tensorrt", plan.name, sha256_file(plan),
+                                   list(comp.inputs), list(comp.outputs), notes=notes))
+    return out
+
+
+def _swap_in(tmp: Path, out_dir: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``out_dir``; an existing ``out_dir`` (force) is moved aside first."""
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    _refuse_existing(out_dir, force, "export folder")  # appeared while we worked
+    old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time())}")
+    out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        old.rename(out_dir)  # put the previous export back rather than lose it
+        raise
+    shutil.rmtree(old, ignore_errors=True)

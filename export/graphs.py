@@ -1,0 +1,219 @@
+"""What each exported graph computes: export-ready wrappers around the model towers.
+
+A wrapper is the exact function a graph holds, with the graph contract's names and
+dtypes (see ``export/__init__.py``): the image and text encoders return L2-normalised
+float32 embeddings, the VQGAN graphs map between images in [-1, 1] and latents. Each
+``Component`` also knows its input/output spec (symbolic dims by name), how to make the
+dummy input the exporter traces with, and the fixed inputs parity is measured on.
+
+Example::
+
+    comps = components_for(clip_model)        # [image_encoder, text_encoder]
+    wrapper = comps[0].module                  # pixels (B,3,S,S) -> embedding (B,E)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["TensorSpec", "Component", "ImageEncoder", "TextEncoder", "VQGANDecoder", "VQGANEncoder",
+           "components_for", "COMPONENTS"]
+
+COMPONENTS = ("image_encoder", "text_encoder", "vqgan_decoder", "vqgan_encoder")
+
+# Batch sizes the parity inputs use; several, so a graph that baked in the traced batch fails.
+_PARITY_BATCH = 5
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, numpy dtype name, shape with symbolic dims as str."""
+
+    name: str  # graph tensor name
+    dtype: str  # numpy dtype name: "float32", "int64"
+    shape: tuple[int | str, ...]  # ints are fixed sizes, strings name dynamic dims ("batch", "h")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        return cls(name=d["name"], dtype=d["dtype"], shape=tuple(d["shape"]))
+
+
+@dataclass
+class Component:
+    """One exportable graph of a model: its wrapper module, I/O spec and inputs."""
+
+    name: str  # one of COMPONENTS
+    module: nn.Module  # the wrapper; its forward is the graph
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dummy: Callable[[], tuple[torch.Tensor, ...]]  # what the exporter traces with
+    parity_inputs: Callable[[], tuple[torch.Tensor, ...]]  # fixed inputs, same every call
+    normalised: bool  # outputs are unit vectors: max-abs tolerance applies to them directly
+    int8: bool = True  # dynamic int8 quantisation is meaningful (MatMul-heavy graph)
+    dynamic_shapes: dict = field(default_factory=dict)  # torch.export dims per input name
+    transformer: dict | None = None  # onnxruntime.transformers fusion args, None: no fusion pass
+
+
+class ImageEncoder(nn.Module):
+    """pixels float32 (B, 3, S, S), CLIP-normalised -> embedding float32 (B, E), unit length."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.visual = clip.visual
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(pixels).float(), dim=-1)  # (B, E)
+
+
+class TextEncoder(nn.Module):
+    """input_ids int64 (B, T) with T = context_length -> embedding float32 (B, E), unit length.
+
+    Pools at the first position of the largest id (OpenAI's rule: the end-of-text token has
+    the largest id), like ``CLIP.encode_text``, but finds it with an int32 ArgMax: some ONNX
+    Runtime and TensorRT versions lack int64 ArgMax, and a float cast cannot hold 49407 in
+    fp16. Token ids are < 2**31, so the int32 cast is exact; padding (0) never wins.
+    """
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        m = self.clip
+        T = input_ids.shape[1]
+        x = m.token_embedding(input_ids) + m.positional_embedding[:T]  # (B, T, W)
+        x = m.transformer(x, m.attn_mask[:T, :T])
+        x = m.ln_final(x)
+        eot = input_ids.to(torch.int32).argmax(dim=-1)  # (B,), first maximum
+        index = eot.to(torch.int64)[:, None, None].expand(-1, 1, x.shape[-1])  # (B, 1, W)
+        x = torch.gather(x, 1, index).squeeze(1)  # (B, W)
+        return F.normalize((x @ m.text_projection).float(), dim=-1)  # (B, E)
+
+
+class VQGANDecoder(nn.Module):
+    """latent float32 (B, C, h, w), the quantised z -> image float32 (B, 3, f*h, f*w) in [-1, 1].
+
+    ``post_quant_conv`` then the decoder, as taming-transformers' ``VQModel.decode``; the
+    decoder's attention follows the latent size, so h and w are dynamic. f is the model's
+    downsampling factor (16 for the zoo's VQGANs).
+    """
+
+    def __init__(self, vqgan: nn.Module):
+        super().__init__()
+        self.post_quant_conv = vqgan.post_quant_conv
+        self.decoder = vqgan.decoder
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(latent))
+
+
+class VQGANEncoder(nn.Module):
+    """image float32 (B, 3, H, W) in [-1, 1], H, W multiples of f -> latent float32 (B, C, H/f, W/f).
+
+    The encoder then ``quant_conv``: the continuous z before quantisation, which a caller
+    snaps to the codebook (or optimises, as VQGAN+CLIP does from an init image).
+    """
+
+    def __init__(self, vqgan: nn.Module):
+        super().__init__()
+        self.encoder = vqgan.encoder
+        self.quant_conv = vqgan.quant_conv
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(image))
+
+
+def _clip_components(clip: nn.Module) -> list[Component]:
+    cfg = clip.config
+    S, E, T, V = cfg.image_size, cfg.embed_dim, cfg.context_length, cfg.vocab_size
+    batch = torch.export.Dim("batch", min=1, max=1024)
+
+    def pixels(n: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, 3, S, S, generator=g)  # (n, 3, S, S), like normalised pixels
+
+    def ids(n: int, seed: int) -> torch.Tensor:
+        # Start token, random words, end-of-text (the largest id) at varied positions
+        # (second, middle, last), zero padding after it, as the tokenizer writes them.
+        g = torch.Generator().manual_seed(seed)
+        out = torch.zeros(n, T, dtype=torch.int64)  # (n, T)
+        eots = [1, T // 2, T - 1, 2, T // 3]
+        for i in range(n):
+            e = eots[i % len(eots)]
+            out[i, 0] = V - 2
+            out[i, 1:e] = torch.randint(1, V - 2, (e - 1,), generator=g)
+            out[i, e] = V - 1
+        return out
+
+    heads_v, heads_t = cfg.vision_heads, cfg.text_heads
+    return [
+        Component(
+            name="image_encoder", module=ImageEncoder(clip).eval(),
+            inputs=(TensorSpec("pixels", "float32", ("batch", 3, S, S)),),
+            outputs=(TensorSpec("embedding", "float32", ("batch", E)),),
+            dummy=lambda: (pixels(2, 0),), parity_inputs=lambda: (pixels(_PARITY_BATCH, 1),),
+            normalised=True, dynamic_shapes={"pixels": {0: batch}},
+            transformer={"model_type": "vit", "num_heads": heads_v, "hidden_size": cfg.vision_width},
+        ),
+        Component(
+            name="text_encoder", module=TextEncoder(clip).eval(),
+            inputs=(TensorSpec("input_ids", "int64", ("batch", T)),),
+            outputs=(TensorSpec("embedding", "float32", ("batch", E)),),
+            dummy=lambda: (ids(2, 0),), parity_inputs=lambda: (ids(_PARITY_BATCH, 1),),
+            normalised=True, dynamic_shapes={"input_ids": {0: batch}},
+            transformer={"model_type": "clip", "num_heads": heads_t, "hidden_size": cfg.text_width},
+        ),
+    ]
+
+
+def _vqgan_components(vqgan: nn.Module) -> list[Component]:
+    C, f = vqgan.config.embed_dim, vqgan.config.factor
+    batch = torch.export.Dim("batch", min=1, max=64)
+    h, w = torch.export.Dim("h", min=1, max=128), torch.export.Dim("w", min=1, max=128)
+
+    def latent(n: int, hh: int, ww: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, C, hh, ww, generator=g)  # (n, C, hh, ww)
+
+    def image(n: int, hh: int, ww: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(n, 3, hh * f, ww * f, generator=g) * 2 - 1  # (n, 3, f*hh, f*ww) in [-1, 1]
+
+    # Traced at one non-square size, checked at another: proves h and w are dynamic.
+    out = [Component(
+        name="vqgan_decoder", module=VQGANDecoder(vqgan).eval(),
+        inputs=(TensorSpec("latent", "float32", ("batch", C, "h", "w")),),
+        outputs=(TensorSpec("image", "float32", ("batch", 3, f"{f}*h", f"{f}*w")),),
+        dummy=lambda: (latent(2, 2, 3, 0),), parity_inputs=lambda: (latent(2, 3, 2, 1),),
+        normalised=False, int8=False, dynamic_shapes={"latent": {0: batch, 2: h, 3: w}},
+    )]
+    if getattr(vqgan, "encoder", None) is not None:  # decode-only models have none
+        out.append(Component(
+            name="vqgan_encoder", module=VQGANEncoder(vqgan).eval(),
+            inputs=(TensorSpec("image", "float32", ("batch", 3, "H", "W")),),
+            outputs=(TensorSpec("latent", "float32", ("batch", C, f"H/{f}", f"W/{f}")),),
+            dummy=lambda: (image(2, 2, 3, 0),), parity_inputs=lambda: (image(2, 3, 2, 1),),
+            normalised=False, int8=False, dynamic_shapes={"image": {0: batch, 2: f * h, 3: f * w}},
+        ))
+    return out
+
+
+def components_for(model: nn.Module) -> list[Component]:
+    """The graphs a model exports: CLIP -> both encoders; VQGAN -> decoder and encoder.
+
+    A model is recognised by the submodules the wrappers use (``visual`` and
+    ``text_projection`` for CLIP; ``decoder`` and ``post_quant_conv`` for VQGAN).
+    Raises ``TypeError`` for anything else (a programming error, not user input).
+    """
+    if hasattr(model, "visual") and hasattr(model, "text_projection"):
+        return _clip_components(model)
+    if hasattr(model, "decoder") and hasattr(model, "post_quant_conv"):
+        return _vqgan_components(model)
+    raise TypeError(f"cannot export {type(model).__name__}: neither a CLIP nor a VQGAN module")
