@@ -38,7 +38,9 @@ def _add_model_args(p: argparse.ArgumentParser, model: bool = True) -> None:
         p.add_argument("--model", default=None, metavar="NAME|PATH",
                        help="zoo name (see `vqclip models`) or checkpoint file; default: shapes-clip")
     p.add_argument("--backend", default="torch", metavar="NAME",
-                   help="torch (default), onnxruntime or tensorrt")
+                   help="torch (default), onnxruntime or tensorrt (exports the model to ONNX once, cached)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+                   help="backend precision (default fp32; int8 on onnxruntime, bf16 on torch)")
 
 
 def _expand_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -88,7 +90,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if not labels:
         raise InvalidInputError("no labels were given; pass --labels LABEL... or --labels-file FILE")
     files, missing = _expand_images(args.images)
-    enc = open_encoder(args.model, backend=args.backend)
+    enc = open_encoder(args.model, backend=args.backend, precision=args.precision)
     clf = ZeroShotClassifier(enc, labels, args.templates, use_cache=not args.no_cache)
     results = clf.classify_paths(files, top_k=args.top_k, batch_size=args.batch_size) if files else []
     bad = [(a, r) for a, r in missing] + [(r.image, r.error) for r in results if r.error]
@@ -144,7 +146,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     from engine.encoder import open_encoder
     from engine.index import build_index
 
-    enc = open_encoder(args.model, backend=args.backend)
+    enc = open_encoder(args.model, backend=args.backend, precision=args.precision)
     report = build_index(args.dir, args.out, enc, storage=args.storage, batch_size=args.batch_size,
                          workers=args.workers, progress=False if args.no_progress else None)
     return _print_report(report, args.out)
@@ -154,7 +156,8 @@ def _cmd_index_update(args: argparse.Namespace) -> int:
     from engine.index import update_index
 
     report = update_index(args.index, batch_size=args.batch_size, workers=args.workers,
-                          progress=False if args.no_progress else None, backend=args.backend)
+                          progress=False if args.no_progress else None, backend=args.backend,
+                          precision=args.precision)
     return _print_report(report, args.index)
 
 
@@ -179,7 +182,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise InvalidInputError("give either a TEXT query or --image PATH (exactly one)")
     if args.text is not None and not args.text.strip():
         raise InvalidInputError("the text query is empty or only whitespace; give some words to search for")
-    with Index.open(args.index, backend=args.backend) as idx:
+    with Index.open(args.index, backend=args.backend, precision=args.precision) as idx:
         hits = idx.search(text=args.text, image=args.image, k=args.k)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))

@@ -90,9 +90,9 @@ class Encoder:
     """Image and text encoders of one CLIP model on one backend, with its metadata.
 
     ``encode_image`` / ``encode_text`` take the backend's numpy inputs and return
-    L2-normalised float32 rows. Safe to call from several threads at once: the torch
-    backend runs under ``inference_mode`` with no shared mutable state, and backend
-    sessions (onnxruntime, TensorRT) are documented thread-safe for ``run``.
+    L2-normalised float32 rows. Safe to call from several threads at once: calls into the
+    backend session (which is not thread-safe) take a lock; preprocessing and the
+    kernels around them run in parallel.
     """
 
     def __init__(self, session: Any, identity: ModelIdentity, *, image_size: int,
@@ -108,6 +108,7 @@ class Encoder:
         self.context_length = int(context_length)
         self.backend = backend
         self._preprocessor = None
+        self._lock = threading.Lock()  # backend sessions are not thread-safe: one call at a time
 
     def describe(self) -> str:
         """One line: model, backend, input size."""
@@ -129,11 +130,15 @@ class Encoder:
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (B, 3, S, S) normalised pixels -> float32 (B, E) unit rows."""
-        return _normalise(self.session.encode_image(np.ascontiguousarray(pixels, dtype=np.float32)))
+        x = np.ascontiguousarray(pixels, dtype=np.float32)
+        with self._lock:
+            return _normalise(self.session.encode_image(x))
 
     def encode_text(self, ids: np.ndarray) -> np.ndarray:
         """int64 (B, T) token ids -> float32 (B, E) unit rows."""
-        return _normalise(self.session.encode_text(np.ascontiguousarray(ids, dtype=np.int64)))
+        x = np.ascontiguousarray(ids, dtype=np.int64)
+        with self._lock:
+            return _normalise(self.session.encode_text(x))
 
     def encode_texts(self, texts: Sequence[str], truncate: bool = False) -> np.ndarray:
         """Texts -> float32 (N, E) unit rows, tokenised and encoded in batches.
@@ -153,7 +158,8 @@ class Encoder:
 
 
 class _TorchSession:
-    """The reference backend over a ``CLIP`` module, used until ``engine.backends`` is in."""
+    """A bare torch module as a session (the reference: no input checks, no copies). Tests
+    use it to count calls; the jobs get ``engine.backends``' torch backend."""
 
     def __init__(self, module: Any, device: str = "cpu"):
         import torch
@@ -177,14 +183,22 @@ class _TorchSession:
             return self.module.encode_text(torch.from_numpy(ids).to(self.device)).float().cpu().numpy()
 
 
-def open_encoder(model: Any = None, backend: str = "torch", *, device: str = "cpu") -> Encoder:
-    """An ``Encoder`` for ``model``: a zoo name, a checkpoint path, or a ``CLIP`` module.
+def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = "fp32",
+                 device: str = "cpu", export_dir: str | Path | None = None) -> Encoder:
+    """An ``Encoder`` for ``model`` (a zoo name, a checkpoint path, or a ``CLIP`` module) on
+    ``backend`` ("torch", "onnxruntime", "tensorrt") at ``precision``.
 
     ``None`` means the bundled ``shapes-clip``. Zoo records give the preprocessing mean/std
-    and the default prompt; a bare file or module gets OpenAI's. Raises
-    ``UnknownModelError`` / ``CheckpointError`` for a bad model, ``BackendUnavailableError``
+    and the default prompt; a bare file or module gets OpenAI's. The exported backends run
+    the graphs in ``export_dir``, by default an export cached under ``<cache_root>/exports``
+    keyed by the weights digest and made on first use (``export.export_model``; seconds for
+    the bundled model, minutes for ViT-B/32). Raises ``UnknownModelError`` /
+    ``CheckpointError`` for a bad model, ``UnknownBackendError`` / ``BackendUnavailableError``
     for a backend this machine cannot run.
+
+    Example: ``enc = open_encoder("shapes-clip", "onnxruntime", precision="int8")``
     """
+    from engine.backends import open_backend
     from engine.models.clip import CLIP
     from engine.zoo.registry import OPENAI_MEAN, OPENAI_STD
 
@@ -206,15 +220,13 @@ def open_encoder(model: Any = None, backend: str = "torch", *, device: str = "cp
         else:
             name = src
         module = load_clip(src)
-        digest = _record_digest(record) if record is not None else weights_digest(src)
-        if digest is None:
-            digest = weights_digest(module)
-    if backend != "torch":
-        from engine.backends import open_backend  # lands with the backends branch
-
-        session = open_backend(backend, module)
+        digest = (_record_digest(record) if record is not None else weights_digest(src)) or weights_digest(module)
+    module = module.eval()
+    if backend in ("torch", "pytorch"):
+        session = open_backend("torch", clip=module, precision=precision, device=device)
     else:
-        session = _TorchSession(module, device)
+        folder = Path(export_dir) if export_dir is not None else _cached_export(model, module, name, digest)
+        session = open_backend(backend, folder, precision=precision, device=device)
     cfg = module.config
     return Encoder(
         session, ModelIdentity(name, digest), image_size=cfg.image_size,
@@ -222,8 +234,35 @@ def open_encoder(model: Any = None, backend: str = "torch", *, device: str = "cp
         std=record.weights.std if record and record.weights else OPENAI_STD,
         default_template=record.default_template if record else "a photo of a {}.",
         logit_scale=float(module.logit_scale.detach().exp().clamp(max=100.0)),
-        context_length=cfg.context_length, backend=backend,
+        context_length=cfg.context_length, backend=f"{backend}-{precision}",
     )
+
+
+def _cached_export(source: Any, module: Any, name: str, digest: str) -> Path:
+    """The ONNX export of these weights in the cache, made now if missing or damaged.
+
+    Keyed by the weights digest, so two models never share a folder and new weights get a
+    new export; ``export_model`` writes into a temp folder and renames, so a killed export
+    leaves no half folder to trip over.
+    """
+    from engine._files import cache_root
+    from engine.errors import ManifestError
+
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(name).name)[:40]
+    folder = cache_root() / "exports" / f"{slug}-{digest[:16]}"
+    if (folder / "manifest.json").is_file():
+        try:
+            from engine.backends import read_manifest
+
+            read_manifest(folder)
+            return folder
+        except ManifestError as e:
+            log.warning("re-exporting %s: the cached export is damaged (%s)", name, e)
+    from export import export_model  # the engine never imports export at import time
+
+    log.info("exporting %s to ONNX in %s (once; later runs reuse it)", name, folder)
+    export_model(module, folder, ["fp32", "int8"], force=True, name=Path(name).name)
+    return folder
 
 
 def _record_digest(record: Any) -> str | None:

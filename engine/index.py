@@ -79,10 +79,12 @@ def build_index(folder: str | Path, out: str | Path, encoder: Encoder, storage: 
 
 
 def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: int = 32,
-                 workers: int | None = None, progress: bool | None = None, backend: str = "torch") -> IndexReport:
+                 workers: int | None = None, progress: bool | None = None, backend: str = "torch",
+                 precision: str = "fp32") -> IndexReport:
     """Bring the index at ``path`` up to date with its image folder.
 
-    ``encoder`` defaults to the model named in the index header; a different model is
+    ``encoder`` defaults to the model named in the index header (on ``backend`` at
+    ``precision``); a different model is
     refused (``IndexMismatchError``, naming both). Raises ``SearchIndexError`` when the
     index is missing, damaged, or being written by another process.
     """
@@ -91,7 +93,7 @@ def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: i
         if encoder is None:
             from engine.encoder import open_encoder
 
-            encoder = open_encoder(store.header.model_name, backend=backend)
+            encoder = open_encoder(store.header.model_name, backend=backend, precision=precision)
         store.check_model(encoder.identity.digest, str(encoder.identity))
         if not Path(store.header.root).is_dir():
             raise SearchIndexError(f"the image folder {store.header.root!r} of index {str(path)!r} is gone; "

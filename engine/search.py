@@ -48,20 +48,22 @@ class Index:
     picks up a later update.
     """
 
-    def __init__(self, store: IndexStore, encoder: Encoder | None, backend: str = "torch"):
+    def __init__(self, store: IndexStore, encoder: Encoder | None, backend: str = "torch",
+                 precision: str = "fp32"):
         self.store = store
         self._encoder = encoder
-        self._backend = backend  # for the header's model, opened on first query
+        self._backend = (backend, precision)  # for the header's model, opened on first query
         self._encoder_lock = threading.Lock()  # first queries from several threads open one encoder
         self._gallery = None
         self._build_gallery()
 
     @classmethod
     def open(cls, path: str | Path, model: Any = None, backend: str = "torch",
-             encoder: Encoder | None = None) -> "Index":
+             encoder: Encoder | None = None, precision: str = "fp32") -> "Index":
         """Open the index at ``path``.
 
-        The query encoder is ``encoder`` if given, else ``model`` on ``backend``, else the
+        The query encoder is ``encoder`` if given, else ``model`` on ``backend`` at
+        ``precision``, else the
         model named in the index header (opened on first text/image query). A model other
         than the index's is refused with ``IndexMismatchError`` naming both; a missing or
         damaged index raises ``SearchIndexError``.
@@ -71,13 +73,13 @@ class Index:
             if encoder is None and model is not None:
                 from engine.encoder import open_encoder
 
-                encoder = open_encoder(model, backend=backend)
+                encoder = open_encoder(model, backend=backend, precision=precision)
             if encoder is not None:
                 store.check_model(encoder.identity.digest, str(encoder.identity))
         except BaseException:
             store.close()
             raise
-        return cls(store, encoder, backend)
+        return cls(store, encoder, backend, precision)
 
     def close(self) -> None:
         self.store.close()
@@ -97,7 +99,8 @@ class Index:
             if self._encoder is None:
                 from engine.encoder import open_encoder
 
-                enc = open_encoder(self.store.header.model_name, backend=self._backend)
+                enc = open_encoder(self.store.header.model_name, backend=self._backend[0],
+                                   precision=self._backend[1])
                 self.store.check_model(enc.identity.digest, str(enc.identity))
                 self._encoder = enc
         return self._encoder
