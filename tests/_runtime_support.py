@@ -14,9 +14,10 @@ from engine.encoder import Encoder, _TorchSession, ModelIdentity, weights_digest
 from engine.models.clip import CLIP, CLIPConfig
 
 # Small enough to run hundreds of images a second on a shared 2-core CPU; the vocabulary
-# stays OpenAI's so the real tokenizer's ids index it.
-TINY = CLIPConfig(embed_dim=32, image_size=32, vision_patch_size=8, vision_width=32, vision_layers=1,
-                  vision_heads=2, text_width=32, text_layers=1, text_heads=2)
+# stays OpenAI's so the real tokenizer's ids index it, and the widths are multiples of 64
+# so load_clip infers this config from a saved file by OpenAI's heads = width // 64 rule.
+TINY = CLIPConfig(embed_dim=32, image_size=32, vision_patch_size=8, vision_width=64, vision_layers=1,
+                  vision_heads=1, text_width=64, text_layers=1, text_heads=1)
 
 
 def tiny_clip(seed: int = 0) -> CLIP:
@@ -48,6 +49,14 @@ def tiny_encoder(seed: int = 0, default_template: str = "a photo of a {}.") -> E
                    image_size=TINY.image_size, mean=(0.48145466, 0.4578275, 0.40821073),
                    std=(0.26862954, 0.26130258, 0.27577711), default_template=default_template,
                    logit_scale=float(module.logit_scale.detach().exp()), context_length=77)
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    """The tiny CLIP saved as a safetensors file, as a user would pass it to --model."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tiny_clip(seed).state_dict().items()}, str(path))
+    return path
 
 
 def save_png(path: Path, seed: int, size: int = 40) -> Path:
