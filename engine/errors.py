@@ -21,6 +21,7 @@ __all__ = [
     "InvalidInputError",
     "SearchIndexError",
     "IndexMismatchError",
+    "OutputPathError",
 ]
 
 
@@ -89,3 +90,7 @@ class SearchIndexError(VqclipError):
 
 class IndexMismatchError(SearchIndexError):
     """An index used with another model than the one that built it (the message names both)."""
+
+
+class OutputPathError(VqclipError):
+    """An output folder or file that cannot be created or written (permissions, a file in the way)."""

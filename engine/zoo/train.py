@@ -1,0 +1,302 @@
+"""Training recipe for the bundled shapes models: ``python -m engine.zoo.train clip|vqgan ...``.
+
+Reproducible from ``--seed`` (same seed, same steps, same threads: same weights), bounded
+by ``--minutes`` (the run stops, evaluates and saves when the budget is spent), and safe
+to kill: a checkpoint is written atomically every ``--save-every`` seconds to the output
+folder, and ``--resume`` continues from it.
+
+    python -m engine.zoo.train clip --out /tmp/shapes-clip --minutes 45 --threads 1
+    python -m engine.zoo.train vqgan --out /tmp/shapes-vqgan --minutes 45 --threads 1
+
+The output folder gets ``last.pt`` (resume state), ``model.safetensors`` (fp32 weights,
+OpenAI / taming key layout), ``config.json`` and ``log.jsonl`` (loss and held-out
+figures). ``python -m engine.zoo.train pack`` writes the fp16 files shipped in
+``engine/zoo/weights``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import OutputPathError, VqclipError
+from engine.zoo import quality, shapes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["main", "render_cache", "check_writable", "atomic_save", "SHAPES_CLIP_CONFIG"]
+
+
+def _clip_config():
+    from engine.models.clip import CLIPConfig
+
+    return CLIPConfig(
+        embed_dim=128,
+        image_size=64,
+        vision_patch_size=8,
+        vision_width=128,
+        vision_layers=4,
+        vision_heads=2,
+        vision_stem="conv",
+        context_length=16,
+        text_width=128,
+        text_layers=3,
+        text_heads=2,
+    )
+
+
+SHAPES_CLIP_CONFIG = None  # filled lazily by _clip_config(); kept for the name in __all__
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+def check_writable(folder: Path) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there.
+
+    Raises ``OutputPathError`` naming the folder when it cannot be created or written.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise OutputPathError(
+            f"output folder {str(folder)!r} is not writable ({e.strerror or e}); "
+            "give --out a folder you can write to"
+        ) from e
+    return folder
+
+
+def atomic_save(write, path: Path) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a kill never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should read like any file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _render_range(job: tuple[str, int, int, int]) -> np.ndarray:
+    split, start, count, size = job
+    return shapes.render_batch(shapes.sample_scenes(split, start, count), size)
+
+
+def render_cache(folder: Path, split: str, count: int, size: int = 64, workers: int = 1) -> np.ndarray:
+    """(count, size, size, 3) uint8 images of scenes 0..count-1 of ``split``, cached as .npy.
+
+    Rendering costs about a millisecond an image, so training reads a memory-mapped
+    file rendered once; two runs sharing ``folder`` share the pages.
+    """
+    path = check_writable(Path(folder)) / f"{split}_{size}_{count}.npy"
+    if not path.exists():
+        log.info("rendering %d %s scenes to %s", count, split, path)
+        chunk = 5000
+        jobs = [(split, i, min(chunk, count - i), size) for i in range(0, count, chunk)]
+        if workers > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                images = np.concatenate(pool.map(_render_range, jobs))
+        else:
+            images = np.concatenate([_render_range(j) for j in jobs])
+        atomic_save(lambda tmp: np.save(open(tmp, "wb"), images), path)
+    return np.load(path, mmap_mode="r")
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # No decay on gains, biases, embeddings and the temperature (CLIP's practice).
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "embedding" in name or name == "logit_scale":
+            keep.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+def _save_safetensors(state: dict, path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_save(lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in metadata.items()}), path)
+
+
+# ----------------------------------------------------------------------------- CLIP
+
+def _label_targets(scenes: list[shapes.Scene], caps: list[shapes.Caption]) -> torch.Tensor:
+    """(B, B) float: 1 where caption j is true of image i. The diagonal is always 1.
+
+    Captions true of several images in a batch ("a red circle" twice, "a circle") are
+    positives, not negatives: the contrastive targets spread over all of them.
+    """
+    return torch.tensor([[c.matches(s) for c in caps] for s in scenes], dtype=torch.float32)
+
+
+def train_clip(args: argparse.Namespace) -> dict:
+    from engine.models.clip import CLIP
+
+    out = check_writable(args.out)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    cfg = _clip_config()
+    if args.patch:
+        from dataclasses import replace
+
+        cfg = replace(cfg, vision_patch_size=args.patch, vision_width=args.width, vision_heads=args.width // 64)
+    model = CLIP(cfg)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1 / 0.07))  # OpenAI's initial temperature
+    opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    step, elapsed_before = 0, 0.0
+    last = out / "last.pt"
+    if args.resume and last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        log.info("resumed at step %d (%.1f min)", step, elapsed_before / 60)
+    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "args": vars(args)}, default=str,
+                                                indent=1))
+
+    images = render_cache(check_writable(args.cache), "train", args.train_images, workers=args.threads)
+    val_scenes = shapes.sample_scenes("val", 0, args.val_images)
+    val_images = shapes.render_batch(val_scenes)
+    train_scenes = shapes.sample_scenes("train", 0, args.train_images)
+    token_cache: dict[str, torch.Tensor] = {}
+
+    def ids_of(texts: list[str]) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(texts) if t not in token_cache]
+        if missing:
+            for t, row in zip(missing, quality.tokenize(missing, cfg.context_length)):
+                token_cache[t] = row
+        return torch.stack([token_cache[t] for t in texts])
+
+    logf = open(out / "log.jsonl", "a")
+    start = time.time() - elapsed_before
+    last_save = time.time()
+    budget = args.minutes * 60
+    model.train()
+    while step < args.steps and time.time() - start < budget:
+        rng = np.random.default_rng((args.seed, step))  # data order is a function of (seed, step)
+        idx = np.sort(rng.choice(len(train_scenes), args.batch, replace=False))
+        batch_scenes = [train_scenes[i] for i in idx]
+        caps = [shapes.random_caption(s, rng) for s in batch_scenes]
+        pix = quality.to_pixels(images[idx])
+        ids = ids_of([c.text for c in caps])
+        target = _label_targets(batch_scenes, caps)  # (B, B)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.steps, args.lr, args.warmup)
+        logits, _ = model(pix, ids)  # (B_img, B_txt)
+        loss_i = -(F.log_softmax(logits, 1) * target / target.sum(1, keepdim=True)).sum(1).mean()
+        loss_t = -(F.log_softmax(logits.T, 1) * target.T / target.T.sum(1, keepdim=True)).sum(1).mean()
+        loss = (loss_i + loss_t) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        if step % args.log_every == 0 or step == 1:
+            rec = {"step": step, "min": round((time.time() - start) / 60, 2), "loss": round(loss.item(), 4),
+                   "lr": opt.param_groups[0]["lr"], "scale": round(model.logit_scale.exp().item(), 1)}
+            if step % args.eval_every == 0:
+                rec.update({f"val_{k}": round(v, 4) for k, v in
+                            quality.clip_zero_shot(model, val_scenes, val_images).items()})
+                model.train()
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            log.info("%s", rec)
+        if time.time() - last_save > args.save_every:
+            _save_state(last, model, opt, step, time.time() - start)
+            last_save = time.time()
+    elapsed = time.time() - start
+    _save_state(last, model, opt, step, elapsed)
+    model.eval()
+    final = quality.clip_zero_shot(model, val_scenes, val_images)
+    final_rec = {"final": True, "step": step, "minutes": round(elapsed / 60, 2), **final}
+    logf.write(json.dumps(final_rec) + "\n")
+    logf.close()
+    _save_safetensors(model.state_dict(), out / "model.safetensors",
+                      {"config": json.dumps(asdict(cfg)), "steps": step, "minutes": round(elapsed / 60, 2),
+                       "seed": args.seed})
+    log.info("done: %s", final_rec)
+    return final_rec
+
+
+def _save_state(path: Path, model, opt, step: int, elapsed: float) -> None:
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed}
+    atomic_save(lambda tmp: torch.save(state, tmp), path)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="folder for checkpoints, weights and logs")
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "vqclip-shapes-cache",
+                   help="folder for the pre-rendered training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget; stops, evaluates and saves")
+    p.add_argument("--save-every", type=float, default=120.0, help="seconds between resume checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=200)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine.zoo.train", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("clip", help="train shapes-clip")
+    _add_common(c)
+    c.add_argument("--steps", type=int, default=2400, help="schedule length (cosine decay to this step)")
+    c.add_argument("--batch", type=int, default=128)
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--warmup", type=int, default=100)
+    c.add_argument("--weight-decay", type=float, default=0.05)
+    c.add_argument("--train-images", type=int, default=150_000)
+    c.add_argument("--val-images", type=int, default=1000)
+    c.add_argument("--patch", type=int, default=0, help="override the patch size (experiments)")
+    c.add_argument("--width", type=int, default=128, help="vision width with --patch (experiments)")
+    c.set_defaults(func=train_clip)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    try:
+        args.func(args)
+    except VqclipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
