@@ -217,15 +217,17 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
 
 
 def _zero_shot(comps: list[Component], tmp: Path, results: list, probe: ZeroShotProbe) -> None:
+    """Record top-1 agreement of each reduced-precision encoder pair with torch, on both records."""
     image, text = comps[0], comps[1]
-    for rec, rep in results:
-        if rec.component != "image_encoder" or rec.precision == "fp32":
-            continue
-        txt = tmp / graph_filename("text_encoder", rec.precision)
-        rep.zero_shot_agreement = zero_shot_agreement(image, text, tmp / rec.file, txt, probe)
-        bound = TOLERANCES[rec.precision].get("zero_shot_agreement")
-        if bound is not None:
-            rep.bounds["zero_shot_agreement"] = bound
+    for precision in {rec.precision for rec, _ in results} - {"fp32"}:
+        agreement = zero_shot_agreement(image, text, tmp / graph_filename("image_encoder", precision),
+                                        tmp / graph_filename("text_encoder", precision), probe)
+        bound = TOLERANCES[precision].get("zero_shot_agreement")
+        for rec, rep in results:
+            if rec.precision == precision:
+                rep.zero_shot_agreement = agreement
+                if bound is not None:
+                    rep.bounds["zero_shot_agreement"] = bound
 
 
 def _build_plans(comps: list[Component], tmp: Path, precisions: list[str]) -> list[GraphRecord]:

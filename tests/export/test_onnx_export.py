@@ -1,0 +1,157 @@
+"""The exported graphs: contract I/O, dynamic axes, EOT pooling, fp16 placement, parity."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from export.graphs import components_for
+from export.onnx_export import graph_io
+
+EOT = 49407
+
+
+def session(manifest, component, precision="fp32"):
+    path = manifest.path(manifest.graph(component, precision))
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_clip_graph_io_follows_the_contract(clip_export):
+    want = {
+        "image_encoder": ([("pixels", "float32", ["batch", 3, 32, 32])], [("embedding", "float32", ["batch", 32])]),
+        "text_encoder": ([("input_ids", "int64", ["batch", 77])], [("embedding", "float32", ["batch", 32])]),
+    }
+    files = {g.file for g in clip_export.graphs}
+    assert files == {"image_encoder.onnx", "image_encoder.fp16.onnx", "image_encoder.int8.onnx",
+                     "text_encoder.onnx", "text_encoder.fp16.onnx", "text_encoder.int8.onnx"}
+    for g in clip_export.graphs:
+        model = onnx.load(str(clip_export.path(g)))
+        onnx.checker.check_model(model, full_check=True)
+        ins, outs = graph_io(model)
+        assert [(s.name, s.dtype, list(s.shape)) for s in ins] == want[g.component][0], g.file
+        assert [(s.name, s.dtype, list(s.shape)) for s in outs] == want[g.component][1], g.file
+        assert [s.to_dict() for s in g.inputs] == [s.to_dict() for s in ins]  # manifest = graph
+        assert any(o.domain in ("", "ai.onnx") and o.version == clip_export.opset for o in model.opset_import)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_image_encoder_matches_torch_at_any_batch(clip_export, clip_model, batch):
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+    ref = F.normalize(clip_model.encode_image(x), dim=-1).detach().numpy()  # the model's own method
+    got = session(clip_export, "image_encoder").run(None, {"pixels": x.numpy()})[0]
+    assert got.shape == (batch, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised in the graph
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_text_encoder_pools_at_eot_wherever_it_sits(clip_export, clip_model):
+    # EOT right after the start token, in the middle, and in the last slot; zero padding
+    # after it; the reference is CLIP.encode_text (torch argmax on int64).
+    ids = torch.zeros(4, 77, dtype=torch.int64)
+    ids[:, 0] = 49406
+    for row, pos in enumerate([1, 9, 40, 76]):
+        ids[row, 1:pos] = torch.arange(100, 100 + pos - 1)
+        ids[row, pos] = EOT
+    ref = F.normalize(clip_model.encode_text(ids), dim=-1).detach().numpy()
+    got = session(clip_export, "text_encoder").run(None, {"input_ids": ids.numpy()})[0]
+    assert got.shape == (4, 32) and got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 1e-4
+    # Pooling really follows the EOT: moving it changes the embedding.
+    moved = ids.clone()
+    moved[0, 1], moved[0, 2] = 500, EOT
+    got2 = session(clip_export, "text_encoder").run(None, {"input_ids": moved.numpy()})[0]
+    assert np.abs(got2[0] - got[0]).max() > 1e-3
+
+
+def test_eot_argmax_runs_on_int32_not_float(clip_export):
+    # ArgMax over int64 is missing in some ORT/TensorRT versions; a float cast rounds 49407 in fp16.
+    for precision in ("fp32", "fp16", "int8"):
+        model = onnx.load(str(clip_export.path(clip_export.graph("text_encoder", precision))))
+        model = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+        argmax = [n for n in model.graph.node if n.op_type == "ArgMax"]
+        assert len(argmax) == 1, precision
+        assert types[argmax[0].input[0]] == onnx.TensorProto.INT32, precision
+
+
+def test_fp16_graph_keeps_fragile_ops_in_fp32(clip_export):
+    for component in ("image_encoder", "text_encoder"):
+        model = onnx.load(str(clip_export.path(clip_export.graph(component, "fp16"))))
+        inits = {i.name: i.data_type for i in model.graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in inits.values()  # the weights really are fp16
+        producer = {o: n for n in model.graph.node for o in n.output}
+        fragile = [n for n in model.graph.node
+                   if n.op_type in ("LayerNormalization", "SkipLayerNormalization", "Softmax", "ReduceL2")]
+        assert fragile
+        for node in fragile:
+            x = node.input[0]
+            src = producer.get(x)
+            # fp32 input: a Cast to float, or an fp32 producer (blocked ops chain in fp32)
+            if src is not None and src.op_type == "Cast":
+                to = next(a.i for a in src.attribute if a.name == "to")
+                assert to == onnx.TensorProto.FLOAT, (component, node.name)
+            else:
+                assert src is None or src.op_type in (
+                    "LayerNormalization", "SkipLayerNormalization", "Softmax", "ReduceL2", "Add",
+                    "Div", "Clip", "Max", "Expand"), (component, node.name, src.op_type)
+
+
+@pytest.mark.parametrize("precision,bound", [("fp16", 0.999), ("int8", 0.99)])
+def test_reduced_precision_embeddings_stay_close(clip_export, clip_model, precision, bound):
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    ref = F.normalize(clip_model.encode_image(x), dim=-1).detach().numpy()
+    got = session(clip_export, "image_encoder", precision).run(None, {"pixels": x.numpy()})[0]
+    assert got.dtype == np.float32  # fp32 I/O whatever the precision inside
+    assert (got * ref).sum(1).min() >= bound
+
+
+def test_parity_figures_recorded_within_bounds(clip_export):
+    for g in clip_export.graphs:
+        p = g.parity
+        assert p["n_samples"] == 5
+        if g.precision == "fp32":
+            assert p["max_abs_diff"] <= 1e-4
+        else:
+            assert p["min_cosine"] >= p["bounds"]["min_cosine"]
+            assert p["zero_shot_agreement"] is not None  # a probe was given
+            assert 0.0 <= p["zero_shot_agreement"] <= 1.0
+            if g.precision == "int8":
+                assert p["bounds"]["zero_shot_agreement"] == 0.99
+                assert p["zero_shot_agreement"] >= 0.99
+
+
+def test_vqgan_graphs_have_dynamic_spatial_dims(vqgan_export, vqgan_model):
+    assert {g.file for g in vqgan_export.graphs} == {"vqgan_decoder.onnx", "vqgan_decoder.fp16.onnx",
+                                                     "vqgan_encoder.onnx", "vqgan_encoder.fp16.onnx"}
+    dec, enc = session(vqgan_export, "vqgan_decoder"), session(vqgan_export, "vqgan_encoder")
+    for b, h, w in [(1, 1, 1), (2, 4, 7), (1, 9, 3)]:
+        z = torch.randn(b, 16, h, w, generator=torch.Generator().manual_seed(h * w))
+        with torch.no_grad():
+            ref = vqgan_model.decode(z).numpy()
+        got = dec.run(None, {"latent": z.numpy()})[0]
+        assert got.shape == (b, 3, 2 * h, 2 * w)
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+        img = torch.rand(b, 3, 2 * h, 2 * w, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        with torch.no_grad():
+            ref_z = vqgan_model.encode_latent(img).numpy()
+        got_z = enc.run(None, {"image": img.numpy()})[0]
+        assert got_z.shape == (b, 16, h, w)
+        assert np.abs(got_z - ref_z).max() <= 1e-4 * np.abs(ref_z).max()
+
+
+def test_vqgan_fp16_decoder_stays_close(vqgan_export, vqgan_model):
+    z = torch.randn(2, 16, 5, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = vqgan_model.decode(z).numpy().reshape(2, -1)
+    got = session(vqgan_export, "vqgan_decoder", "fp16").run(None, {"latent": z.numpy()})[0].reshape(2, -1)
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.999
+
+
+def test_text_wrapper_equals_model_method(clip_model):
+    # The graph's pooling (int32 argmax + gather) is the model's (int64 argmax + index).
+    text = components_for(clip_model)[1]
+    ids = text.parity_inputs()[0]
+    with torch.no_grad():
+        torch.testing.assert_close(text.module(ids), F.normalize(clip_model.encode_text(ids), dim=-1))
