@@ -101,3 +101,24 @@ def test_search_bad_input(env, capsys):
                     "already holds an index")
     tiny_checkpoint(tmp / "tiny.safetensors", seed=1)  # the model file now holds other weights
     _one_line_error(capsys, main(["search", idx, "circle"]), "was built with")
+
+
+def test_demo_writes_its_report_and_reruns(env, capsys):
+    # The tiny random model stands in for shapes-clip (mechanics, not accuracy); torch
+    # only, so no ONNX export runs here (the export has its own tests).
+    from engine.demo import run_demo
+
+    tmp, model, _ = env
+    out = tmp / "demo"
+    for _ in range(2):  # a second run into the same folder replaces the first run's output
+        assert run_demo(out, samples=6, backend="torch", model=model, echo=print) == 0
+    text = capsys.readouterr().out
+    assert "torch fp32" in text and "<- fastest, used below" in text and str(out / "index.html") in text
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["classified"]) == 6 and len(doc["search"]) == 3
+    assert all(len(q["hits"]) == 3 for q in doc["search"])
+    assert len(list((out / "images").glob("demo_*.png"))) == 6
+    page = (out / "index.html").read_text()
+    assert page.count("<img src='images/demo_") == 6 + 9  # every sample + 3 hits per query
+    (out / "index" / "header.json").unlink()  # no longer the demo's own index: left alone
+    _one_line_error(capsys, main(["demo", "--out", str(out)]), "is not a demo index")
