@@ -65,6 +65,7 @@ setup(
         "ftfy>=6.1",
         "regex>=2023.0",
         "tokenizers>=0.15",  # Rust BPE engine under engine.tokenizer
+        "onnxscript>=0.1",  # torch's ONNX exporter (dynamo=True): export, and vqclip demo's cached export
     ],
     extras_require={
         # The reference packages the parity tests compare against. clip-anytorch and

@@ -143,7 +143,7 @@ class Header:
         return (json.dumps(d, indent=2) + "\n").encode("utf-8")
 
 
-@dataclass
+@dataclass(slots=True)  # an update holds one per indexed file in memory
 class Entry:
     path: str
     size: int
@@ -188,7 +188,11 @@ class IndexStore:
             raise SearchIndexError(f"{path} already holds an index; run `vqclip index update {path}` to refresh it")
         if path.exists() and not path.is_dir():
             raise SearchIndexError(f"{path} is a file, not a folder; give a new folder for the index")
-        if path.is_dir() and any(p.name not in ("entries.sqlite", "write.lock") for p in path.iterdir()):
+        # Left by a create that was killed before its header: entries.sqlite (empty), the
+        # lock, a header temp file. Anything else means the folder is someone else's.
+        if path.is_dir() and any(p.name not in ("entries.sqlite", "entries.sqlite-wal", "entries.sqlite-shm",
+                                                "write.lock") and not p.name.startswith(".header.json.")
+                                 for p in path.iterdir()):
             raise SearchIndexError(f"{path} is not empty and holds no index; give a new or empty folder")
         path.mkdir(parents=True, exist_ok=True)
         header = Header(model_name, model_digest, int(embed_dim), storage, str(Path(root).resolve()),

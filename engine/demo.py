@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engine._files import atomic_write_bytes
-from engine.errors import BackendUnavailableError, OutputPathError
+from engine.errors import BackendUnavailableError, ManifestError, OutputPathError, ParityError
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
             run.top1 = [p[0].label for p in preds]
             run.accuracy = float(np.mean([a == b for a, b in zip(run.top1, truth)]))
             run.encoder, run.classifier = enc, clf
-        except BackendUnavailableError as e:
-            run.error = str(e)
+        except (BackendUnavailableError, ManifestError, ParityError) as e:  # this backend cannot run here
+            run.error = str(e).splitlines()[0]
         runs.append(run)
     ref = runs[0].top1
     for r in runs:

@@ -218,7 +218,7 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
             record = get(src, family="clip")
             name = record.name
         else:
-            name = src
+            name = str(Path(src).resolve())  # absolute: an index header must find it from any folder
         module = load_clip(src)
         digest = (_record_digest(record) if record is not None else weights_digest(src)) or weights_digest(module)
     module = module.eval()
@@ -260,8 +260,14 @@ def _cached_export(source: Any, module: Any, name: str, digest: str) -> Path:
             log.warning("re-exporting %s: the cached export is damaged (%s)", name, e)
     from export import export_model  # the engine never imports export at import time
 
+    from engine.errors import ParityError
+
     log.info("exporting %s to ONNX in %s (once; later runs reuse it)", name, folder)
-    export_model(module, folder, ["fp32", "int8"], force=True, name=Path(name).name)
+    try:
+        export_model(module, folder, ["fp32", "int8"], force=True, name=Path(name).name)
+    except ParityError as e:  # int8 outside its bound for this model: keep the exact graphs
+        log.warning("int8 export of %s failed its parity check (%s); exporting fp32 only", name, e)
+        export_model(module, folder, ["fp32"], force=True, name=Path(name).name)
     return folder
 
 
