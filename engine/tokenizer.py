@@ -11,7 +11,11 @@ The vocabulary is OpenAI's merges file shipped in ``engine/data`` (MIT, see
    the Rust pre-tokenizer keeps two OpenAI quirks exact: which characters count as
    whitespace is the ``regex`` module's Unicode rule, and a literal ``<|endoftext|>``
    typed into the text becomes the special token only where OpenAI's alternation order
-   makes it one (not after other symbols, as in ``"!<|endoftext|>"``).
+   makes it one (not after other symbols, as in ``"!<|endoftext|>"``). The same
+   pattern in the Rust pre-tokenizer (Oniguruma) was measured and rejected: its
+   Unicode tables are older than the ``regex`` module's (17,480 code points assigned
+   since, such as U+0558, split differently) and it case-folds property classes
+   (U+0345, which OpenAI's split drops, became a letter).
 3. Byte-level mapping and BPE merges, in Rust (Hugging Face ``tokenizers``), with the
    ``</w>`` end-of-word suffix. Hugging Face's own ``CLIPTokenizerFast`` is not used: it
    replaces ftfy with NFC normalisation and differs from OpenAI on some inputs
@@ -206,9 +210,17 @@ class Tokenizer:
 
         bpe = models.BPE(vocab=vocab, merges=merges, end_of_word_suffix=_EOW, fuse_unk=False)
         engine = RustTokenizer(bpe)
-        # Each input word is one pre-token: map its UTF-8 bytes to symbols, split nothing.
-        engine.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        # A word that is exactly a special-token string maps to that id, as in OpenAI.
+        # Words arrive joined by single spaces (no word contains one), so a literal split
+        # on " " recovers exactly the Python split; then each word's UTF-8 bytes map to
+        # symbols. One string per text keeps the Rust side's per-sequence overhead low.
+        engine.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(" ", behavior="removed"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        # A word that is exactly a special-token string maps to that id, as in OpenAI. No
+        # other word contains one: letter runs have no "<|", symbol runs no letters.
         engine.add_special_tokens(
             [AddedToken(t, special=True, normalized=False) for t in (_SOT_TEXT, _EOT_TEXT)]
         )
@@ -233,9 +245,10 @@ class Tokenizer:
             )
         return text
 
-    def _words(self, text: str) -> list[str]:
+    def _joined_words(self, text: str) -> str:
+        """The text cleaned and split by OpenAI's rule, words joined by single spaces."""
         self._ready()
-        return self._split.findall(clean_text(text))
+        return " ".join(self._split.findall(clean_text(text)))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without the start/end tokens.
@@ -244,20 +257,13 @@ class Tokenizer:
         Example: ``Tokenizer().encode("résumé")`` -> ``[29106, 7054, 4166]``.
         """
         text = self._check_text(text, "text")
-        engine = self._ready()
-        words = self._words(text)
-        if not words:
-            return []
-        return engine.encode(words, is_pretokenized=True, add_special_tokens=False).ids
+        return self._ready().encode(self._joined_words(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """``encode`` for many texts; the BPE step runs in parallel in Rust."""
         texts = [self._check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
-        engine = self._ready()
-        words = [self._words(t) for t in texts]
-        busy = [w for w in words if w]  # the Rust engine wants at least one word
-        encoded = iter(engine.encode_batch(busy, is_pretokenized=True, add_special_tokens=False))
-        return [next(encoded).ids if w else [] for w in words]
+        joined = [self._joined_words(t) for t in texts]
+        return [e.ids for e in self._ready().encode_batch(joined, add_special_tokens=False)]
 
     def __call__(
         self,

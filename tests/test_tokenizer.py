@@ -79,6 +79,10 @@ FRAGMENTS = [
     # combining marks (decomposed) and zero-width characters
     "e\u0301", "a\u0308\u0304", "zero\u200bwidth", "join\u200dme", "soft\u00adhyphen",
     "\ufeffbom", "rtl\u200fmark",
+    # case folding: U+0345 folds to iota (not a letter for OpenAI's regex), long s to s
+    "\u0345", "a\u0345b", "\u0314\u0345", "it'\u017f", "'\u017f", "'\u212a", "\u0390", "ΐ'S",
+    # letters assigned in recent Unicode versions (Armenian U+0558, Kawi, Garay, ...)
+    "x\u0558!", "\u0c5c", "\U00011f04\U00011f05", "\U00010d50\U00010d51", "\u1c89",
     # other scripts
     "Ελληνικά", "русский", "עברית", "العربية", "हिन्दी", "ภาษาไทย", "ქართული", "Հայերեն",
     "漢字", "中文字符测试", "日本語のテキスト", "カタカナ", "한국어", "ｆｕｌｌｗｉｄｔｈ",
@@ -303,3 +307,4 @@ def test_plain_ascii_shortcut_is_exact():
     texts += ["<b>x</b>", "a;b", "#39;", "lt;", "\\x00", "don't", "''quoted''", "--", "..."]
     changed = [t for t in texts if _unescape_and_fix(t) != t]
     assert not changed, changed[:5]
+

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from engine.models.clip import CLIPConfig
 from engine.models.vqgan import VQGANConfig
-from engine.zoo.registry import ModelRecord, register
+from engine.zoo.registry import OPENAI_MEAN, OPENAI_STD, ModelRecord, WeightsRecord, register
 
 # OpenAI's released CLIP ViTs (the shapes of the files their clip.load downloads).
 VIT_B_32 = register(ModelRecord(
@@ -43,4 +43,26 @@ VQGAN_F16_16384 = register(ModelRecord(
     config=VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
                        z_channels=256, embed_dim=256, n_embed=16384, resolution=256),
     description="taming-transformers ImageNet VQGAN f16, 16384 codes (weights from a local .ckpt)",
+))
+
+# The bundled models: trained on the synthetic shapes world by `python -m engine.zoo.train`
+# (engine/zoo/MODEL_CARD.md), shipped as fp16 safetensors in engine/zoo/weights.
+SHAPES_CLIP = register(ModelRecord(
+    name="shapes-clip", family="clip",
+    config=CLIPConfig(embed_dim=128, image_size=64, vision_patch_size=16, vision_width=128, vision_layers=4,
+                      vision_heads=2, vision_stem="conv", context_length=16, text_width=128, text_layers=3,
+                      text_heads=2),
+    weights=WeightsRecord(path="shapes-clip.safetensors", sha256=None, mean=OPENAI_MEAN, std=OPENAI_STD,
+                          interpolation="bicubic"),
+    default_template="{}",  # labels are captions already: "a red circle"
+    description="tiny CLIP trained on the synthetic shapes world (bundled; knows 5 shapes x 8 colours only)",
+))
+SHAPES_VQGAN = register(ModelRecord(
+    name="shapes-vqgan", family="vqgan",
+    config=VQGANConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
+                       embed_dim=16, n_embed=512, resolution=64),
+    weights=WeightsRecord(path="shapes-vqgan.safetensors", sha256=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                          interpolation="bicubic"),
+    default_template="{}",
+    description="tiny f4 VQGAN trained on the synthetic shapes world (bundled; 64x64 -> 16x16 codes of 512)",
 ))

@@ -11,8 +11,6 @@ Example::
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,51 +20,15 @@ from engine.zoo.registry import OPENAI_MEAN, OPENAI_STD
 
 log = logging.getLogger(__name__)
 
-__all__ = ["tokenize", "to_pixels", "clip_zero_shot", "search_precision_at_k"]
-
-
-@lru_cache(maxsize=1)
-def _encoder():
-    # The project tokenizer when present; clip-anytorch's reference otherwise (same ids).
-    try:
-        from engine.tokenizer import tokenize as project_tokenize
-    except ImportError:
-        project_tokenize = None
-    if project_tokenize is not None:
-        return project_tokenize
-    import importlib.util
-    from pathlib import Path
-
-    # Load clip/simple_tokenizer.py by path: clip/__init__ imports pkg_resources, which
-    # recent setuptools no longer ships.
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("no tokenizer: engine.tokenizer is missing and clip-anytorch is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "simple_tokenizer.py"
-    mod_spec = importlib.util.spec_from_file_location("_clip_simple_tokenizer", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    bpe = mod.SimpleTokenizer()
-    sot, eot = bpe.encoder["<|startoftext|>"], bpe.encoder["<|endoftext|>"]
-
-    def fallback(texts: list[str], context_length: int = 77, truncate: bool = False) -> torch.Tensor:
-        out = torch.zeros(len(texts), context_length, dtype=torch.long)
-        for i, t in enumerate(texts):
-            ids = [sot, *bpe.encode(t), eot]
-            if len(ids) > context_length:
-                if not truncate:
-                    raise ValueError(f"text {t!r} is longer than {context_length} tokens")
-                ids = ids[:context_length]
-                ids[-1] = eot
-            out[i, : len(ids)] = torch.tensor(ids)
-        return out
-
-    return fallback
+__all__ = ["tokenize", "to_pixels", "clip_zero_shot", "search_precision_at_k", "vqgan_input",
+           "vqgan_reconstruction", "psnr"]
 
 
 def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
     """(N, context_length) int64 token ids of ``texts`` with OpenAI's BPE."""
-    return _encoder()(list(texts), context_length=context_length)
+    from engine.tokenizer import tokenize as bpe_tokenize
+
+    return torch.from_numpy(bpe_tokenize(list(texts), context_length=context_length))
 
 
 def to_pixels(images: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
@@ -135,3 +97,39 @@ def search_precision_at_k(model, scenes: list[shapes.Scene], images: np.ndarray 
         hits = sum(scenes[i].colour == c and scenes[i].shape == s for i in ids)
         precisions.append(hits / min(k, present))
     return float(np.mean(precisions))
+
+
+def vqgan_input(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1], the VQGAN's input range."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return x.div_(127.5).sub_(1.0)
+
+
+def psnr(reference: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of (N, 3, H, W) tensors in [-1, 1], measured on 8-bit pixel values.
+
+    The output is clamped and rounded to 0..255 first, as a saved PNG would be.
+    """
+    ref = ((reference.float() + 1) * 127.5).round().clamp(0, 255)
+    out = ((output.float() + 1) * 127.5).round().clamp(0, 255)
+    mse = ((ref - out) ** 2).flatten(1).mean(1).clamp_min(1e-10)  # (N,)
+    return 10 * torch.log10(255.0**2 / mse)
+
+
+@torch.no_grad()
+def vqgan_reconstruct(model, x: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstructions (N, 3, H, W) and code indices (N, h, w) of ``x`` (N, 3, H, W) in [-1, 1]."""
+    model.eval()
+    recs, codes = [], []
+    for i in range(0, len(x), batch):
+        z_q, idx = model.encode(x[i: i + batch].to(next(model.parameters()).dtype))
+        recs.append(model.decode(z_q).float())
+        codes.append(idx)
+    return torch.cat(recs), torch.cat(codes)
+
+
+def vqgan_reconstruction(model, x: torch.Tensor) -> dict[str, float]:
+    """Mean per-image PSNR (dB) and codebook usage (fraction of entries used) on ``x``."""
+    rec, codes = vqgan_reconstruct(model, x)
+    used = torch.unique(codes).numel() / model.config.n_embed
+    return {"psnr": round(float(psnr(x, rec).mean()), 3), "usage": round(used, 4)}

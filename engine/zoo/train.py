@@ -35,28 +35,15 @@ from engine.zoo import quality, shapes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["main", "render_cache", "check_writable", "atomic_save", "SHAPES_CLIP_CONFIG"]
+__all__ = ["main", "render_cache", "check_writable", "atomic_save"]
 
 
 def _clip_config():
-    from engine.models.clip import CLIPConfig
+    # The architecture lives in the registry (engine/zoo/configs.py), so the recipe and the
+    # loader can never disagree about it.
+    from engine.zoo import get
 
-    return CLIPConfig(
-        embed_dim=128,
-        image_size=64,
-        vision_patch_size=8,
-        vision_width=128,
-        vision_layers=4,
-        vision_heads=2,
-        vision_stem="conv",
-        context_length=16,
-        text_width=128,
-        text_layers=3,
-        text_heads=2,
-    )
-
-
-SHAPES_CLIP_CONFIG = None  # filled lazily by _clip_config(); kept for the name in __all__
+    return get("shapes-clip").config
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -165,10 +152,6 @@ def train_clip(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     cfg = _clip_config()
-    if args.patch:
-        from dataclasses import replace
-
-        cfg = replace(cfg, vision_patch_size=args.patch, vision_width=args.width, vision_heads=args.width // 64)
     model = CLIP(cfg)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1 / 0.07))  # OpenAI's initial temperature
@@ -254,6 +237,156 @@ def _save_state(path: Path, model, opt, step: int, elapsed: float) -> None:
     atomic_save(lambda tmp: torch.save(state, tmp), path)
 
 
+# ----------------------------------------------------------------------------- VQGAN
+
+def _vqgan_config():
+    from engine.zoo import get
+
+    return get("shapes-vqgan").config
+
+
+def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+
+
+def train_vqgan(args: argparse.Namespace) -> dict:
+    from engine.models.vqgan import VQGAN
+
+    out = check_writable(args.out)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    cfg = _vqgan_config()
+    model = VQGAN(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    step, elapsed_before = 0, 0.0
+    last = out / "last.pt"
+    if args.resume and last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        log.info("resumed at step %d (%.1f min)", step, elapsed_before / 60)
+    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "args": vars(args)}, default=str, indent=1))
+    images = render_cache(args.cache, "train", args.train_images, workers=args.threads)
+    val = quality.vqgan_input(shapes.render_batch(shapes.sample_scenes("val", 0, args.val_images)))
+    usage = torch.zeros(cfg.n_embed)  # code hits since the last restart check
+    logf = open(out / "log.jsonl", "a")
+    start = time.time() - elapsed_before
+    last_save = time.time()
+    full_from = int(args.steps * (1 - args.full_fraction))
+    model.train()
+    while step < args.steps and time.time() - start < args.minutes * 60:
+        rng = np.random.default_rng((args.seed, step))
+        # Most steps see 32x32 crops (a quarter of the cost); the last ones whole images,
+        # so the mid-block attention ends tuned to the 16x16 latent grid it serves.
+        full = step >= full_from
+        n = args.batch // 4 if full else args.batch
+        idx = np.sort(rng.choice(len(images), n, replace=False))
+        x = quality.vqgan_input(images[idx])  # (n, 3, 64, 64) in [-1, 1]
+        if not full:
+            oy, ox = rng.integers(0, 64 - args.crop + 1, 2) // 4 * 4  # on the code grid
+            x = x[:, :, oy: oy + args.crop, ox: ox + args.crop]
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.steps, args.lr, args.warmup)
+        z = model.encode_latent(x)
+        z_q, codes, vq_loss = model.quantize(z)
+        rec = model.decode(z_q)
+        gy, gx = _image_gradients(rec)
+        ty, tx = _image_gradients(x)
+        rec_loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+        edge_loss = (gy - ty).abs().mean() + (gx - tx).abs().mean()
+        loss = rec_loss + args.edge_weight * edge_loss + vq_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        usage += torch.bincount(codes.flatten(), minlength=cfg.n_embed).float()
+        step += 1
+        if step % args.restart_every == 0 and step < full_from:
+            _restart_dead_codes(model, z.detach(), usage, rng)
+            usage.zero_()
+        if step % args.log_every == 0 or step == 1:
+            rec_ = {"step": step, "min": round((time.time() - start) / 60, 2), "loss": round(loss.item(), 4),
+                    "rec": round(rec_loss.item(), 4), "edge": round(edge_loss.item(), 4),
+                    "vq": round(vq_loss.item(), 4), "lr": opt.param_groups[0]["lr"]}
+            if step % args.eval_every == 0:
+                rec_.update({f"val_{k}": v for k, v in quality.vqgan_reconstruction(model, val).items()})
+                model.train()
+            logf.write(json.dumps(rec_) + "\n")
+            logf.flush()
+            log.info("%s", rec_)
+        if time.time() - last_save > args.save_every:
+            _save_state(last, model, opt, step, time.time() - start)
+            last_save = time.time()
+    elapsed = time.time() - start
+    _save_state(last, model, opt, step, elapsed)
+    final = quality.vqgan_reconstruction(model, val)
+    final_rec = {"final": True, "step": step, "minutes": round(elapsed / 60, 2), **final}
+    logf.write(json.dumps(final_rec) + "\n")
+    logf.close()
+    _save_safetensors(model.state_dict(), out / "model.safetensors",
+                      {"config": json.dumps(asdict(cfg)), "steps": step, "minutes": round(elapsed / 60, 2),
+                       "seed": args.seed})
+    log.info("done: %s", final_rec)
+    return final_rec
+
+
+@torch.no_grad()
+def _restart_dead_codes(model, z: torch.Tensor, usage: torch.Tensor, rng: np.random.Generator) -> int:
+    """Move codebook rows unused since the last check onto random current encoder outputs.
+
+    Unused rows get no gradient and would stay dead; re-seeding them where the encoder
+    puts its latents keeps the whole codebook in use (the usage target is >= 50%).
+    """
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead) == 0:
+        return 0
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, C)
+    pick = torch.from_numpy(rng.integers(0, len(flat), len(dead)))
+    noise = 0.01 * flat.std() * torch.randn(len(dead), flat.shape[1])
+    model.quantize.embedding.weight.data[dead] = flat[pick] + noise
+    log.info("restarted %d dead codes", len(dead))
+    return len(dead)
+
+
+# ----------------------------------------------------------------------------- shape judge
+
+def train_judge(args: argparse.Namespace) -> dict:
+    """The independent shape classifier that scores VQGAN reconstructions (``shape_judge``)."""
+    from engine.zoo.shape_judge import ShapeJudge
+
+    out = check_writable(args.out)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    model = ShapeJudge()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    images = render_cache(args.cache, "train", args.train_images, workers=args.threads)
+    train_scenes = shapes.sample_scenes("train", 0, args.train_images)
+    labels = torch.tensor([shapes.SHAPES.index(s.shape) for s in train_scenes])
+    val_scenes = shapes.sample_scenes("val", 0, args.val_images)
+    val = shapes.render_batch(val_scenes)
+    start = time.time()
+    step = 0
+    model.train()
+    while step < args.steps and time.time() - start < args.minutes * 60:
+        rng = np.random.default_rng((args.seed, step))
+        idx = np.sort(rng.choice(len(images), args.batch, replace=False))
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.steps, args.lr, args.warmup)
+        loss = F.cross_entropy(model(quality.vqgan_input(images[idx])), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % args.log_every == 0:
+            log.info("step %d loss %.4f", step, loss.item())
+    acc = float(np.mean([p == s.shape for p, s in zip(model.predict(val), val_scenes)]))
+    final = {"final": True, "step": step, "minutes": round((time.time() - start) / 60, 2), "val_accuracy": acc}
+    (out / "log.jsonl").write_text(json.dumps(final) + "\n")
+    _save_safetensors(model.state_dict(), out / "model.safetensors", {"steps": step, "seed": args.seed})
+    log.info("done: %s", final)
+    return final
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -274,16 +407,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="what", required=True)
     c = sub.add_parser("clip", help="train shapes-clip")
     _add_common(c)
-    c.add_argument("--steps", type=int, default=2400, help="schedule length (cosine decay to this step)")
+    c.add_argument("--steps", type=int, default=1500, help="schedule length (cosine decay to this step)")
     c.add_argument("--batch", type=int, default=128)
     c.add_argument("--lr", type=float, default=1e-3)
     c.add_argument("--warmup", type=int, default=100)
     c.add_argument("--weight-decay", type=float, default=0.05)
-    c.add_argument("--train-images", type=int, default=150_000)
+    c.add_argument("--train-images", type=int, default=100_000)
     c.add_argument("--val-images", type=int, default=1000)
-    c.add_argument("--patch", type=int, default=0, help="override the patch size (experiments)")
-    c.add_argument("--width", type=int, default=128, help="vision width with --patch (experiments)")
     c.set_defaults(func=train_clip)
+    v = sub.add_parser("vqgan", help="train shapes-vqgan")
+    _add_common(v)
+    v.add_argument("--steps", type=int, default=1400, help="schedule length (cosine decay to this step)")
+    v.add_argument("--batch", type=int, default=32, help="crops per step (a quarter as many whole images)")
+    v.add_argument("--crop", type=int, default=32)
+    v.add_argument("--full-fraction", type=float, default=0.15, help="last fraction of steps on whole images")
+    v.add_argument("--lr", type=float, default=2e-3)
+    v.add_argument("--warmup", type=int, default=50)
+    v.add_argument("--edge-weight", type=float, default=1.0, help="weight of the image-gradient L1 term")
+    v.add_argument("--restart-every", type=int, default=50, help="steps between dead-code restarts")
+    v.add_argument("--train-images", type=int, default=100_000)
+    v.add_argument("--val-images", type=int, default=200)
+    v.set_defaults(func=train_vqgan)
+    j = sub.add_parser("judge", help="train the independent shape classifier")
+    _add_common(j)
+    j.add_argument("--steps", type=int, default=800)
+    j.add_argument("--batch", type=int, default=128)
+    j.add_argument("--lr", type=float, default=3e-3)
+    j.add_argument("--warmup", type=int, default=30)
+    j.add_argument("--train-images", type=int, default=100_000)
+    j.add_argument("--val-images", type=int, default=2000)
+    j.set_defaults(func=train_judge)
     return p
 
 
