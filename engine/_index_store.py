@@ -416,16 +416,14 @@ class IndexStore:
         """Record a new (size, mtime_ns) for entries whose bytes did not change."""
         self._require_writable()
         with self._tx() as db:
-            db.executemany("UPDATE entries SET size=?, mtime_ns=? WHERE path=?",
-                                 [(s, m, p) for p, s, m in items])
+            db.executemany("UPDATE entries SET size=?, mtime_ns=? WHERE path=?", [(s, m, p) for p, s, m in items])
 
     def mark_skipped(self, items: list[tuple[str, int, int, str]]) -> None:
         """Remember files that failed to decode (path, size, mtime_ns, reason) so that an
         update does not retry them until they change."""
         self._require_writable()
         with self._tx() as db:
-            db.executemany("INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (?,?,?,?)",
-                                 items)
+            db.executemany("INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (?,?,?,?)", items)
 
     def compact(self) -> int:
         """Move the last rows into the holes so committed rows are dense again; returns the
