@@ -97,7 +97,8 @@ class Encoder:
 
     def __init__(self, session: Any, identity: ModelIdentity, *, image_size: int,
                  mean: Sequence[float], std: Sequence[float], default_template: str,
-                 logit_scale: float, context_length: int = 77, backend: str = "torch"):
+                 logit_scale: float, context_length: int = 77, backend: str = "torch",
+                 interpolation: str = "bicubic"):
         self.session = session  # has encode_image(np) / encode_text(np) -> np
         self.identity = identity
         self.image_size = int(image_size)
@@ -107,6 +108,7 @@ class Encoder:
         self.logit_scale = float(logit_scale)  # exp(learned log-temperature), e.g. 100
         self.context_length = int(context_length)
         self.backend = backend
+        self.interpolation = interpolation  # the resize filter the model was trained with
         self._preprocessor = None
         self._lock = threading.Lock()  # backend sessions are not thread-safe: one call at a time
 
@@ -121,7 +123,7 @@ class Encoder:
         if self._preprocessor is None:
             from engine.preprocess import Preprocessor
 
-            self._preprocessor = Preprocessor(self.image_size, self.mean, self.std)
+            self._preprocessor = Preprocessor(self.image_size, self.mean, self.std, self.interpolation)
         return self._preprocessor
 
     def preprocess(self, images: list) -> np.ndarray:
@@ -235,6 +237,7 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
         default_template=record.default_template if record else "a photo of a {}.",
         logit_scale=float(module.logit_scale.detach().exp().clamp(max=100.0)),
         context_length=cfg.context_length, backend=f"{backend}-{precision}",
+        interpolation=record.weights.interpolation if record and record.weights else "bicubic",
     )
 
 
