@@ -381,16 +381,15 @@ class IndexStore:
         rows = free[:take] + list(range(self.count, self.count + n - take))
         self._pwrite_rows(rows, emb)  # step 1: rows nobody references, made durable
         new_count = max(self.count, rows[-1] + 1) if rows else self.count
-        replaced = []
+        paths = [e[0] for e in entries]
         with self._tx() as db:  # step 2: one transaction publishes the batch
-            for (path, size, mtime, sha), row in zip(entries, rows):
-                old = db.execute("SELECT row FROM entries WHERE path=?", (path,)).fetchone()
-                if old is not None:
-                    replaced.append(old[0])
-                    db.execute("DELETE FROM entries WHERE path=?", (path,))
-                db.execute("INSERT INTO entries (path, size, mtime_ns, sha256, row) VALUES (?,?,?,?,?)",
-                           (path, size, mtime, sha, row))
-                db.execute("DELETE FROM skipped WHERE path=?", (path,))
+            replaced = [r for chunk in _chunks(paths, 500) for (r,) in db.execute(
+                f"SELECT row FROM entries WHERE path IN ({','.join('?' * len(chunk))})", chunk)]
+            if replaced:  # changed files: the new row replaces the old, which becomes a hole
+                db.executemany("DELETE FROM entries WHERE path=?", [(p,) for p in paths])
+            db.executemany("INSERT INTO entries (path, size, mtime_ns, sha256, row) VALUES (?,?,?,?,?)",
+                           [(*e, row) for e, row in zip(entries, rows)])
+            db.executemany("DELETE FROM skipped WHERE path=?", [(p,) for p in paths])
             db.execute("UPDATE meta SET value=? WHERE key='committed_rows'", (new_count,))
         del free[:take]
         free.extend(replaced)
@@ -452,6 +451,12 @@ class IndexStore:
             db.execute("UPDATE meta SET value=? WHERE key='committed_rows'", (live,))
         self.refresh()
         return live
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    """Consecutive slices of at most ``n`` items (SQLite caps the parameters per statement)."""
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
 
 
 def _runs(rows: list[int]) -> Iterator[tuple[int, list[int]]]:
