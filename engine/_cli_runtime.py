@@ -93,9 +93,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     enc = open_encoder(args.model, backend=args.backend, precision=args.precision)
     clf = ZeroShotClassifier(enc, labels, args.templates, use_cache=not args.no_cache)
     results = clf.classify_paths(files, top_k=args.top_k, batch_size=args.batch_size) if files else []
-    bad = [(a, r) for a, r in missing] + [(r.image, r.error) for r in results if r.error]
-    for path, reason in bad:
-        print(f"vqclip: skipped {path}: {reason}", file=sys.stderr)
+    bad = [f"{a}: {r}" for a, r in missing] + [r.error for r in results if r.error]  # decode errors name the file
+    for reason in bad:
+        print(f"vqclip: skipped {reason}", file=sys.stderr)
     good = [r for r in results if not r.error]
     if args.json:
         print(json.dumps([r.to_dict() for r in good], indent=2, ensure_ascii=False))
@@ -134,8 +134,8 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
 
 
 def _print_report(report, out) -> int:
-    for path, reason in report.failed[:20]:
-        print(f"vqclip: skipped {path}: {reason}", file=sys.stderr)
+    for _, reason in report.failed[:20]:  # each reason names its file
+        print(f"vqclip: skipped {reason}", file=sys.stderr)
     if len(report.failed) > 20:
         print(f"vqclip: ... and {len(report.failed) - 20} more unreadable images", file=sys.stderr)
     print(f"{out}: {report.summary()}")

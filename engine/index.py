@@ -124,7 +124,7 @@ def _sync(store: IndexStore, encoder: Encoder, batch_size: int, workers: int | N
         try:
             st = os.stat(p)
         except OSError as e:  # a dangling symlink, a file removed mid-walk
-            report.failed.append((rel, f"cannot stat ({e.strerror})"))
+            report.failed.append((rel, f"{p}: cannot stat the file ({e.strerror}); a dangling symlink?"))
             continue
         seen.add(rel)
         e = known.get(rel)
