@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine._pipeline import Timings, decode_batches, read_and_decode  # noqa: E402
+from engine._pipeline import Timings, read_and_decode  # noqa: E402
 from engine.encoder import Encoder, open_encoder  # noqa: E402
 from engine.errors import CheckpointError, UnknownModelError  # noqa: E402
 from engine.index import IndexStore, build_index  # noqa: E402

@@ -116,9 +116,8 @@ def _sync(store: IndexStore, encoder: Encoder, batch_size: int, workers: int | N
     seen: set[str] = set()
     todo: list[tuple[str, Path, int, int]] = []  # (rel, abs, size, mtime_ns) to encode
     touched: list[tuple[str, int, int]] = []
-    failed_stat: list[tuple[str, int, int, str]] = []
-    for rel, p, reason in walk_images(root, exclude=store.path):
-        if p is None:
+    for rel, p, _ in walk_images(root, exclude=store.path):
+        if p is None:  # not an image by its extension
             report.not_images += 1
             continue
         try:
