@@ -125,6 +125,10 @@ def add_index_parser(sub) -> None:
     _add_build_args(u)
     _add_model_args(u, model=False)
     u.set_defaults(func=_cmd_index_update)
+    i = isub.add_parser("info", help="what an index holds: model, size, storage, skipped files")
+    i.add_argument("index", metavar="INDEX", help="an index folder")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.set_defaults(func=_cmd_index_info)
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -159,6 +163,23 @@ def _cmd_index_update(args: argparse.Namespace) -> int:
                           progress=False if args.no_progress else None, backend=args.backend,
                           precision=args.precision)
     return _print_report(report, args.index)
+
+
+def _cmd_index_info(args: argparse.Namespace) -> int:
+    from engine.index import IndexStore
+
+    with IndexStore.open(args.index) as st:
+        h = st.header
+        disk = sum(p.stat().st_size for p in st.path.iterdir() if p.is_file())
+        info = {"index": str(st.path), "model": h.model_name, "weights_sha256": h.model_digest,
+                "entries": st.n_entries, "embed_dim": h.embed_dim, "storage": h.storage, "root": h.root,
+                "skipped": len(st.skipped()), "bytes_on_disk": disk, "created": h.created}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:<15} {v}")
+    return 0
 
 
 # ----- search -----

@@ -85,6 +85,9 @@ def test_index_build_update_search(env, capsys):
     save_png(src / "new.png", 50)
     assert main(["index", "update", idx, "--no-progress"]) == 0
     assert "6 entries: 1 added" in capsys.readouterr().out
+    assert main(["index", "info", idx, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["entries"], info["storage"], info["embed_dim"], info["skipped"]) == (6, "int8", 32, 1)
 
 
 def test_search_bad_input(env, capsys):
