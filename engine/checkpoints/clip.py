@@ -334,14 +334,9 @@ def _resolve(source: str | os.PathLike) -> tuple[Path, CLIPConfig | None]:
     if rec.weights is None:
         raise CheckpointError(f"zoo model {rec.name!r} has no bundled weights; download them yourself and pass "
                               f"the file path, e.g. load_clip('ViT-B-32.pt', config=get({rec.name!r}).config)")
-    wpath = Path(rec.weights.path)
-    wpath = wpath if wpath.is_absolute() else WEIGHTS_DIR / wpath
-    if not wpath.is_file():
-        raise CheckpointError(f"zoo model {rec.name!r}: bundled weights {str(wpath)!r} are missing; reinstall "
-                              "vqclip or rebuild them with the zoo recipe")
-    if rec.weights.sha256 and _sha256(wpath) != rec.weights.sha256:
-        raise CheckpointError(f"zoo model {rec.name!r}: {wpath} does not match its recorded sha256; the file is "
-                              "corrupt or replaced, reinstall it")
+    from engine.zoo.bundled import weights_file
+
+    wpath = weights_file(rec, WEIGHTS_DIR)  # missing or corrupt: an error naming the file and the recipe
     return wpath, rec.config
 
 

@@ -189,12 +189,30 @@ def read_vqgan_yaml(path: str | Path) -> VQGANConfig:
         raise CheckpointError(f"config {str(path)!r}: model.params is incomplete or invalid ({e})") from e
 
 
+def _resolve(source: str | Path) -> tuple[Path, VQGANConfig | None]:
+    """A file to read and, for a zoo name with bundled weights ("shapes-vqgan"), its config."""
+    path = Path(source)
+    if path.exists() or not isinstance(source, str):
+        return path, None  # a Path is always a file; the reader reports a missing one
+    from engine.errors import UnknownModelError
+    from engine.zoo import get
+    from engine.zoo.bundled import weights_file
+
+    try:
+        rec = get(str(source), family="vqgan")
+    except UnknownModelError as e:
+        raise CheckpointError(f"{str(source)!r} does not exist as a file and is not a known VQGAN model ({e}); "
+                              "give a local checkpoint path or a zoo name") from e
+    return weights_file(rec), rec.config  # missing or corrupt: an error naming the file and the recipe
+
+
 def load_vqgan(path: str | Path, *, config: VQGANConfig | None = None, yaml_path: str | Path | None = None,
                decode_only: bool = False, device: str | torch.device = "cpu") -> VQGAN:
     """Build a ``VQGAN`` from a taming-transformers ``.ckpt`` (or a safetensors/state-dict file).
 
     Args:
-        path: local checkpoint file. Lightning ``.ckpt`` files are read with weights_only=True.
+        path: local checkpoint file, or a zoo name with bundled weights ("shapes-vqgan", whose
+            config is then the zoo's). Lightning ``.ckpt`` files are read with weights_only=True.
         config: the architecture (e.g. ``engine.zoo.get("vqgan-f16-16384").config``); default: read
             from ``yaml_path`` if given, else inferred from the tensor shapes.
         decode_only: build decoder, ``post_quant_conv`` and codebook only; the encoder's tensors are
@@ -208,7 +226,9 @@ def load_vqgan(path: str | Path, *, config: VQGANConfig | None = None, yaml_path
     """
     if config is not None and yaml_path is not None:
         raise CheckpointError("give config= or yaml_path=, not both")
-    path = Path(path)
+    path, zoo_config = _resolve(path)
+    if config is None and yaml_path is None:
+        config = zoo_config
     sd = vqgan_state_dict(_read_checkpoint(path), source=str(path))
     if decode_only:
         for k in [k for k in sd if k.startswith(_ENCODER_PREFIXES)]:

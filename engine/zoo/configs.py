@@ -52,14 +52,15 @@ SHAPES_CLIP = register(ModelRecord(
     config=CLIPConfig(embed_dim=128, image_size=64, vision_patch_size=16, vision_width=128, vision_layers=4,
                       vision_heads=2, vision_stem="conv", context_length=16, text_width=128, text_layers=3,
                       text_heads=2),
-    weights=WeightsRecord(path="shapes-clip.safetensors", sha256=None, mean=OPENAI_MEAN, std=OPENAI_STD,
+    weights=WeightsRecord(path="shapes-clip.safetensors",
+                          sha256="c77c106d8780f08f4485e6174eadf18b064d69a93f7fb69054fbaa7abc155919", mean=OPENAI_MEAN, std=OPENAI_STD,
                           interpolation="bicubic"),
     default_template="{}",  # labels are captions already: "a red circle"
     description="tiny CLIP trained on the synthetic shapes world (bundled; knows 5 shapes x 8 colours only)",
 ))
 SHAPES_VQGAN = register(ModelRecord(
     name="shapes-vqgan", family="vqgan",
-    config=VQGANConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
+    config=VQGANConfig(ch=32, ch_mult=(2, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
                        embed_dim=16, n_embed=512, resolution=64),
     weights=WeightsRecord(path="shapes-vqgan.safetensors", sha256=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                           interpolation="bicubic"),

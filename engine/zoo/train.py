@@ -257,7 +257,9 @@ def train_vqgan(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cfg = _vqgan_config()
     model = VQGAN(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    # The codebook is set by EMA updates, not by the optimiser.
+    params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
+    opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99))
     step, elapsed_before = 0, 0.0
     last = out / "last.pt"
     if args.resume and last.exists():
@@ -270,6 +272,7 @@ def train_vqgan(args: argparse.Namespace) -> dict:
     images = render_cache(args.cache, "train", args.train_images, workers=args.threads)
     val = quality.vqgan_input(shapes.render_batch(shapes.sample_scenes("val", 0, args.val_images)))
     usage = torch.zeros(cfg.n_embed)  # code hits since the last restart check
+    ema = {"size": torch.ones(cfg.n_embed), "sum": model.quantize.embedding.weight.detach().clone()}
     logf = open(out / "log.jsonl", "a")
     start = time.time() - elapsed_before
     last_save = time.time()
@@ -288,8 +291,19 @@ def train_vqgan(args: argparse.Namespace) -> dict:
             x = x[:, :, oy: oy + args.crop, ox: ox + args.crop]
         for g in opt.param_groups:
             g["lr"] = _lr(step, args.steps, args.lr, args.warmup)
-        z = model.encode_latent(x)
-        z_q, codes, vq_loss = model.quantize(z)
+        z = model.encode_latent(x)  # (n, C, h, w)
+        if step == 0 and not args.resume:
+            _seed_codebook(model, z.detach(), rng)
+            ema["sum"] = model.quantize.embedding.weight.detach().clone()
+        codes = model.quantize.nearest(z.detach())  # (n, h, w)
+        z_q = model.quantize.lookup(codes)
+        # The codebook follows its assigned latents by exponential moving averages (VQ-VAE-2)
+        # instead of a loss term: with 2 shared cores there are few steps, and loss-driven
+        # codebooks (taming's legacy weighting pulls the encoder onto the codes at weight 1)
+        # collapsed the latents in the first trial run here.
+        _ema_update(model, ema, z.detach(), codes, args.ema_decay)
+        vq_loss = args.commitment * ((z - z_q.detach()) ** 2).mean()
+        z_q = z + (z_q - z).detach()  # straight-through
         rec = model.decode(z_q)
         gy, gx = _image_gradients(rec)
         ty, tx = _image_gradients(x)
@@ -302,7 +316,7 @@ def train_vqgan(args: argparse.Namespace) -> dict:
         usage += torch.bincount(codes.flatten(), minlength=cfg.n_embed).float()
         step += 1
         if step % args.restart_every == 0 and step < full_from:
-            _restart_dead_codes(model, z.detach(), usage, rng)
+            _restart_dead_codes(model, z.detach(), usage, rng, ema)
             usage.zero_()
         if step % args.log_every == 0 or step == 1:
             rec_ = {"step": step, "min": round((time.time() - start) / 60, 2), "loss": round(loss.item(), 4),
@@ -331,7 +345,31 @@ def train_vqgan(args: argparse.Namespace) -> dict:
 
 
 @torch.no_grad()
-def _restart_dead_codes(model, z: torch.Tensor, usage: torch.Tensor, rng: np.random.Generator) -> int:
+def _seed_codebook(model, z: torch.Tensor, rng: np.random.Generator) -> None:
+    """Start the codebook on random encoder outputs, where the latents are (not near zero)."""
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, C)
+    n = model.quantize.n_embed
+    pick = torch.from_numpy(rng.integers(0, len(flat), n))
+    model.quantize.embedding.weight.data.copy_(flat[pick] + 0.01 * flat.std() * torch.randn(n, flat.shape[1]))
+
+
+@torch.no_grad()
+def _ema_update(model, ema: dict, z: torch.Tensor, codes: torch.Tensor, decay: float) -> None:
+    """Move each used code toward the mean of the latents assigned to it."""
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, C)
+    onehot = F.one_hot(codes.flatten(), model.quantize.n_embed).to(flat.dtype)  # (N, K)
+    count = onehot.sum(0)  # (K,)
+    total = onehot.T @ flat  # (K, C)
+    used = count > 0
+    ema["size"][used] = decay * ema["size"][used] + (1 - decay) * count[used]
+    ema["sum"][used] = decay * ema["sum"][used] + (1 - decay) * total[used]
+    w = model.quantize.embedding.weight.data
+    w[used] = ema["sum"][used] / ema["size"][used, None]
+
+
+@torch.no_grad()
+def _restart_dead_codes(model, z: torch.Tensor, usage: torch.Tensor, rng: np.random.Generator,
+                        ema: dict | None = None) -> int:
     """Move codebook rows unused since the last check onto random current encoder outputs.
 
     Unused rows get no gradient and would stay dead; re-seeding them where the encoder
@@ -344,6 +382,9 @@ def _restart_dead_codes(model, z: torch.Tensor, usage: torch.Tensor, rng: np.ran
     pick = torch.from_numpy(rng.integers(0, len(flat), len(dead)))
     noise = 0.01 * flat.std() * torch.randn(len(dead), flat.shape[1])
     model.quantize.embedding.weight.data[dead] = flat[pick] + noise
+    if ema is not None:  # the moving averages restart with the code
+        ema["size"][dead] = 1.0
+        ema["sum"][dead] = model.quantize.embedding.weight.data[dead]
     log.info("restarted %d dead codes", len(dead))
     return len(dead)
 
@@ -387,6 +428,36 @@ def train_judge(args: argparse.Namespace) -> dict:
     return final
 
 
+# ----------------------------------------------------------------------------- packing
+
+_PACKABLE = {"shapes-clip": "shapes-clip.safetensors", "shapes-vqgan": "shapes-vqgan.safetensors",
+             "shape-judge": "shape-judge.safetensors"}
+
+
+def pack(args: argparse.Namespace) -> dict:
+    """Write a trained run's weights into engine/zoo/weights (fp16 unless --fp32) and print the sha256."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from engine.zoo.bundled import WEIGHTS_DIR, sha256_of
+
+    src = Path(args.run) / "model.safetensors"
+    if not src.is_file():
+        raise OutputPathError(f"{src} does not exist; give the --out folder of a finished training run")
+    dest_dir = check_writable(args.dest or WEIGHTS_DIR)
+    with safe_open(str(src), "pt") as h:  # metadata (config, steps, minutes) travels with the weights
+        meta = dict(h.metadata() or {})
+    tensors = load_file(str(src))
+    dtype = torch.float32 if args.fp32 else torch.float16
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    meta["dtype"] = str(dtype).removeprefix("torch.")
+    dest = dest_dir / _PACKABLE[args.model]
+    _save_safetensors(tensors, dest, meta)
+    digest = sha256_of(dest)
+    print(f"{dest} {dest.stat().st_size / 1e6:.2f} MB sha256={digest}")
+    return {"path": str(dest), "sha256": digest}
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -417,14 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=train_clip)
     v = sub.add_parser("vqgan", help="train shapes-vqgan")
     _add_common(v)
-    v.add_argument("--steps", type=int, default=1400, help="schedule length (cosine decay to this step)")
-    v.add_argument("--batch", type=int, default=32, help="crops per step (a quarter as many whole images)")
+    v.add_argument("--steps", type=int, default=1200, help="schedule length (cosine decay to this step)")
+    v.add_argument("--batch", type=int, default=16, help="crops per step (a quarter as many whole images)")
     v.add_argument("--crop", type=int, default=32)
     v.add_argument("--full-fraction", type=float, default=0.15, help="last fraction of steps on whole images")
-    v.add_argument("--lr", type=float, default=2e-3)
+    v.add_argument("--lr", type=float, default=1.5e-3)
     v.add_argument("--warmup", type=int, default=50)
     v.add_argument("--edge-weight", type=float, default=1.0, help="weight of the image-gradient L1 term")
     v.add_argument("--restart-every", type=int, default=50, help="steps between dead-code restarts")
+    v.add_argument("--ema-decay", type=float, default=0.95, help="codebook moving-average decay")
+    v.add_argument("--commitment", type=float, default=0.25, help="weight pulling latents onto their codes")
     v.add_argument("--train-images", type=int, default=100_000)
     v.add_argument("--val-images", type=int, default=200)
     v.set_defaults(func=train_vqgan)
@@ -437,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--train-images", type=int, default=100_000)
     j.add_argument("--val-images", type=int, default=2000)
     j.set_defaults(func=train_judge)
+    k = sub.add_parser("pack", help="copy a run's weights into engine/zoo/weights as fp16 safetensors")
+    k.add_argument("model", choices=sorted(_PACKABLE))
+    k.add_argument("run", type=Path, help="the --out folder of the training run")
+    k.add_argument("--dest", type=Path, default=None, help="folder to write to (default: engine/zoo/weights)")
+    k.add_argument("--fp32", action="store_true", help="keep float32 (when fp16 loses accuracy)")
+    k.set_defaults(func=pack)
     return p
 
 

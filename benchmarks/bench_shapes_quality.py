@@ -1,0 +1,95 @@
+"""Measured quality of the bundled shapes models on held-out scenes (the model card's figures).
+
+    python benchmarks/bench_shapes_quality.py                  # 2,000 held-out images
+    python benchmarks/bench_shapes_quality.py --clip-fp32-run /tmp/shapes-clip --vqgan-fp32-run /tmp/shapes-vqgan
+
+Prints one table: zero-shot colour / shape / colour+shape top-1 over the 40
+"a {colour} {shape}" labels, text-to-image precision@10 on a 2,000-image gallery,
+VQGAN PSNR (all, and per background style), codebook usage, and the independent shape
+classifier's accuracy on originals and on reconstructions, each next to its target.
+With ``--*-fp32-run`` (a training run's folder) the fp32 weights are measured in the
+same run as the shipped fp16 file. ``--json`` writes the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.checkpoints import load_clip, load_vqgan  # noqa: E402
+from engine.zoo import get, quality, shapes  # noqa: E402
+from engine.zoo.shape_judge import load_judge  # noqa: E402
+
+TARGETS = {"colour": 0.98, "shape": 0.95, "colour+shape": 0.90, "p@10": 0.90, "psnr": 28.0, "usage": 0.50,
+           "judge on reconstructions": 0.98}
+
+
+def clip_rows(model, label: str, scenes, images) -> list[tuple[str, float, float | None]]:
+    acc = quality.clip_zero_shot(model, scenes, images)
+    p10 = quality.search_precision_at_k(model, scenes, images, k=10)
+    return [(f"{label} zero-shot {k}", v, TARGETS[k]) for k, v in acc.items()] + \
+        [(f"{label} search precision@10", p10, TARGETS["p@10"])]
+
+
+def vqgan_rows(model, label: str, scenes, images, judge) -> list[tuple[str, float, float | None]]:
+    x = quality.vqgan_input(images)
+    rec, codes = quality.vqgan_reconstruct(model, x)
+    p = quality.psnr(x, rec)
+    rows = [(f"{label} PSNR dB (mean of images)", float(p.mean()), TARGETS["psnr"])]
+    for style in shapes.BACKGROUND_STYLES:
+        mask = torch.tensor([s.style == style for s in scenes])
+        rows.append((f"{label} PSNR dB, {style} backgrounds", float(p[mask].mean()), None))
+    rows.append((f"{label} codebook usage", torch.unique(codes).numel() / model.config.n_embed, TARGETS["usage"]))
+    truth = [s.shape for s in scenes]
+    on_rec = np.mean([a == b for a, b in zip(judge.predict(rec.clamp(-1, 1)), truth)])
+    rows.append((f"{label} judge on reconstructions", float(on_rec), TARGETS["judge on reconstructions"]))
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=2000, help="held-out test images (gallery size)")
+    ap.add_argument("--clip-fp32-run", type=Path, help="training run folder with fp32 model.safetensors")
+    ap.add_argument("--vqgan-fp32-run", type=Path, help="training run folder with fp32 model.safetensors")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    t0 = time.time()
+    scenes = shapes.sample_scenes("test", 0, args.images)
+    images = shapes.render_batch(scenes)
+    judge = load_judge()
+    rows: list[tuple[str, float, float | None]] = []
+    truth = [s.shape for s in scenes]
+    rows.append(("judge on originals", float(np.mean([a == b for a, b in zip(judge.predict(images), truth)])), None))
+
+    rows += clip_rows(load_clip("shapes-clip"), "shapes-clip fp16 file", scenes, images)
+    if args.clip_fp32_run:
+        rows += clip_rows(load_clip(args.clip_fp32_run / "model.safetensors", config=get("shapes-clip").config),
+                          "shapes-clip fp32 run", scenes, images)
+    rows += vqgan_rows(load_vqgan("shapes-vqgan"), "shapes-vqgan fp16 file", scenes, images, judge)
+    if args.vqgan_fp32_run:
+        rows += vqgan_rows(load_vqgan(args.vqgan_fp32_run / "model.safetensors", config=get("shapes-vqgan").config),
+                           "shapes-vqgan fp32 run", scenes, images, judge)
+
+    print(f"shapes world, held-out split 'test', {args.images} images, 64x64 ({time.time() - t0:.0f} s)")
+    print(f"{'measure':<52} {'value':>8} {'target':>8}  met")
+    for name, value, target in rows:
+        met = "" if target is None else ("yes" if value >= target else "NO")
+        tgt = "" if target is None else f"{target:8.3f}"
+        print(f"{name:<52} {value:8.3f} {tgt:>8}  {met}")
+    if args.json:
+        args.json.write_text(json.dumps({n: v for n, v, _ in rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
