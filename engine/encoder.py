@@ -12,9 +12,11 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -266,12 +268,39 @@ def _cached_export(source: Any, module: Any, name: str, digest: str) -> Path:
     from engine.errors import ParityError
 
     log.info("exporting %s to ONNX in %s (once; later runs reuse it)", name, folder)
-    try:
-        export_model(module, folder, ["fp32", "int8"], force=True, name=Path(name).name)
-    except ParityError as e:  # int8 outside its bound for this model: keep the exact graphs
-        log.warning("int8 export of %s failed its parity check (%s); exporting fp32 only", name, e)
-        export_model(module, folder, ["fp32"], force=True, name=Path(name).name)
+    with _quiet_exporter():
+        try:
+            export_model(module, folder, ["fp32", "int8"], force=True, name=Path(name).name)
+        except ParityError as e:  # int8 outside its bound for this model: keep the exact graphs
+            log.warning("int8 export of %s failed its parity check (%s); exporting fp32 only", name, e)
+            export_model(module, folder, ["fp32"], force=True, name=Path(name).name)
     return folder
+
+
+class _DropRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Hide the exporter's known, harmless chatter while a job exports on the user's behalf:
+    torch.onnx's "torchvision is not installed" warnings, its FutureWarnings, and ONNX
+    Runtime's quantiser advice, which it logs on the root logger. Errors still raise, and
+    the export's own parity figures are in its manifest."""
+    torch_onnx = logging.getLogger("torch.onnx")
+    root = logging.getLogger()
+    level, drop = torch_onnx.level, _DropRecords()
+    torch_onnx.setLevel(logging.ERROR)
+    root.addFilter(drop)  # applies to records logged on the root logger itself only
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        root.removeFilter(drop)
+        torch_onnx.setLevel(level)
 
 
 def _record_digest(record: Any) -> str | None:

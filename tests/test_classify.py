@@ -181,7 +181,8 @@ def test_shapes_clip_names_held_out_scenes(tmp_path):
     px = enc.preprocess([Image.fromarray(a) for a in shapes.render_batch(scenes, size=64)])
     preds = clf.classify_pixels(px, top_k=1)
     hits = [p[0].label == shapes.label(s.colour, s.shape) for p, s in zip(preds, scenes)]
-    # Chance is 1/40; the model card's held-out top-1 is far above this floor.
-    assert np.mean(hits) >= 0.6, f"top-1 {np.mean(hits):.0%} on 40 held-out scenes"
+    # Chance is 1/40. The model card measures colour 100% and shape 96.9% on held-out
+    # scenes; 85% leaves room for sampling noise on 40 scenes (a drop below it is a regression).
+    assert np.mean(hits) >= 0.85, f"top-1 {np.mean(hits):.0%} on 40 held-out scenes"
     right = next(i for i, h in enumerate(hits) if h)
     assert preds[right][0].prob > 0.2  # a confident answer, not a near-tie among 40 labels
