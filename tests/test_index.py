@@ -129,6 +129,28 @@ def test_bad_index_paths(tmp_path):
         IndexStore.open(tmp_path / "idx")
 
 
+def test_interrupt_keeps_what_was_encoded(tmp_path):
+    # Commits are grouped (commit_every=100 here: none before the end); Ctrl-C in the third
+    # batch must still commit the two batches already encoded.
+    src = _folder(tmp_path, 6)
+    enc = tiny_encoder()
+    inner, calls = enc.session.encode_image, [0]
+
+    def interrupted(px):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return inner(px)
+
+    enc.session.encode_image = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        build_index(src, tmp_path / "idx", enc, batch_size=2, workers=1, progress=False, commit_every=100)
+    with IndexStore.open(tmp_path / "idx") as st:
+        assert len(st.entries()) == 4
+    enc = tiny_encoder()
+    assert update_index(tmp_path / "idx", enc, progress=False).added == 2 and enc.session.images == 2
+
+
 def test_one_writer_at_a_time(tmp_path):
     build_index(_folder(tmp_path, 1), tmp_path / "idx", tiny_encoder(), progress=False)
     with IndexStore.open(tmp_path / "idx", writable=True):
@@ -161,9 +183,9 @@ def _child_main(mode: str, src: Path, idx: Path, delay: float, kill_at_tx: int) 
 
         IndexStore._tx = dying_tx
     if mode == "build":
-        build_index(src, idx, enc, storage="fp16", batch_size=2, workers=1, progress=False)
+        build_index(src, idx, enc, storage="fp16", batch_size=2, workers=1, progress=False, commit_every=2)
     else:
-        update_index(idx, enc, batch_size=2, workers=1, progress=False)
+        update_index(idx, enc, batch_size=2, workers=1, progress=False, commit_every=2)
 
 
 # Children come from a fork server that imported torch once and never ran it (forking a
