@@ -1,4 +1,7 @@
 """Builds vqclip: the packages ``engine`` and ``export`` and the C++ extension ``engine._kernels``."""
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -6,13 +9,14 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 
 
-def _openmp_flags(build_ext_cls):
-    """Probe -fopenmp with a test compile; the kernels still build single-threaded without it."""
+def _build_ext_class(build_ext_cls):
+    """build_ext that probes -fopenmp and compiles the optional CUDA sources with nvcc."""
 
     class BuildExt(build_ext_cls):
         def build_extensions(self):
             from pybind11.setup_helpers import has_flag
 
+            # OpenMP by a test compile; without it the kernels build single-threaded.
             if self.compiler.compiler_type == "unix" and has_flag(self.compiler, "-fopenmp"):
                 for ext in self.extensions:
                     if ext.name == "engine._kernels":
@@ -20,7 +24,67 @@ def _openmp_flags(build_ext_cls):
                         ext.extra_link_args.append("-fopenmp")
             super().build_extensions()
 
+        def build_extension(self, ext):
+            cuda_sources = getattr(ext, "cuda_sources", None)
+            if cuda_sources:
+                ext.extra_objects = list(ext.extra_objects or []) + self._nvcc(ext, cuda_sources)
+            super().build_extension(ext)
+
+        def _nvcc(self, ext, sources):
+            import pybind11
+            import sysconfig
+
+            out_dir = Path(self.build_temp) / "cuda"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            archs = os.environ.get("VQCLIP_CUDA_ARCHS", "80;90").split(";")
+            gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+            gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")  # PTX: newer GPUs
+            objects = []
+            for src in sources:
+                obj = out_dir / (Path(src).stem + ".o")
+                if obj.exists() and obj.stat().st_mtime > Path(src).stat().st_mtime and not self.force:
+                    objects.append(str(obj))  # up to date: nvcc is slow
+                    continue
+                cmd = [ext.nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", *gencode,
+                       "-I", pybind11.get_include(), "-I", sysconfig.get_paths()["include"],
+                       "-c", src, "-o", str(obj)]
+                print(" ".join(cmd))
+                subprocess.check_call(cmd)
+                objects.append(str(obj))
+            return objects
+
     return BuildExt
+
+
+def cuda_extension():
+    """engine._kernels_cuda, only when VQCLIP_BUILD_CUDA=1 and nvcc is found.
+
+    Opt-in so that a CPU-only build (CI) never depends on a CUDA toolkit; the CPU
+    kernels and their import never touch it. NOT YET RUN ON A GPU: see
+    benchmarks/gpu_check_topk.sh.
+    """
+    if os.environ.get("VQCLIP_BUILD_CUDA") != "1":
+        return []
+    nvcc_on_path = shutil.which("nvcc")
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+             str(Path(nvcc_on_path).resolve().parents[1]) if nvcc_on_path else None, "/usr/local/cuda"]
+    for home in filter(None, homes):
+        libs = [Path(home) / d for d in ("lib64", "targets/x86_64-linux/lib", "targets/sbsa-linux/lib", "lib")]
+        lib = next((d for d in libs if (d / "libcudart_static.a").exists()), None)
+        nvcc = Path(home) / "bin" / "nvcc"
+        if lib and nvcc.exists():
+            break
+    else:
+        raise RuntimeError("VQCLIP_BUILD_CUDA=1 but no CUDA toolkit (bin/nvcc + libcudart_static.a) "
+                           "was found; set CUDA_HOME")
+    from pybind11.setup_helpers import Pybind11Extension
+
+    # The static runtime: the module then needs only the driver (libcuda) at run time.
+    ext = Pybind11Extension("engine._kernels_cuda", [], cxx_std=17, library_dirs=[str(lib)],
+                            libraries=["cudart_static", "dl", "rt", "pthread"])
+    ext.cuda_sources = ["csrc/cuda/topk_cuda.cu"]
+    ext.nvcc = str(nvcc)
+    return [ext]
 
 
 def kernel_extensions():
@@ -29,7 +93,7 @@ def kernel_extensions():
     One binary holds every SIMD variant (AVX-512, AVX2, scalar) through per-function
     target attributes, so no -march flag is passed: the module runs on any x86-64 or ARM
     CPU and picks its path at run time. The optional CUDA extension is built separately
-    (see csrc/cuda/build.py) only on request.
+    (engine._kernels_cuda) only with VQCLIP_BUILD_CUDA=1.
     """
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     if not sources:
@@ -38,7 +102,7 @@ def kernel_extensions():
 
     ext = Pybind11Extension("engine._kernels", sources, cxx_std=17, depends=["csrc/topk.h"])
     ext.extra_compile_args.append("-O3")
-    return [ext], {"build_ext": _openmp_flags(build_ext)}
+    return [ext, *cuda_extension()], {"build_ext": _build_ext_class(build_ext)}
 
 
 ext_modules, cmdclass = kernel_extensions()

@@ -31,9 +31,12 @@ constexpr int64_t kQueryParallelMin = 32;
 constexpr int64_t kTileMinQueries = 4;
 // Queries scored together against one gallery block (bounds the score buffer).
 constexpr int64_t kQueryGroup = 256;
-// Up to this k a binary heap keeps the best k; above it a buffer of 2k that is cut
-// back to k with nth_element (cheaper per insert for large k).
-constexpr int64_t kHeapMaxK = 64;
+// Selection keeps a buffer of up to 2k hits, cut back to the best k with nth_element
+// when full; the k-th score then filters what enters. Measured against a binary heap
+// (one query, 200k rows, d=16, CPU time, 2-core AMD EPYC, loaded machine): similar on
+// random scores for k = 10..1000 (0.5-1.3 ms either way), and 1.5x (k=10) to 3.8x
+// (k=1000) faster than the heap on ascending scores, where every row enters. So the
+// buffer is used for every k; k = 1 is a plain running arg-max.
 
 struct Hit {
     float score;
@@ -48,9 +51,7 @@ inline bool better(const Hit& a, const Hit& b) {
 // The best k hits seen so far for one query.
 class Selector {
 public:
-    explicit Selector(int64_t k) : k_(k), heap_(k <= kHeapMaxK) {
-        hits_.reserve(static_cast<size_t>(heap_ ? k : 2 * k));
-    }
+    explicit Selector(int64_t k) : k_(k) { hits_.reserve(static_cast<size_t>(k == 1 ? 1 : 2 * k)); }
 
     // Scores below this cannot enter; scores equal to it might (the id decides).
     float threshold() const { return thr_; }
@@ -58,25 +59,17 @@ public:
     void push(float score, int64_t id) {
         if (score < thr_) return;
         const Hit h{score, id};
-        if (heap_) {
-            // std heaps with `better` as "less" keep the worst hit at the front.
-            if (static_cast<int64_t>(hits_.size()) < k_) {
-                hits_.push_back(h);
-                std::push_heap(hits_.begin(), hits_.end(), better);
-                if (static_cast<int64_t>(hits_.size()) == k_) thr_ = hits_.front().score;
-            } else if (better(h, hits_.front())) {
-                std::pop_heap(hits_.begin(), hits_.end(), better);
-                hits_.back() = h;
-                std::push_heap(hits_.begin(), hits_.end(), better);
-                thr_ = hits_.front().score;
-            }
-        } else {
-            hits_.push_back(h);
-            if (static_cast<int64_t>(hits_.size()) == 2 * k_) {
-                std::nth_element(hits_.begin(), hits_.begin() + (k_ - 1), hits_.end(), better);
-                thr_ = hits_[k_ - 1].score;
-                hits_.resize(k_);
-            }
+        if (k_ == 1) {  // arg-max
+            if (hits_.empty()) hits_.push_back(h);
+            else if (better(h, hits_[0])) hits_[0] = h;
+            thr_ = hits_[0].score;
+            return;
+        }
+        hits_.push_back(h);
+        if (static_cast<int64_t>(hits_.size()) == 2 * k_) {
+            std::nth_element(hits_.begin(), hits_.begin() + (k_ - 1), hits_.end(), better);
+            thr_ = hits_[k_ - 1].score;
+            hits_.resize(static_cast<size_t>(k_));
         }
     }
 
@@ -84,7 +77,6 @@ public:
 
 private:
     int64_t k_;
-    bool heap_;
     float thr_ = -std::numeric_limits<float>::infinity();
     std::vector<Hit> hits_;
 };

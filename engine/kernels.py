@@ -42,6 +42,8 @@ __all__ = [
     "topk_cosine",
     "info",
     "stream_sum",
+    "CudaGallery",
+    "cuda_available",
 ]
 
 logger = logging.getLogger(__name__)
@@ -239,9 +241,12 @@ def encode_rows(
     elif dtype == "float16":
         with np.errstate(over="ignore"):
             data = x.astype(np.float16)
-    elif dtype == "bfloat16":
-        bits = x.view(np.uint32).astype(np.uint64)
-        data = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    elif dtype == "bfloat16":  # round to nearest even on the float32 bits, in chunks
+        data = np.empty(x.shape, dtype=np.uint16)
+        for lo in range(0, x.shape[0], _CHUNK_ROWS):
+            bits = x[lo : lo + _CHUNK_ROWS].view(np.uint32)  # (c, D)
+            # Finite inputs only (checked above): the sum stays below 2**32.
+            data[lo : lo + len(bits)] = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
     else:  # int8: symmetric per-row scale, in chunks to bound the temporaries
         data = np.empty(x.shape, dtype=np.int8)
         scales = np.empty(x.shape[0], dtype=np.float32)
@@ -474,7 +479,9 @@ class Gallery:
                 f"exact rows must be float [{n}, {self._dim}] (the gallery's rows), "
                 f"got {exact.dtype} {exact.shape}"
             )
-        _, cand = _run(q, segs, self._dtype, min(k * int(rescore), max(n, 1)), nthreads, path)
+        if n == 0:  # nothing to re-rank: the kernel's all-padding answer
+            return _run(q, segs, self._dtype, k, nthreads, path)
+        _, cand = _run(q, segs, self._dtype, min(k * int(rescore), n), nthreads, path)
         return _rescore(q, cand, exact, k)
 
 
@@ -576,3 +583,62 @@ def stream_sum(array: np.ndarray, *, threads: int | None = None, simd: str | Non
     if a.dtype != np.float32 or not a.flags.c_contiguous:
         raise InputShapeError(f"stream_sum needs a C-contiguous float32 array, got {a.dtype}")
     return float(_ext().stream_sum(a, _check_threads(threads), _resolve_simd(simd)))
+
+
+# ----------------------------------------------------------------------- CUDA (optional)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_ext() -> Any:
+    try:
+        return importlib.import_module("engine._kernels_cuda")
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "the CUDA kernels engine._kernels_cuda are not built; rebuild with "
+            "VQCLIP_BUILD_CUDA=1 on a machine with a CUDA toolkit"
+        ) from e
+
+
+def cuda_available() -> bool:
+    """True when the CUDA extension is built and sees at least one GPU."""
+    try:
+        return _cuda_ext().device_count() > 0
+    except BackendUnavailableError:
+        return False
+
+
+class CudaGallery:
+    """A float16 gallery copied to the GPU once and searched there (NOT YET RUN ON A GPU).
+
+    Same contract as ``Gallery.search`` (cosine, sorted, ties to the lower id, padding
+    with -1/-inf), for k in 1..1024. Built from a float16 ``Gallery``; its segments are
+    joined on the host once for the upload.
+
+    Example: ``CudaGallery(Gallery.from_rows(x, "float16")).search(q, 10)``.
+    """
+
+    def __init__(self, gallery: Gallery) -> None:
+        if not isinstance(gallery, Gallery) or gallery.dtype != "float16":
+            raise InputShapeError("CudaGallery needs a float16 Gallery (Gallery.from_rows(x, 'float16'))")
+        ext = _cuda_ext()
+        if ext.device_count() < 1:
+            raise BackendUnavailableError("no CUDA GPU is visible; use Gallery.search on the CPU")
+        segs = gallery._segments
+        if segs:
+            data = np.concatenate([s.data for s in segs]) if len(segs) > 1 else segs[0].data
+            factors = np.concatenate([s.factors for s in segs])
+        else:
+            data, factors = np.zeros((0, gallery.dim), np.float16), np.zeros(0, np.float32)
+        self._dim = gallery.dim
+        self._impl = ext.CudaGallery(np.ascontiguousarray(data), np.ascontiguousarray(factors))
+
+    def __len__(self) -> int:
+        return int(self._impl.size)
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k cosine on the GPU: float32 [B, k] scores, int64 [B, k] ids."""
+        k = _check_k(k)
+        if k > 1024:
+            raise InputShapeError(f"k={k} exceeds the CUDA path's limit of 1024; use Gallery.search")
+        q = _check_queries(queries, self._dim)
+        return self._impl.search(q, k)

@@ -133,15 +133,16 @@ def test_clustered_near_ties_float32(rng, simd):
 
 @pytest.mark.parametrize("simd", PATHS)
 @pytest.mark.parametrize("b", [1, 8])
-def test_exact_ties_go_to_the_lower_id_across_threads(rng, simd, b):
+@pytest.mark.parametrize("k", [1, 4])
+def test_exact_ties_go_to_the_lower_id_across_threads(rng, simd, b, k):
     d, n = 40, 4000
     g = rng.standard_normal((n, d)).astype(np.float32)
     q = rng.standard_normal((b, d)).astype(np.float32)
     dup = (q[0] * 3).astype(np.float32)  # same direction as query 0: cosine 1
     for row in (3900, 7, 2500, 1999):  # spread over both threads' slices
         g[row] = dup
-    scores, ids = K.topk_cosine(q, g, 4, threads=2, simd=simd)
-    assert ids[0].tolist() == [7, 1999, 2500, 3900]
+    scores, ids = K.topk_cosine(q, g, k, threads=2, simd=simd)
+    assert ids[0].tolist() == [7, 1999, 2500, 3900][:k]
     assert len(set(scores[0].tolist())) == 1
 
 
@@ -171,18 +172,21 @@ def test_int8_rescore_gives_the_float32_result(rng, data):
     np.testing.assert_allclose(scores, f32_scores, atol=ATOL, rtol=0)
 
 
-def test_int8_recall_without_rescore(rng):
-    # Per-row symmetric int8 perturbs each cosine by ~1e-3 (D=128): on random data the
-    # true nearest neighbour is still first-k almost always (1-recall@k), while the whole
-    # top-k set (k-recall@k) is limited by score gaps of the same size near the top.
+def test_int8_recall_without_rescore():
+    # Per-row symmetric int8 moves each cosine by ~3e-4 (random unit rows, D=128), the
+    # size of the gaps between neighbouring scores near the top: the nearest neighbour is
+    # always kept (1-recall@k), the whole top-k set nearly (k-recall@k). Measured: 0.985
+    # here; 0.984 at D=512, N=100k (below issue 4's 0.99: a property of the storage
+    # format, the kernel itself is exact on the stored values, see the test above).
+    rng = np.random.default_rng(99)  # own stream: the figure must not depend on test order
     d, n, k = 128, 20000, 10
     rows = rng.standard_normal((n, d)).astype(np.float32)
-    q = rng.standard_normal((64, d)).astype(np.float32)
+    q = rng.standard_normal((128, d)).astype(np.float32)
     true_ids = np.argsort(-reference(q, rows), axis=1, kind="stable")[:, :k]
     _, ids = K.Gallery.from_rows(rows, "int8").search(q, k)
     one_recall = np.mean([t[0] in a for a, t in zip(ids, true_ids)])
     assert one_recall >= 0.99
-    assert recall(ids, true_ids) >= 0.90
+    assert recall(ids, true_ids) >= 0.98
 
 
 # ----------------------------------------------------------------------- edge cases
@@ -198,8 +202,9 @@ def test_k_larger_than_gallery_pads_with_minus_one_and_neg_inf(rng):
 
 def test_empty_gallery_gives_all_padding():
     g = K.Gallery(16, "int8")
-    scores, ids = g.search(np.ones((2, 16), np.float32), 3)
-    assert ids.tolist() == [[-1] * 3] * 2 and np.all(np.isneginf(scores))
+    for kwargs in ({}, {"rescore": 2, "exact": np.zeros((0, 16), np.float32)}):
+        scores, ids = g.search(np.ones((2, 16), np.float32), 3, **kwargs)
+        assert ids.tolist() == [[-1] * 3] * 2 and np.all(np.isneginf(scores))
 
 
 def test_empty_query_batch_gives_empty_result(rng):
@@ -347,15 +352,19 @@ def test_memmap_is_searched_in_place_and_append_copies_nothing(rng, tmp_path):
     np.testing.assert_array_equal(scores, s2)
 
 
-def test_appending_equals_building_at_once(rng):
-    rows = rng.standard_normal((900, 32)).astype(np.float32)
-    g = K.Gallery(32, "float16")
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [2, 7])
+def test_appending_equals_building_at_once(rng, simd, b):
+    # Segments of 250 rows put every row at another place in its block and tile than the
+    # single segment does: scores must still be bit-identical (fixed summation order).
+    rows = rng.standard_normal((900, 37)).astype(np.float32)
+    g = K.Gallery(37, "float16")
     for lo in range(0, 900, 250):
         g.append(rows[lo : lo + 250])
     whole = K.Gallery.from_rows(rows, "float16")
-    q = rng.standard_normal((5, 32))
-    for a, b in zip(g.search(q, 30), whole.search(q, 30)):
-        np.testing.assert_array_equal(a, b)
+    q = rng.standard_normal((b, 37))
+    for x, y in zip(g.search(q, 30, simd=simd), whole.search(q, 30, simd=simd)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_encode_rows_round_trips(rng):
@@ -374,13 +383,15 @@ def test_encode_rows_round_trips(rng):
 # ----------------------------------------------------------------------- threads and dispatch
 
 
-def test_threads_give_identical_results(rng):
-    g = K.Gallery.from_rows(rng.standard_normal((5000, 64)), "float16")
-    q = rng.standard_normal((9, 64))
-    one = g.search(q, 25, threads=1)
-    two = g.search(q, 25, threads=2)
-    for a, b in zip(one, two):
-        np.testing.assert_array_equal(a, b)
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [1, 9, 66])
+def test_threads_give_identical_results(rng, simd, b):
+    g = K.Gallery.from_rows(rng.standard_normal((5001, 61)), "float16")
+    q = rng.standard_normal((b, 61))
+    one = g.search(q, 25, threads=1, simd=simd)
+    for t in (2, 3):
+        for x, y in zip(one, g.search(q, 25, threads=t, simd=simd)):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_concurrent_calls_from_python_threads(rng):
@@ -439,3 +450,22 @@ def test_unknown_environment_path_is_a_clear_error():
     out = _child({K.SIMD_ENV: "avx1024"})
     assert out.returncode != 0
     assert "BackendUnavailableError" in out.stderr and "avx1024" in out.stderr
+
+
+# ----------------------------------------------------------------------- CUDA (optional)
+
+
+@pytest.mark.skipif(not K.cuda_available(), reason="no CUDA GPU (or engine._kernels_cuda not built)")
+@pytest.mark.parametrize("b,n,d,k", [(1, 5000, 512, 10), (7, 4099, 66, 100), (33, 100, 31, 120)])
+def test_cuda_matches_float64_reference(rng, b, n, d, k):
+    g = K.Gallery.from_rows(rng.standard_normal((n, d)), "float16")
+    q = rng.standard_normal((b, d)).astype(np.float32)
+    scores, ids = K.CudaGallery(g).search(q, k)
+    assert_topk(scores, ids, reference(q, dequantised(g)), k)
+
+
+def test_cuda_gallery_without_gpu_is_a_clear_error():
+    if K.cuda_available():
+        pytest.skip("a CUDA GPU is present: the error path cannot be reached")
+    with pytest.raises(BackendUnavailableError, match="CUDA"):
+        K.CudaGallery(K.Gallery.from_rows(np.ones((2, 4)), "float16"))
