@@ -53,16 +53,20 @@ SHAPES_CLIP = register(ModelRecord(
                       vision_heads=2, vision_stem="conv", context_length=16, text_width=128, text_layers=3,
                       text_heads=2),
     weights=WeightsRecord(path="shapes-clip.safetensors",
-                          sha256="c77c106d8780f08f4485e6174eadf18b064d69a93f7fb69054fbaa7abc155919", mean=OPENAI_MEAN, std=OPENAI_STD,
-                          interpolation="bicubic"),
+                          sha256="c77c106d8780f08f4485e6174eadf18b064d69a93f7fb69054fbaa7abc155919",
+                          mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic"),
     default_template="{}",  # labels are captions already: "a red circle"
     description="tiny CLIP trained on the synthetic shapes world (bundled; knows 5 shapes x 8 colours only)",
 ))
 SHAPES_VQGAN = register(ModelRecord(
     name="shapes-vqgan", family="vqgan",
+    # 64 channels at full resolution: GroupNorm(32) over 32 channels normalises each channel
+    # alone and erases flat colours (a ch_mult=(1, 2, 2) trial had not learnt mean colours in 100 steps).
     config=VQGANConfig(ch=32, ch_mult=(2, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
                        embed_dim=16, n_embed=512, resolution=64),
-    weights=WeightsRecord(path="shapes-vqgan.safetensors", sha256=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+    weights=WeightsRecord(path="shapes-vqgan.safetensors",
+                          sha256="1312aad3fba13f8d828002c64da7d0df9190e90813296cca41fe3863bb3a46ab",
+                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),  # pixels in [-1, 1], taming's range
                           interpolation="bicubic"),
     default_template="{}",
     description="tiny f4 VQGAN trained on the synthetic shapes world (bundled; 64x64 -> 16x16 codes of 512)",

@@ -33,7 +33,8 @@ def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
 
 def to_pixels(images: np.ndarray, mean=OPENAI_MEAN, std=OPENAI_STD) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32, scaled to [0, 1] and normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    # np.array copies: inputs may be read-only (memory-mapped caches, PIL buffers).
+    x = torch.as_tensor(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (x - m) / s
@@ -101,7 +102,7 @@ def search_precision_at_k(model, scenes: list[shapes.Scene], images: np.ndarray 
 
 def vqgan_input(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [-1, 1], the VQGAN's input range."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    x = torch.as_tensor(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float()  # a copy, as above
     return x.div_(127.5).sub_(1.0)
 
 

@@ -239,7 +239,7 @@ def render(scene: Scene, size: int = 64, supersample: int = 4) -> np.ndarray:
         draw.polygon(_vertices(scene.shape, cx, cy, r, scene.rotation), fill=scene.rgb)
     if supersample > 1:
         canvas = canvas.resize((size, size), Image.BOX)
-    return np.asarray(canvas, dtype=np.uint8)
+    return np.array(canvas, dtype=np.uint8)  # a writable copy (PIL's buffer view is read-only)
 
 
 def render_batch(scenes: list[Scene], size: int = 64, supersample: int = 4) -> np.ndarray:
