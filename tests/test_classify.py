@@ -2,6 +2,8 @@
 on-disk label cache, and bad input."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -131,6 +133,8 @@ def test_cache_key_covers_model_templates_and_labels(tmp_path):
 
 
 def test_damaged_cache_is_recomputed(tmp_path, caplog):
+    # On the module's own logger: other suites raise the root logger's level for the session.
+    caplog.set_level(logging.WARNING, logger="engine.classify")
     first = ZeroShotClassifier(tiny_encoder(), LABELS, "single", cache_dir=tmp_path)
     [f] = list(tmp_path.glob("*.npy"))
     f.write_bytes(b"\x93NUMPY garbage")
