@@ -37,6 +37,14 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 def _add_backends_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("backends", help="list the inference backends and whether each runs here")
     b.set_defaults(func=_cmd_backends)
+def _add_runtime_parsers(sub) -> None:
+    """classify, index, search and demo (engine/_cli_runtime.py)."""
+    from engine import _cli_runtime as rt
+
+    rt.add_classify_parser(sub)
+    rt.add_index_parser(sub)
+    rt.add_search_parser(sub)
+    rt.add_demo_parser(sub)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -85,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_models)
     _add_backends_parser(sub)
     _add_export_parser(sub)
+    _add_runtime_parsers(sub)
     return p
 
 

@@ -18,6 +18,9 @@ __all__ = [
     "OutputExistsError",
     "ParityError",
     "ManifestError",
+    "InvalidInputError",
+    "SearchIndexError",
+    "IndexMismatchError",
     "OutputPathError",
 ]
 
@@ -74,5 +77,20 @@ class ParityError(VqclipError):
 
 class ManifestError(VqclipError):
     """An export folder whose manifest is missing, unreadable, or disagrees with its graphs."""
+
+
+class InvalidInputError(VqclipError, ValueError):
+    """A value given by the user that is empty or out of range: no labels, k < 1, a blank
+    query, a text file (labels, templates) that is not UTF-8 or not in the expected form."""
+
+
+class SearchIndexError(VqclipError):
+    """An index folder that is missing, unreadable, locked by a writer, or not an index."""
+
+
+class IndexMismatchError(SearchIndexError):
+    """An index used with another model than the one that built it (the message names both)."""
+
+
 class OutputPathError(VqclipError):
     """An output folder or file that cannot be created or written (permissions, a file in the way)."""

@@ -1,0 +1,55 @@
+"""File plumbing shared by the jobs: the cache folder and atomic writes (temp + rename)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["cache_root", "atomic_write_bytes", "fsync_dir"]
+
+
+def cache_root() -> Path:
+    """Where vqclip caches derived data: ``$VQCLIP_CACHE``, else ``$XDG_CACHE_HOME/vqclip``,
+    else ``~/.cache/vqclip``. Not created here."""
+    if os.environ.get("VQCLIP_CACHE"):
+        return Path(os.environ["VQCLIP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vqclip"
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename or a new file in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    Writes a temp file in the same folder, fsyncs it, renames it over ``path`` and fsyncs
+    the folder. A crash leaves at worst a stray ``.tmp`` file, never a torn ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)

@@ -1,0 +1,157 @@
+"""Parallel decode + preprocess feeding batched encoding, shared by classify and index.
+
+Worker threads read, decode and preprocess images (Pillow and numpy release the GIL
+for most of that work) while the caller encodes the previous batch, so on a machine
+where encoding dominates, decoding hides behind it. Results come back in input order.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from engine.errors import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Loaded", "Timings", "read_and_decode", "decode_batches", "default_workers"]
+
+
+def default_workers() -> int:
+    """Decode threads: all cores but one (the encoder's), at least 1, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class Loaded:
+    """One file read and decoded: its bytes' sha256 and size, and the PIL RGB image."""
+
+    image: Any  # PIL.Image.Image, RGB
+    sha256: str
+    size: int
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage. decode/preprocess are summed over worker threads, so with
+    N workers they can exceed the wall time; ``encode_s`` is the caller's encode time."""
+
+    read_decode_s: float = 0.0
+    preprocess_s: float = 0.0
+    encode_s: float = 0.0
+    wall_s: float = 0.0
+    images: int = 0
+    failed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, decode_s: float, preprocess_s: float) -> None:
+        with self._lock:
+            self.read_decode_s += decode_s
+            self.preprocess_s += preprocess_s
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+def read_and_decode(path: str) -> Loaded:
+    """Read ``path`` once, hash its bytes and decode them (EXIF-transposed RGB).
+
+    Raises ``ImageDecodeError`` for a file that cannot be read or decoded (unreadable,
+    zero-size, truncated, over the pixel limit).
+    """
+    from engine.preprocess import load_image
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageDecodeError(f"{path}: cannot read the file ({e.strerror}); check it exists and is readable") from e
+    if not data:
+        raise ImageDecodeError(f"{path}: the file is empty (0 bytes); it holds no image")
+    try:
+        image = load_image(data)
+    except ImageDecodeError as e:  # name the file, not the in-memory buffer it was decoded from
+        raise ImageDecodeError(f"{path}: {e}") from e
+    return Loaded(image=image, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def decode_batches(
+    items: Iterable[Any],
+    load: Callable[[Any], Loaded],
+    preprocess: Callable[[list], np.ndarray],
+    batch_size: int = 32,
+    workers: int | None = None,
+    timings: Timings | None = None,
+) -> Iterator[tuple[list[Any], list[Loaded], np.ndarray | None, list[tuple[Any, str]]]]:
+    """Yield ``(items, loaded, pixels, failures)`` per batch, in input order.
+
+    ``pixels`` is float32 (b, 3, S, S) for the b items that decoded (None when none did);
+    ``failures`` lists ``(item, reason)`` for those that raised ``ImageDecodeError``.
+    At most ``3 * batch_size`` images are in flight, so memory stays bounded whatever
+    the number of items.
+
+    Example: ``for its, ld, px, bad in decode_batches(paths, lambda p: read_and_decode(p), pre): ...``
+    """
+    workers = workers or default_workers()
+    timings = timings if timings is not None else Timings()
+
+    def work(item: Any) -> tuple[Any, Loaded | None, np.ndarray | None, str | None]:
+        t0 = time.perf_counter()
+        try:
+            loaded = load(item)
+        except ImageDecodeError as e:
+            timings.add(time.perf_counter() - t0, 0.0)
+            return item, None, None, str(e)
+        t1 = time.perf_counter()
+        try:
+            px = preprocess([loaded.image])[0]  # (3, S, S)
+        except ImageDecodeError as e:
+            return item, None, None, str(e)
+        finally:
+            timings.add(t1 - t0, time.perf_counter() - t1)
+        loaded.image = None  # the pixels are all we keep; free the decoded image now
+        return item, loaded, px, None
+
+    window = max(3 * batch_size, workers)
+    it = iter(items)
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vqclip-decode") as pool:
+        def fill() -> None:
+            while len(pending) < window:
+                try:
+                    pending.append(pool.submit(work, next(it)))
+                except StopIteration:
+                    return
+
+        try:
+            yield from _batches(pending, fill, batch_size, timings)
+        finally:
+            for f in pending:  # stopped early (error, interrupt): drop queued work
+                f.cancel()
+
+
+def _batches(pending: deque, fill: Callable[[], None], batch_size: int, timings: Timings):
+    """Collect finished work in order into batches, refilling the window as it drains."""
+    fill()
+    while pending:
+        b_items, b_loaded, b_px, b_bad = [], [], [], []
+        while pending and len(b_items) + len(b_bad) < batch_size:
+            item, loaded, px, err = pending.popleft().result()
+            fill()
+            if err is None:
+                b_items.append(item)
+                b_loaded.append(loaded)
+                b_px.append(px)
+            else:
+                b_bad.append((item, err))
+        timings.failed += len(b_bad)
+        timings.images += len(b_items)
+        yield b_items, b_loaded, (np.stack(b_px) if b_px else None), b_bad

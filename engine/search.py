@@ -1,0 +1,174 @@
+"""Text-to-image and image-to-image search over an on-disk index, via the fused kernels.
+
+``Index.open(path)`` maps the index's embedding rows (no copy) into a kernel ``Gallery``
+and opens the model that built the index; ``search`` encodes the query and runs the
+fused cosine + top-k kernel over every row. One ``Index`` serves many threads at once:
+the rows are read-only, each thread gets its own SQLite connection, and the encoder and
+kernel calls share no mutable state.
+
+Example::
+
+    idx = Index.open("photos.vqindex")
+    for hit in idx.search(text="a red circle", k=5):
+        print(f"{hit.score:.3f} {hit.path}")
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine._index_store import KERNEL_DTYPES, IndexStore
+from engine.encoder import Encoder
+from engine.errors import InvalidInputError, SearchIndexError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Hit", "Index"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str  # absolute path of the image
+    score: float  # cosine similarity of query and image embeddings, in [-1, 1]
+    row: int  # row of the embedding in the index array
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "score": self.score}
+
+
+class Index:
+    """A read-only view of an index folder that answers text and image queries.
+
+    Use ``Index.open``. The view is the committed state at open time; ``refresh()``
+    picks up a later update.
+    """
+
+    def __init__(self, store: IndexStore, encoder: Encoder | None, backend: str = "torch",
+                 precision: str = "fp32"):
+        self.store = store
+        self._encoder = encoder
+        self._backend = (backend, precision)  # for the header's model, opened on first query
+        self._encoder_lock = threading.Lock()  # first queries from several threads open one encoder
+        self._gallery = None
+        self._build_gallery()
+
+    @classmethod
+    def open(cls, path: str | Path, model: Any = None, backend: str = "torch",
+             encoder: Encoder | None = None, precision: str = "fp32") -> "Index":
+        """Open the index at ``path``.
+
+        The query encoder is ``encoder`` if given, else ``model`` on ``backend`` at
+        ``precision``, else the
+        model named in the index header (opened on first text/image query). A model other
+        than the index's is refused with ``IndexMismatchError`` naming both; a missing or
+        damaged index raises ``SearchIndexError``.
+        """
+        store = IndexStore.open(path)
+        try:
+            if encoder is None and model is not None:
+                from engine.encoder import open_encoder
+
+                encoder = open_encoder(model, backend=backend, precision=precision)
+            if encoder is not None:
+                store.check_model(encoder.identity.digest, str(encoder.identity))
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, encoder, backend, precision)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.store.n_entries
+
+    @property
+    def encoder(self) -> Encoder:
+        with self._encoder_lock:
+            if self._encoder is None:
+                from engine.encoder import open_encoder
+
+                enc = open_encoder(self.store.header.model_name, backend=self._backend[0],
+                                   precision=self._backend[1])
+                self.store.check_model(enc.identity.digest, str(enc.identity))
+                self._encoder = enc
+        return self._encoder
+
+    def refresh(self) -> None:
+        """See the index as committed now (after an update by another process)."""
+        self.store.refresh()
+        self._build_gallery()
+
+    def _build_gallery(self) -> None:
+        from engine.kernels import Gallery
+
+        s = self.store
+        # Wraps the memory-mapped rows in place: opening a 1M-row index reads no rows.
+        self._gallery = Gallery.from_arrays(s.vectors, s.norms, s.scales, dtype=KERNEL_DTYPES[s.header.storage])
+
+    def search(self, text: str | None = None, image: Any = None, k: int = 10) -> list[Hit]:
+        """Top-``k`` images for a text or an image query (exactly one), best first.
+
+        ``image`` is a path or a PIL image. ``k`` larger than the index gives every entry;
+        ``k < 1``, a blank text, or both/neither query raise ``InvalidInputError``; an
+        empty index raises ``SearchIndexError``. Scores are cosine similarities.
+        """
+        if (text is None) == (image is None):
+            raise InvalidInputError("give exactly one query: text=... or image=...")
+        _check_k(k)
+        if text is not None:
+            if not str(text).strip():
+                raise InvalidInputError("the text query is empty or only whitespace; give some words to search for")
+            q = self.encoder.encode_texts([str(text).strip()])  # (1, E)
+        else:
+            q = self.encoder.encode_image(self.encoder.preprocess([_load_query_image(image)]))  # (1, E)
+        return self.search_embeddings(q, k)[0]
+
+    def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """float32 (B, E) query embeddings -> per query the top-``k`` hits, best first.
+
+        Rows with no entry (holes, only while an update is running) are skipped by asking
+        the kernel for ``k + holes`` and dropping them.
+        """
+        _check_k(k)
+        s = self.store
+        if s.n_entries == 0:
+            raise SearchIndexError(f"index {str(s.path)!r} holds no images; add some and run "
+                                   f"`vqclip index update {s.path}`")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != s.header.embed_dim:
+            raise InvalidInputError(f"queries of shape {queries.shape}; expected (B, {s.header.embed_dim})")
+        kk = min(s.count, k + max(s.holes, 0))
+        scores, ids = self._gallery.search(queries, kk)  # (B, kk) each; -1 pads past the rows
+        out = []
+        for srow, irow in zip(scores, ids):
+            valid = [int(i) for i in irow if i >= 0]
+            paths = s.paths_for_rows(valid)
+            hits = [Hit(s.absolute(paths[int(i)]), float(sc), int(i))
+                    for sc, i in zip(srow, irow) if i >= 0 and int(i) in paths]
+            out.append(hits[:k])
+        return out
+
+
+def _load_query_image(image: Any):
+    if isinstance(image, (str, Path)):
+        from engine._pipeline import read_and_decode
+
+        return read_and_decode(str(image)).image
+    return image.convert("RGB")
+
+
+def _check_k(k: int) -> None:
+    if int(k) < 1:
+        raise InvalidInputError(f"k must be at least 1, got {k}")
