@@ -2,7 +2,7 @@
 
 The decoder's output is an image, not a unit vector, so fp32 is bounded relatively, as
 export's parity check does: max |diff| <= 1e-4 x max |reference|. Only fp32 is exported
-here, to keep the suite fast: the fp16 file selection is the encoders' (test_parity.py),
+here, to keep the suite fast: the fp16 file selection is the encoders' (test_backend_parity.py),
 and export's own tests check its fp16 VQGAN graphs.
 """
 from __future__ import annotations
