@@ -143,7 +143,8 @@ def test_full_f16_16384_checkpoint_matches_taming_at_small_grids(tmp_path):
     torch.testing.assert_close(out, ref.decode_indices(idx), rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("name", list_models("vqgan"))
+# The taming-transformers ImageNet models; the bundled shapes-vqgan is a small config of its own.
+@pytest.mark.parametrize("name", [n for n in list_models("vqgan") if n.startswith("vqgan-f16-")])
 def test_registry_configs_match_released_counts(name):
     cfg = get(name, family="vqgan").config
     with torch.device("meta"):
