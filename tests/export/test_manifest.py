@@ -10,7 +10,7 @@ import torch
 from engine import __version__
 from engine.errors import ManifestError
 from export import read_manifest
-from export.manifest import FORMAT_VERSION, sha256_file
+from engine.manifest import FORMAT_VERSION, sha256_file
 
 
 @pytest.fixture
