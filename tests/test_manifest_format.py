@@ -1,11 +1,11 @@
-"""engine.manifest without an export: naming, specs, atomic writes, a bad dtype, a round trip."""
+"""engine.manifest without an export: naming, specs, atomic writes, a round trip, every broken folder."""
 import json
 
 import pytest
 
 from engine.errors import ManifestError
-from engine.manifest import (GraphRecord, Manifest, TensorSpec, graph_filename, read_manifest, sha256_file,
-                             write_manifest)
+from engine.manifest import (FORMAT_VERSION, GraphRecord, Manifest, TensorSpec, graph_filename, read_manifest,
+                             sha256_file, write_manifest)
 
 
 def _manifest(tmp_path, payload=b"graph bytes"):
@@ -74,3 +74,23 @@ def test_path_needs_a_folder(tmp_path):
     m = _manifest(tmp_path)
     with pytest.raises(ManifestError, match="not read from a folder"):
         m.path(m.graphs[0])
+
+
+def test_every_broken_folder_is_refused(tmp_path):
+    # The union of what the export's and the backends' readers refused, now one reader.
+    with pytest.raises(ManifestError, match="does not exist.*no manifest.json"):
+        read_manifest(tmp_path / "nowhere")
+    with pytest.raises(ManifestError, match="no manifest.json here"):
+        read_manifest(tmp_path)
+    cases = [
+        ("{not json", "unreadable, it cannot be read as JSON"),
+        ('{"graphs": []}', "not a vqclip export manifest"),
+        (json.dumps({"format_version": FORMAT_VERSION + 98}),
+         f"format version {FORMAT_VERSION + 98}; this vqclip reads up to {FORMAT_VERSION}: upgrade vqclip"),
+        ('{"format_version": 1, "opset": 17}', "no 'graphs'"),
+        (json.dumps({"format_version": FORMAT_VERSION, "graphs": [{}]}), "malformed manifest.*lacks a field"),
+    ]
+    for text, words in cases:
+        (tmp_path / "manifest.json").write_text(text)
+        with pytest.raises(ManifestError, match=words):
+            read_manifest(tmp_path)
