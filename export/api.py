@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from engine.errors import CheckpointError, OutputExistsError, ParityError
+from engine.manifest import GraphRecord, Manifest, graph_filename, read_manifest, sha256_file, write_manifest
 from export.graphs import Component, components_for
-from export.manifest import GraphRecord, Manifest, graph_filename, read_manifest, sha256_file, write_manifest
 from export.onnx_export import OPSET, check_graph, export_onnx, graph_io
 from export.parity import TOLERANCES, ParityReport, ZeroShotProbe, measure, zero_shot_agreement
 from export.precision import to_fp16, to_int8

@@ -20,29 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TensorSpec", "Component", "ImageEncoder", "TextEncoder", "VQGANDecoder", "VQGANEncoder",
-           "components_for", "COMPONENTS"]
+from engine.manifest import TensorSpec  # the manifest's I/O record: one definition
 
-COMPONENTS = ("image_encoder", "text_encoder", "vqgan_decoder", "vqgan_encoder")
+__all__ = ["Component", "ImageEncoder", "TextEncoder", "VQGANDecoder", "VQGANEncoder", "components_for"]
 
 # Batch sizes the parity inputs use; several, so a graph that baked in the traced batch fails.
 _PARITY_BATCH = 5
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, numpy dtype name, shape with symbolic dims as str."""
-
-    name: str  # graph tensor name
-    dtype: str  # numpy dtype name: "float32", "int64"
-    shape: tuple[int | str, ...]  # ints are fixed sizes, strings name dynamic dims ("batch", "h")
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TensorSpec":
-        return cls(name=d["name"], dtype=d["dtype"], shape=tuple(d["shape"]))
 
 
 @dataclass

@@ -21,7 +21,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.graphs import Component, TensorSpec
+from engine.manifest import TensorSpec
+from export.graphs import Component
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,7 @@ import tempfile
 from pathlib import Path
 
 from engine.errors import OutputExistsError
-from export.graphs import TensorSpec
-from export.manifest import GraphRecord, Manifest
+from engine.manifest import GraphRecord, Manifest, TensorSpec
 
 log = logging.getLogger(__name__)
 

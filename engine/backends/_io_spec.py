@@ -3,14 +3,13 @@
 A component (``image_encoder``, ``text_encoder``, ``vqgan_decoder``, ``vqgan_encoder``)
 is described by a ``GraphSpec``: its input and output ``TensorSpec``s (name, dtype, shape
 with symbolic dims such as ``"batch"``), and for exported graphs the file and its sha256.
-The ONNX Runtime and TensorRT backends read them from an export folder's
-``manifest.json``; the torch backend derives them from the module's config, so every
-backend refuses the same bad input with the same message.
+The ONNX Runtime and TensorRT backends build them from an export folder's manifest
+(``engine.manifest``, the format's one definition: ``GraphSpec.from_record``); the torch
+backend derives them from the module's config, so every backend refuses the same bad
+input with the same message.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,66 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import InputShapeError, ManifestError
+from engine.errors import InputShapeError
+from engine.manifest import GraphRecord, TensorSpec
 
-__all__ = [
-    "COMPONENTS",
-    "TensorSpec",
-    "GraphSpec",
-    "check_input",
-    "Manifest",
-    "read_manifest",
-    "verify_sha256",
-]
+__all__ = ["GraphSpec", "check_input"]
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1  # the newest manifest layout this reader understands
-
-# The exported components, in the order ``describe()`` lists them.
-COMPONENTS = ("image_encoder", "text_encoder", "vqgan_decoder", "vqgan_encoder")
-
-_DTYPE_ALIASES = {  # ONNX / manifest spellings -> numpy dtype names
-    "float": "float32", "float32": "float32", "tensor(float)": "float32",
-    "float16": "float16", "tensor(float16)": "float16",
-    "int64": "int64", "tensor(int64)": "int64",
-    "int32": "int32", "tensor(int32)": "int32",
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named input or output: numpy dtype name and shape, ints fixed, strings symbolic.
-
-    Example: ``TensorSpec("pixels", "float32", ("batch", 3, 224, 224))``.
-    """
-
-    name: str  # the graph's tensor name
-    dtype: str  # numpy dtype name ("float32", "int64")
-    shape: tuple[int | str, ...]  # fixed sizes as int, dynamic ones as their symbol
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "TensorSpec":
-        """Parse a manifest entry ``{"name", "dtype", "shape"}``; unknown dims become symbols."""
-        dtype = _DTYPE_ALIASES.get(str(d["dtype"]).lower())
-        if dtype is None:
-            raise ManifestError(
-                f"tensor {d.get('name')!r} has dtype {d['dtype']!r}; expected one of "
-                f"{sorted(set(_DTYPE_ALIASES.values()))}: re-export the model"
-            )
-        shape = tuple(
-            int(s) if isinstance(s, int) or (isinstance(s, str) and s.isdigit()) else str(s or "?")
-            for s in d["shape"]
-        )
-        return cls(name=str(d["name"]), dtype=dtype, shape=shape)
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.dtype}[{','.join(str(s) for s in self.shape)}]"
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One component at one precision: its I/O, and for exported graphs the file."""
+    """One component at one precision as a backend runs it: its I/O, and for exported
+    graphs the resolved file path and recorded hash (checked on load)."""
 
     component: str  # one of COMPONENTS
     precision: str  # "fp32", "fp16", "bf16", "int8"
@@ -86,6 +37,13 @@ class GraphSpec:
     path: Path | None = None  # the graph or engine file; None for in-process modules
     sha256: str | None = None  # the file's recorded hash, checked on load
     parity: dict[str, Any] = field(default_factory=dict)  # figures measured at export
+
+    @classmethod
+    def from_record(cls, record: GraphRecord, directory: Path) -> "GraphSpec":
+        """The spec of a manifest's graph record, its file resolved inside ``directory``."""
+        return cls(component=record.component, precision=record.precision, inputs=tuple(record.inputs),
+                   outputs=tuple(record.outputs), path=directory / record.file, sha256=record.sha256,
+                   parity=dict(record.parity))
 
 
 def check_input(x: Any, spec: TensorSpec, component: str) -> np.ndarray:
@@ -124,108 +82,3 @@ def check_input(x: Any, spec: TensorSpec, component: str) -> np.ndarray:
             f"expected at least one item of {spec}"
         )
     return np.ascontiguousarray(x)
-
-
-def verify_sha256(path: Path, expected: str) -> None:
-    """Raise ``ManifestError`` when the file at ``path`` does not hash to ``expected``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    if h.hexdigest() != expected.lower():
-        raise ManifestError(
-            f"{path} has sha256 {h.hexdigest()[:12]}..., but its manifest records "
-            f"{expected[:12]}...: the file was changed or truncated; re-export the model"
-        )
-
-
-def _component_and_precision(file_name: str) -> tuple[str, str]:
-    # "image_encoder.onnx" -> fp32; "image_encoder.fp16.onnx" -> fp16 (the export contract)
-    parts = file_name.split(".")
-    return parts[0], parts[1] if len(parts) == 3 else "fp32"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """An export folder's manifest: its graphs and the rest of the record, as parsed."""
-
-    folder: Path
-    graphs: dict[tuple[str, str, str], GraphSpec]  # (component, precision, "onnx"|"plan") -> spec
-    data: dict[str, Any]  # the whole manifest.json (opset, source hash, versions, config)
-
-    @property
-    def vocab_size(self) -> int | None:
-        """The text encoder's vocabulary size when the manifest records the model config."""
-        for key in ("config", "clip_config"):
-            cfg = self.data.get(key)
-            if isinstance(cfg, dict) and isinstance(cfg.get("vocab_size"), int):
-                return cfg["vocab_size"]
-        return None
-
-    def precisions(self, kind: str = "onnx") -> list[str]:
-        """The precisions with at least one graph of ``kind``, sorted."""
-        return sorted({p for (_, p, k) in self.graphs if k == kind})
-
-
-def read_manifest(folder: str | Path, verify: bool = True) -> Manifest:
-    """Read an export folder's ``manifest.json``; graphs keyed ``(component, precision, kind)``.
-
-    ``kind`` is the file's suffix: ``"onnx"`` or ``"plan"``. The manifest is the one
-    ``export.manifest.write_manifest`` writes (format version 1): ``graphs`` is a list of
-    entries with ``file``, ``sha256``, ``inputs``, ``outputs`` and usually ``component``
-    and ``precision`` (else taken from the file name). With ``verify`` every listed file's
-    sha256 is checked (seconds for large graphs); the backends pass ``verify=False`` and
-    hash each graph as they load it, so opening a folder stays cheap.
-
-    Raises ``ManifestError`` when the folder, the manifest or a listed graph is missing,
-    the manifest cannot be parsed, or (``verify``) a file's hash differs from its record.
-    """
-    folder = Path(folder)
-    mpath = folder / "manifest.json"
-    if not folder.is_dir():
-        raise ManifestError(f"export folder {folder} does not exist; run `vqclip export` first")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ManifestError(
-            f"{folder} has no manifest.json; expected an export folder written by `vqclip export`"
-        ) from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{mpath} cannot be read as JSON ({e}); re-export the model") from e
-
-    graphs = manifest.get("graphs") if isinstance(manifest, dict) else None
-    if not isinstance(graphs, list):
-        raise ManifestError(f"{mpath} has no 'graphs' list; re-export the model")
-    version = manifest.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ManifestError(
-            f"{mpath} has format version {version!r}; this vqclip reads up to {FORMAT_VERSION}: "
-            "upgrade vqclip or re-export with this one"
-        )
-
-    specs: dict[tuple[str, str, str], GraphSpec] = {}
-    for entry in graphs:
-        try:
-            file_name = str(entry["file"])
-            component, precision = _component_and_precision(Path(file_name).name)
-            spec = GraphSpec(
-                component=str(entry.get("component", component)),
-                precision=str(entry.get("precision", precision)),
-                inputs=tuple(TensorSpec.from_json(t) for t in entry["inputs"]),
-                outputs=tuple(TensorSpec.from_json(t) for t in entry["outputs"]),
-                path=folder / file_name,
-                sha256=entry.get("sha256"),
-                parity=dict(entry.get("parity") or {}),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ManifestError(
-                f"{mpath}: graph entry {entry!r:.120} lacks a field ({e}); re-export the model"
-            ) from e
-        if not spec.path.is_file():
-            raise ManifestError(f"{mpath} lists {file_name}, which is missing from {folder}")
-        if verify and spec.sha256:
-            verify_sha256(spec.path, spec.sha256)
-        kind = spec.path.suffix.lstrip(".")
-        specs[(spec.component, spec.precision, kind)] = spec
-    log.debug("manifest %s: %d graphs", mpath, len(specs))
-    return Manifest(folder=folder, graphs=specs, data=manifest)

@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.backends._io_spec import COMPONENTS, GraphSpec, check_input
+from engine.backends._io_spec import GraphSpec, check_input
 from engine.errors import InputShapeError, UnsupportedOperationError
+from engine.manifest import COMPONENTS
 
 __all__ = ["Backend", "BackendInfo"]
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends._io_spec import GraphSpec, Manifest, read_manifest, verify_sha256
+from engine.backends._io_spec import GraphSpec
 from engine.backends.base import Backend, BackendInfo
 from engine.errors import BackendUnavailableError, ManifestError
+from engine.manifest import Manifest, read_manifest, verify_sha256
 
 __all__ = ["OnnxRuntimeBackend", "default_cpu_threads"]
 
@@ -120,8 +121,8 @@ class OnnxRuntimeBackend(Backend):
             )
         self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each graph is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
-        self._graphs = {c: s for (c, p, k), s in self.manifest.graphs.items()
-                        if p == precision and k == "onnx"}
+        self._graphs = {g.component: GraphSpec.from_record(g, self.manifest.directory)
+                        for g in self.manifest.graphs if g.precision == precision and g.format == "onnx"}
         if not self._graphs:
             raise BackendUnavailableError(
                 f"{export_dir} has no ONNX graphs at {precision}; it has: "
@@ -235,7 +236,7 @@ class OnnxRuntimeBackend(Backend):
             threads={"intra_op": o["intra_op_threads"], "inter_op": o["inter_op_threads"]},
             components=self.components,
             options={k: v for k, v in o.items() if not k.endswith("_threads")}
-            | {"onnxruntime": self._ort.__version__, "export_dir": str(self.manifest.folder)},
+            | {"onnxruntime": self._ort.__version__, "export_dir": str(self.manifest.directory)},
         )
 
     def close(self) -> None:

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends._io_spec import GraphSpec, Manifest, read_manifest, verify_sha256
+from engine.backends._io_spec import GraphSpec
 from engine.backends.base import Backend, BackendInfo
 from engine.errors import BackendUnavailableError, InputShapeError, ManifestError
+from engine.manifest import Manifest, read_manifest, verify_sha256
 
 __all__ = ["TensorRTBackend"]
 
@@ -107,12 +108,12 @@ class TensorRTBackend(Backend):
         self._trt, self._torch = _import_tensorrt_and_cuda()
         self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each plan is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
-        self._plans = {c: s for (c, p, k), s in self.manifest.graphs.items()
-                       if p == precision and k == "plan"}
+        self._plans = {g.component: GraphSpec.from_record(g, self.manifest.directory)
+                       for g in self.manifest.graphs if g.precision == precision and g.format == "tensorrt"}
         if not self._plans:
             raise BackendUnavailableError(
                 f"{export_dir} has no TensorRT plans at {precision}; it has: "
-                f"{', '.join(self.manifest.precisions('plan')) or 'none'} "
+                f"{', '.join(self.manifest.precisions('tensorrt')) or 'none'} "
                 "(export with --tensorrt on a GPU machine)"
             )
         self.device = self._torch.device(device)
@@ -166,7 +167,7 @@ class TensorRTBackend(Backend):
             device=str(self.device),
             precision=self.precision,
             components=self.components,
-            options={"tensorrt": self._trt.__version__, "export_dir": str(self.manifest.folder),
+            options={"tensorrt": self._trt.__version__, "export_dir": str(self.manifest.directory),
                      "gpu": self._torch.cuda.get_device_name(self.device)},
         )
 

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.backends._io_spec import GraphSpec, TensorSpec
+from engine.backends._io_spec import GraphSpec
 from engine.backends.base import Backend, BackendInfo
 from engine.errors import BackendUnavailableError
+from engine.manifest import TensorSpec
 
 __all__ = ["TorchBackend", "TORCH_PRECISIONS"]
 

@@ -57,37 +57,22 @@ def folder(tmp_path):
         "inputs": [{"name": "pixels", "dtype": "float32", "shape": ["batch", 3, 8, 8]}],
         "outputs": [{"name": "embedding", "dtype": "float32", "shape": ["batch", 3]}],
     }
-    (tmp_path / "manifest.json").write_text(json.dumps({"graphs": [entry]}))
+    # Hand-written, as a user wrapping their own graph would: the entry leaves out
+    # component, precision and format, which the reader takes from the file name.
+    manifest = {"format_version": 1, "model": "mean-pool", "family": "clip", "source": {}, "opset": 17,
+                "created": "2026-01-01T00:00:00+00:00", "versions": {}, "config": {}, "graphs": [entry]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path
 
 
 def test_manifest_read(folder):
     m = read_manifest(folder)
-    spec = m.graphs[("image_encoder", "fp32", "onnx")]
+    spec = m.graph("image_encoder", "fp32", "onnx")
     assert spec.inputs == (PIXELS,) and spec.outputs[0].shape == ("batch", 3)
     assert m.precisions() == ["fp32"] and m.vocab_size is None
     be = open_backend("onnxruntime", folder)
     x = np.arange(2 * 3 * 64, dtype=np.float32).reshape(2, 3, 8, 8)
     np.testing.assert_allclose(be.encode_image(x), x.mean(axis=(2, 3)), rtol=1e-6)
-
-
-def test_manifest_missing_folder_and_file(tmp_path):
-    with pytest.raises(ManifestError, match="does not exist"):
-        read_manifest(tmp_path / "nope")
-    with pytest.raises(ManifestError, match="no manifest.json"):
-        read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ManifestError, match="cannot be read as JSON"):
-        read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text('{"opset": 17}')
-    with pytest.raises(ManifestError, match="no 'graphs'"):
-        read_manifest(tmp_path)
-
-
-def test_manifest_lists_missing_graph(folder):
-    (folder / "image_encoder.onnx").unlink()
-    with pytest.raises(ManifestError, match="image_encoder.onnx, which is missing"):
-        read_manifest(folder)
 
 
 def test_manifest_entry_without_inputs(folder):
@@ -124,14 +109,6 @@ def test_missing_precision_and_component(folder):
         open_backend("onnxruntime", folder, precision="int8")
     with pytest.raises(UnsupportedOperationError, match="no text_encoder; it holds: image_encoder"):
         open_backend("onnxruntime", folder).encode_text(np.zeros((1, 77), np.int64))
-
-
-def test_manifest_from_a_newer_vqclip(folder):
-    data = json.loads((folder / "manifest.json").read_text())
-    data["format_version"] = 99
-    (folder / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ManifestError, match="format version 99; this vqclip reads up to 1"):
-        read_manifest(folder)
 
 
 def test_vqgan_encoder_needs_multiple_of_factor(tmp_path):

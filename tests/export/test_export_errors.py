@@ -93,7 +93,7 @@ def test_cli_export_from_checkpoint_path(vqgan_export, vqgan_checkpoint):
     m = read_manifest(vqgan_export.directory)
     assert m.family == "vqgan" and m.model == "tiny-vqgan"
     assert m.source["path"] == str(vqgan_checkpoint.resolve())
-    from export.manifest import sha256_file
+    from engine.manifest import sha256_file
 
     assert m.source["sha256"] == sha256_file(vqgan_checkpoint)
 
