@@ -15,10 +15,10 @@
   CLIP graphs are traced so that every weight product is a MatMul with an initializer
   (``export.graphs.ImageEncoderGraph``: the patch stem too), so all of them are quantised.
   Not used, as measured on the 2-core CPU this project benchmarks on (ViT-B/32, 50
-  tokens): ONNX Runtime's fused ``Attention`` / ``QAttention`` and ``MultiHeadAttention``
-  (onnxscript's ``optimize_for_ort`` fuses them on a q/k/v-split form of the block) were
-  no faster at batch 1 and slower in fp32 at batch 16 than the unfused graph, whose
-  attention is a few percent of the time beside the projections' MatMuls.
+  tokens, under load): ONNX Runtime's fused ``Attention`` / ``QAttention`` (onnxscript's
+  ``optimize_for_ort`` fuses them, with SkipLayerNormalization, on a q/k/v-split form of
+  the block) made int8 batch 1 ~8 % slower in three interleaved runs and fp32 batch 16
+  no faster (within noise): attention is a few percent of the time beside the MatMuls.
 
 Example::
 
