@@ -28,6 +28,8 @@ Examples::
     python benchmarks/bench_encoders.py                                 # full run (minutes)
     python benchmarks/bench_encoders.py --models vit-b-32 --batches 1,16 --components image
     python benchmarks/bench_encoders.py --device cuda --precisions fp32,fp16 --json out.json
+    python benchmarks/bench_encoders.py --models vit-b-32 --components image --export-root new \
+        --baseline-export old      # graphs of two exports, interleaved in the same rounds
 """
 from __future__ import annotations
 
@@ -173,6 +175,15 @@ def runners(model: CLIP, folder: Path | None, args: argparse.Namespace) -> dict[
                         "onnxruntime", folder, precision=p, device=dev)
                 except BackendUnavailableError as e:
                     print(f"note: onnxruntime {p} on {dev} skipped: {e}")
+    if args.baseline_export is not None and folder is not None:
+        # Another export of the same weights (e.g. written by an older vqclip), timed in the
+        # same rounds: a before/after of the graphs that one load spike cannot bias.
+        base = args.baseline_export / folder.name
+        for p in args.precisions:
+            try:
+                out[f"onnxruntime {p} (baseline graphs)"] = open_backend("onnxruntime", base, precision=p)
+            except (BackendUnavailableError, VqclipError) as e:
+                print(f"note: baseline onnxruntime {p} skipped: {e}")
     if "tensorrt" in args.backends and folder is not None:
         if status["tensorrt"]:
             print(f"note: tensorrt skipped: {status['tensorrt']}")
@@ -342,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-targets", action="store_true", help="skip the issue-5 target block")
     p.add_argument("--sweep", action="store_true", help="time ORT session settings on ViT-B/32")
     p.add_argument("--export-root", type=Path, help="keep exports here and reuse them (default: temp)")
+    p.add_argument("--baseline-export", type=Path, help="a root holding another export of the same models "
+                   "(same folder names); its ONNX Runtime graphs are timed alongside as a before/after")
     p.add_argument("--json", type=Path, help="write all measurements here")
     p.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the torch runners "
                    "(default: torch's choice; 1 can win on an oversubscribed CPU)")

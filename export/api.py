@@ -130,6 +130,8 @@ def _export_component(comp: Component, tmp: Path, precisions: list[str],
     log.info("%s: exported in %.1f s", comp.name, time.perf_counter() - t0)
     for precision in precisions:
         notes: dict = {}
+        if comp.graph is not None:  # provenance: the graph holds this cheaper form of the wrapper
+            notes["traced"] = type(comp.graph).__name__
         path = tmp / graph_filename(comp.name, precision)
         if precision == "fp16":
             notes["fusions"] = to_fp16(fp32, path, comp)

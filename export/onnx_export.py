@@ -36,13 +36,13 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "fl
 
 
 def export_onnx(component: Component, path: Path, opset: int = OPSET) -> None:
-    """Export ``component.module`` to a self-contained ONNX file at ``path`` and check it.
+    """Export ``component.traced()`` to a self-contained ONNX file at ``path`` and check it.
 
     Raises ``NotImplementedError`` when the weights need ONNX external data (> 2 GB; none
     of the zoo's models do per component), ``RuntimeError`` when the exported graph's I/O
     differs from the component's spec (a bug in the wrapper, not user input).
     """
-    module = component.module
+    module = component.traced()
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     if n_bytes > _MAX_PROTO_BYTES:
         raise NotImplementedError(f"{component.name}: {n_bytes / 2**30:.1f} GiB of weights needs ONNX "

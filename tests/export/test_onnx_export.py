@@ -162,3 +162,48 @@ def test_text_wrapper_equals_model_method(clip_model):
     ids = text.parity_inputs()[0]
     with torch.no_grad():
         torch.testing.assert_close(text.module(ids), F.normalize(clip_model.encode_text(ids), dim=-1))
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_graph_forms_equal_the_towers(make_tiny_clip, stem):
+    # The traced forms (patch stem as a MatMul; last block for the pooled token only) are
+    # the functions ImageEncoder / TextEncoder compute; only float32 summation order
+    # differs (~1e-7 here), while a wrong row, weight slice, token or mask row moves the
+    # unit-length outputs by > 1e-2. The text ids put end-of-text in the second, middle
+    # and last slots, so the mask row and the pooled token vary per sample.
+    from dataclasses import replace
+
+    from engine.models.clip import CLIP
+
+    torch.manual_seed(0)
+    model = CLIP(replace(make_tiny_clip().config, vision_stem=stem)).eval()
+    image, text = components_for(model)
+    assert image.traced() is image.graph and text.traced() is text.graph
+    ids = text.parity_inputs()[0]
+    with torch.no_grad():
+        for batch in (1, 3):
+            x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+            torch.testing.assert_close(image.graph(x), image.module(x), atol=1e-6, rtol=0)
+            torch.testing.assert_close(text.graph(ids[:batch]), text.module(ids[:batch]), atol=1e-6, rtol=0)
+        torch.testing.assert_close(text.graph(ids), text.module(ids), atol=1e-6, rtol=0)
+
+
+def _weight_matmuls(model: onnx.ModelProto) -> list[str]:
+    inits = {i.name for i in model.graph.initializer}
+    return [n.name or n.output[0] for n in model.graph.node
+            if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in inits]
+
+
+@pytest.mark.parametrize("component, layers", [("image_encoder", "vision_layers"), ("text_encoder", "text_layers")])
+def test_int8_graphs_quantise_every_weight_matmul(clip_export, component, layers):
+    # The patch embedding is a MatMul in the exported graph (not a Conv), and the last
+    # block's split query / key-value weights are initializers, so dynamic int8 covers
+    # them all: no float MatMul/Gemm/Conv with a weight initializer is left in the int8
+    # graphs, while the fp32 graphs have them all (4 per block, +1 for the last block's
+    # split, the projection, and the image's patch embedding).
+    fp32 = onnx.load(str(clip_export.path(clip_export.graph(component, "fp32"))))
+    int8 = onnx.load(str(clip_export.path(clip_export.graph(component, "int8"))))
+    assert "Conv" not in {n.op_type for n in fp32.graph.node}
+    extra = 3 if component == "image_encoder" else 2
+    assert len(_weight_matmuls(fp32)) == 4 * clip_export.config[layers] + extra
+    assert _weight_matmuls(int8) == []
