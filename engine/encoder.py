@@ -247,9 +247,11 @@ def _cached_export(source: Any, module: Any, name: str, digest: str) -> Path:
     """The ONNX export of these weights in the cache, made now if missing or damaged.
 
     Keyed by the weights digest, so two models never share a folder and new weights get a
-    new export; ``export_model`` writes into a temp folder and renames, so a killed export
+    new export; an export made by another vqclip version is made again (the graph form may
+    have changed); ``export_model`` writes into a temp folder and renames, so a killed export
     leaves no half folder to trip over.
     """
+    from engine import __version__
     from engine._files import cache_root
     from engine.errors import ManifestError
 
@@ -259,8 +261,11 @@ def _cached_export(source: Any, module: Any, name: str, digest: str) -> Path:
         try:
             from engine.backends import read_manifest
 
-            read_manifest(folder)
-            return folder
+            made_by = read_manifest(folder).versions.get("vqclip")
+            if made_by == __version__:
+                return folder
+            log.info("re-exporting %s: the cached export was made by vqclip %s, this is %s",
+                     name, made_by, __version__)
         except ManifestError as e:
             log.warning("re-exporting %s: the cached export is damaged (%s)", name, e)
     from export import export_model  # the engine never imports export at import time
