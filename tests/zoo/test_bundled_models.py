@@ -153,7 +153,9 @@ def test_every_caption_fits_the_clip_context():
 
 @pytest.mark.parametrize("what,extra", [
     ("clip", ["--batch", "8", "--val-images", "16"]),
-    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5"]),
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--disc-weight", "0"]),
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--disc-weight", "0.5",
+               "--disc-start", "0"]),  # the critic path, from the first step
 ])
 def test_recipe_is_reproducible_from_its_seed(what, extra, tmp_path):
     from safetensors.torch import load_file
