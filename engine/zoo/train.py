@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=train_clip)
     v = sub.add_parser("vqgan", help="train shapes-vqgan")
     _add_common(v)
-    v.add_argument("--steps", type=int, default=3500, help="schedule length (cosine decay to this step)")
+    v.add_argument("--steps", type=int, default=2000, help="schedule length (cosine decay to this step)")
     v.add_argument("--batch", type=int, default=16, help="crops per step (a quarter as many whole images)")
     v.add_argument("--crop", type=int, default=32)
     v.add_argument("--full-fraction", type=float, default=0.15, help="last fraction of steps on whole images")
