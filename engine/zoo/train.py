@@ -262,7 +262,7 @@ def train_vqgan(args: argparse.Namespace) -> dict:
     """Train shapes-vqgan to reconstruct scenes; returns the final validation PSNR and usage.
 
     Same files and errors as ``train_clip``. ``--resume --steps N`` continues a finished or
-    killed run under a new cosine schedule of N steps (the shipped model took three stages).
+    killed run under a new cosine schedule of N steps (the shipped model took two stages).
     """
     from dataclasses import replace
 
