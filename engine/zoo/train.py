@@ -240,8 +240,9 @@ def train_clip(args: argparse.Namespace) -> dict:
     return final_rec
 
 
-def _save_state(path: Path, model, opt, step: int, elapsed: float) -> None:
+def _save_state(path: Path, model, opt, step: int, elapsed: float, extra: dict | None = None) -> None:
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed}
+    state.update({k: v.state_dict() for k, v in (extra or {}).items()})  # e.g. the VQGAN's critic
     atomic_save(lambda tmp: torch.save(state, tmp), path)
 
 
@@ -261,24 +262,38 @@ def train_vqgan(args: argparse.Namespace) -> dict:
     """Train shapes-vqgan to reconstruct scenes; returns the final validation PSNR and usage.
 
     Same files and errors as ``train_clip``. ``--resume --steps N`` continues a finished or
-    killed run under a new cosine schedule of N steps (the shipped model took three stages).
+    killed run under a new cosine schedule of N steps (the shipped model took two stages).
     """
+    from dataclasses import replace
+
     from engine.models.vqgan import VQGAN
+    from engine.zoo._patchgan import PatchCritic, adaptive_weight, hinge_critic_loss
 
     out = check_writable(args.out)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     cfg = _vqgan_config()
+    if args.n_embed is not None:  # for trials; the shipped size is the registry's
+        cfg = replace(cfg, n_embed=args.n_embed)
     model = VQGAN(cfg)
     # The codebook is set by EMA updates, not by the optimiser.
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99))
+    critic = PatchCritic() if args.disc_weight > 0 else None
+    extra = {}
+    if critic is not None:
+        opt_d = torch.optim.Adam(critic.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))  # GAN-usual betas
+        extra = {"critic": critic, "opt_critic": opt_d}
+    disc_from = int(args.steps * args.disc_start)
     step, elapsed_before = 0, 0.0
     last = out / "last.pt"
     if args.resume and last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        for k, v in extra.items():
+            if k in state:  # a run resumed with the critic newly switched on starts it afresh
+                v.load_state_dict(state[k])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         log.info("resumed at step %d (%.1f min)", step, elapsed_before / 60)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "args": vars(args)}, default=str, indent=1))
@@ -322,10 +337,23 @@ def train_vqgan(args: argparse.Namespace) -> dict:
         ty, tx = _image_gradients(x)
         rec_loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
         edge_loss = (gy - ty).abs().mean() + (gx - tx).abs().mean()
-        loss = rec_loss + args.edge_weight * edge_loss + vq_loss
+        nll = rec_loss + args.edge_weight * edge_loss
+        loss = nll + vq_loss
+        adversarial = critic is not None and step >= disc_from
+        if adversarial:
+            # The generator is pushed toward patches the critic takes for real; the weight
+            # tracks the reconstruction gradient at the decoder's output layer.
+            gen_loss = -critic(rec).mean()
+            d_weight = args.disc_weight * adaptive_weight(nll, gen_loss, model.decoder.conv_out.weight)
+            loss = loss + d_weight * gen_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if adversarial:
+            opt_d.zero_grad(set_to_none=True)  # drops what the generator's pass left in the critic
+            d_loss = hinge_critic_loss(critic(x), critic(rec.detach()))
+            d_loss.backward()
+            opt_d.step()
         usage += torch.bincount(codes.flatten(), minlength=cfg.n_embed).float()
         step += 1
         if step % args.restart_every == 0 and step < full_from:
@@ -335,6 +363,9 @@ def train_vqgan(args: argparse.Namespace) -> dict:
             rec_ = {"step": step, "min": round((time.time() - start) / 60, 2), "loss": round(loss.item(), 4),
                     "rec": round(rec_loss.item(), 4), "edge": round(edge_loss.item(), 4),
                     "vq": round(vq_loss.item(), 4), "lr": opt.param_groups[0]["lr"]}
+            if adversarial:
+                rec_.update({"gen": round(gen_loss.item(), 4), "d_weight": round(d_weight.item(), 4),
+                             "critic": round(d_loss.item(), 4)})
             if step % args.eval_every == 0:
                 rec_.update({f"val_{k}": v for k, v in quality.vqgan_reconstruction(model, val).items()})
                 model.train()
@@ -342,10 +373,10 @@ def train_vqgan(args: argparse.Namespace) -> dict:
             logf.flush()
             log.info("%s", rec_)
         if time.time() - last_save > args.save_every:
-            _save_state(last, model, opt, step, time.time() - start)
+            _save_state(last, model, opt, step, time.time() - start, extra)
             last_save = time.time()
     elapsed = time.time() - start
-    _save_state(last, model, opt, step, elapsed)
+    _save_state(last, model, opt, step, elapsed, extra)
     final = quality.vqgan_reconstruction(model, val)
     final_rec = {"final": True, "step": step, "minutes": round(elapsed / 60, 2), **final}
     logf.write(json.dumps(final_rec) + "\n")
@@ -501,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=train_clip)
     v = sub.add_parser("vqgan", help="train shapes-vqgan")
     _add_common(v)
-    v.add_argument("--steps", type=int, default=1200, help="schedule length (cosine decay to this step)")
+    v.add_argument("--steps", type=int, default=2000, help="schedule length (cosine decay to this step)")
     v.add_argument("--batch", type=int, default=16, help="crops per step (a quarter as many whole images)")
     v.add_argument("--crop", type=int, default=32)
     v.add_argument("--full-fraction", type=float, default=0.15, help="last fraction of steps on whole images")
@@ -511,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--restart-every", type=int, default=50, help="steps between dead-code restarts")
     v.add_argument("--ema-decay", type=float, default=0.95, help="codebook moving-average decay")
     v.add_argument("--commitment", type=float, default=0.25, help="weight pulling latents onto their codes")
+    v.add_argument("--n-embed", type=int, default=None,
+                   help="codebook size for trials (default: the registry's shapes-vqgan config)")
+    v.add_argument("--disc-weight", type=float, default=0.5,
+                   help="weight of the adversarial term (0: no critic, the L1/L2/edge recipe)")
+    v.add_argument("--disc-start", type=float, default=0.3, help="fraction of the schedule before the critic starts")
+    v.add_argument("--disc-lr", type=float, default=2e-4, help="critic learning rate")
     v.add_argument("--train-images", type=int, default=100_000)
     v.add_argument("--val-images", type=int, default=200)
     v.set_defaults(func=train_vqgan)

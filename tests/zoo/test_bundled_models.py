@@ -82,10 +82,10 @@ def test_shapes_vqgan_reconstruction_floor(vqgan_model, test_set):
     judge = load_judge()
     truth = [s.shape for s in scenes[:96]]
     assert np.mean([p == t for p, t in zip(judge.predict(images[:96]), truth)]) >= 0.97  # the judge itself
-    # A regression floor, not the target: the issue asks for >= 98% and the shipped model
-    # measures 89.7% on 2,000 held-out images (MODEL_CARD.md); small stars and triangle
-    # corners come back rounded.
-    assert np.mean([p == t for p, t in zip(judge.predict(rec.clamp(-1, 1)), truth)]) >= 0.80
+    # A regression floor, not the target: the issue asks for >= 98%; the shipped model
+    # measures 95.6% on 2,000 held-out images (MODEL_CARD.md) and 92.7% on these 96 (the
+    # L1/L2-only model it replaced, which rounded star points: 89.7% and 91.7%).
+    assert np.mean([p == t for p, t in zip(judge.predict(rec.clamp(-1, 1)), truth)]) >= 0.88
 
 
 @pytest.mark.parametrize("name,loader", [("shapes-clip", load_clip), ("shapes-vqgan", load_vqgan)])
@@ -153,7 +153,9 @@ def test_every_caption_fits_the_clip_context():
 
 @pytest.mark.parametrize("what,extra", [
     ("clip", ["--batch", "8", "--val-images", "16"]),
-    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5"]),
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--disc-weight", "0"]),
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--disc-weight", "0.5",
+               "--disc-start", "0"]),  # the critic path, from the first step
 ])
 def test_recipe_is_reproducible_from_its_seed(what, extra, tmp_path):
     from safetensors.torch import load_file
