@@ -240,8 +240,9 @@ def main() -> int:
     torch.manual_seed(0)
     vit = CLIP(get("ViT-B-32").config).eval()
     encoders["ViT-B/32 (random weights)"] = open_encoder(vit)
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                 "load_before": load_before}, "build": [], "search": []}
+                                 "load_before": load_before, "env": env}, "build": [], "search": []}
     with tempfile.TemporaryDirectory(prefix="vqclip-bench-") as tmp:
         work = Path(tmp)
         if not a.skip_build:
