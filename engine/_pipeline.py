@@ -42,11 +42,17 @@ class Loaded:
 @dataclass
 class Timings:
     """Seconds spent per stage. decode/preprocess are summed over worker threads, so with
-    N workers they can exceed the wall time; ``encode_s`` is the caller's encode time."""
+    N workers they can exceed the wall time; ``encode_s`` is the caller's encode time,
+    ``wait_s`` the time the caller sat blocked waiting for decoded images (the part of
+    decoding that did not hide behind encoding) and ``commit_s`` its time writing results
+    (index commits). ``wall_s - encode_s - wait_s - commit_s`` is the rest: walking the
+    folder, batching, bookkeeping."""
 
     read_decode_s: float = 0.0
     preprocess_s: float = 0.0
     encode_s: float = 0.0
+    wait_s: float = 0.0
+    commit_s: float = 0.0
     wall_s: float = 0.0
     images: int = 0
     failed: int = 0
@@ -144,7 +150,9 @@ def _batches(pending: deque, fill: Callable[[], None], batch_size: int, timings:
     while pending:
         b_items, b_loaded, b_px, b_bad = [], [], [], []
         while pending and len(b_items) + len(b_bad) < batch_size:
+            t0 = time.perf_counter()
             item, loaded, px, err = pending.popleft().result()
+            timings.wait_s += time.perf_counter() - t0
             fill()
             if err is None:
                 b_items.append(item)

@@ -175,10 +175,12 @@ def _sync(store: IndexStore, encoder: Encoder, batch_size: int, workers: int | N
 
     def commit() -> None:
         nonlocal last_commit
+        t = time.perf_counter()
         if pending:
             store.add([e for ents, _ in pending for e in ents], np.concatenate([emb for _, emb in pending]), free)
             pending.clear()
         last_commit = time.perf_counter()
+        timings.commit_s += last_commit - t
 
     try:
         for items, loaded, px, bad in decode_batches(todo, load, encoder.preprocess, batch_size, workers, timings):
@@ -217,7 +219,9 @@ def _sync(store: IndexStore, encoder: Encoder, batch_size: int, workers: int | N
     if report.failed:
         log.warning("skipped %d images that could not be decoded (first: %s)", len(report.failed),
                     report.failed[0][1])
+    t = time.perf_counter()
     store.compact()
+    timings.commit_s += time.perf_counter() - t
     timings.wall_s = time.perf_counter() - t0
     report.total = store.n_entries
     log.info("index %s: %s", store.path, report.summary())
