@@ -144,13 +144,21 @@ void pack_queries_plain(const float* q, int64_t nq, int64_t d, float* dst) {
     std::memcpy(dst, q, sizeof(float) * static_cast<size_t>(nq * d));
 }
 
-// Query tiles of NR for the GEMM-form kernels: tile t (queries t*NR ..) starts at
-// dst + t*NR*d and holds [d][nr] (nr = NR, or fewer in the last tile), so the nr values
-// one FMA step broadcasts sit side by side.
+// The GEMM-form kernels split nq queries into ceil(nq / NR) tiles of near-equal size
+// (16 -> 8 + 8 rather than 12 + 4: a narrow tile has too few FMA chains to hide the FMA
+// latency; AVX2, B=16, N=100k, one thread: 25.6 -> 21.7 ms CPU, AVX-512 unchanged).
+// Tile t holds queries [query_tile_start(t), query_tile_start(t + 1)).
+inline int64_t query_tiles(int64_t nq, int64_t nr_max) { return (nq + nr_max - 1) / nr_max; }
+inline int64_t query_tile_start(int64_t t, int64_t nq, int64_t tiles) { return nq * t / tiles; }
+
+// Query tiles for the GEMM-form kernels: the tile of queries [n0, n0 + nr) starts at
+// dst + n0 * d and holds [d][nr], so the nr values one FMA step broadcasts sit side by side.
 template <int64_t NR>
 void pack_queries_tiles(const float* q, int64_t nq, int64_t d, float* dst) {
-    for (int64_t n0 = 0; n0 < nq; n0 += NR) {
-        const int64_t nr = nq - n0 < NR ? nq - n0 : NR;
+    const int64_t tiles = query_tiles(nq, NR);
+    for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t n0 = query_tile_start(t, nq, tiles);
+        const int64_t nr = query_tile_start(t + 1, nq, tiles) - n0;
         float* out = dst + n0 * d;
         for (int64_t n = 0; n < nr; ++n)
             for (int64_t j = 0; j < d; ++j) out[j * nr + n] = q[(n0 + n) * d + j];
@@ -173,10 +181,12 @@ void run_panel_kernels(const std::array<PanelKernel, NR>& kernels, const float* 
     constexpr int64_t kRows = 16, kQ = static_cast<int64_t>(NR);
     const char* pf = static_cast<const char*>(ahead);
     int64_t pf_left = ahead ? (ahead_bytes + 63) / 64 : 0;
-    const int64_t calls = (nq + kQ - 1) / kQ * ((ng + kRows - 1) / kRows);
+    const int64_t calls = query_tiles(nq, kQ) * ((ng + kRows - 1) / kRows);
     const int64_t per_call = std::max<int64_t>((d + 15) / 16, (pf_left + calls - 1) / calls);
-    for (int64_t n0 = 0; n0 < nq; n0 += kQ) {
-        const PanelKernel kernel = kernels[static_cast<size_t>(std::min(kQ, nq - n0) - 1)];
+    const int64_t tiles = query_tiles(nq, kQ);
+    for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t n0 = query_tile_start(t, nq, tiles);
+        const PanelKernel kernel = kernels[static_cast<size_t>(query_tile_start(t + 1, nq, tiles) - n0 - 1)];
         for (int64_t r0 = 0; r0 < ng; r0 += kRows) {
             const int64_t lines = std::min(pf_left, per_call);
             kernel(qp + n0 * d, gp + r0 * d, d, scores + n0 * lds + r0, lds, std::min(kRows, ng - r0), pf,
