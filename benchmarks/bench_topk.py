@@ -117,6 +117,7 @@ def main() -> None:
     if "numpy" in args.peers:
         peers["numpy"] = np
 
+    load_start = os.getloadavg()  # other jobs on the machine: recorded with the figures
     info = K.info()
     print(f"vqclip kernels: simd={info['simd']} openmp={info['openmp']} threads={threads}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
@@ -204,6 +205,7 @@ def main() -> None:
     doc = {"mode": mode, "threads": threads, "kernels": info, "machine": platform.platform(),
            "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "note": "medians; the machine was shared with other jobs while measuring",
+           "loadavg_1_5_15_start": load_start, "loadavg_1_5_15_end": os.getloadavg(),
            "results": rows_out}
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:

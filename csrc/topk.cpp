@@ -1,12 +1,12 @@
 // The top-k driver: query normalisation, blocking over the gallery, per-thread
 // selection and the final merge. The arithmetic comes from a SimdOps table.
 //
-// Threads (OpenMP when the build found it):
-//   - few queries: each thread scans a contiguous slice of the gallery with its own
-//     selectors, merged at the end (the gallery is read once, by all cores together);
-//   - many queries (b >= kQueryParallelMin per thread): each thread takes a tile of
-//     queries and scans the whole gallery; no merge.
-// Extra memory is O(threads x b x k + block), never the b x n score matrix.
+// Threads (OpenMP when the build found it): each thread scans a contiguous slice of the
+// gallery with its own selectors for every query, merged at the end, so the gallery is
+// read once, by all cores together, and each block is converted/packed by one thread.
+// (Splitting the queries instead, tried for many queries, reads and packs the whole
+// gallery once per thread: 2-4% more CPU with the GEMM-form tile kernel, and twice the
+// DRAM traffic.) Extra memory is O(threads x b x k + block), never the b x n scores.
 #include "topk.h"
 
 #include <algorithm>
@@ -24,13 +24,15 @@ namespace {
 
 // Below this many multiply-adds a call runs on one thread: waking a team costs more.
 constexpr int64_t kParallelMinWork = int64_t(1) << 20;
-// Queries per thread from which the query-parallel split beats the gallery split.
-constexpr int64_t kQueryParallelMin = 32;
 // From this many queries per pass the register-blocked tile kernel is used; below it
 // each row is dotted with each query directly (conversion fused, no scratch copy).
 constexpr int64_t kTileMinQueries = 4;
 // Queries scored together against one gallery block (bounds the score buffer).
 constexpr int64_t kQueryGroup = 256;
+// Gallery block sizes (float32 bytes) for the direct and the tile path.
+constexpr int64_t kDirectBlockBytes = int64_t(128) << 10;
+// Tile path, measured (N=100k, D=512, one thread): 64 KiB to 512 KiB all within 3%.
+constexpr int64_t kTileBlockBytes = int64_t(128) << 10;
 // Selection keeps a buffer of up to 2k hits, cut back to the best k with nth_element
 // when full; the k-th score then filters what enters. Measured against a binary heap
 // (one query, 200k rows, d=16, CPU time, 2-core AMD EPYC, loaded machine): similar on
@@ -105,6 +107,18 @@ size_t storage_bytes(Storage st) {
     return 4;
 }
 
+float* align64(float* p) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    return reinterpret_cast<float*>((a + 63) & ~uintptr_t(63));
+}
+
+// Gallery rows per block: the block stays in L2 while every query passes over it.
+int64_t block_rows(const SimdOps& ops, bool tiled, int64_t d) {
+    const int64_t bytes = tiled ? kTileBlockBytes : kDirectBlockBytes;
+    const int64_t unit = tiled ? std::max<int64_t>(4, ops.panel) : 4;
+    return std::max<int64_t>(unit, bytes / (4 * d) / unit * unit);
+}
+
 // Scans global rows [r0, r1) against queries qn[q0, q1) (normalised, [b, d]) and feeds
 // sel[q - q0]. Rows are taken segment by segment in blocks that stay in cache.
 void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d,
@@ -112,10 +126,18 @@ void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d
           Selector* sel) {
     const int64_t nq = q1 - q0;
     const bool tiled = nq >= kTileMinQueries && ops.tile_scores != nullptr;
-    // A block of ~128 KiB of float32 rows stays in L2 while every query passes over it.
-    const int64_t block = std::max<int64_t>(16, (int64_t(128) << 10) / (4 * d)) & ~int64_t(3);
+    const int64_t block = block_rows(ops, tiled, d);
     const int64_t group = std::min(nq, tiled ? kQueryGroup : int64_t(1));
-    std::vector<float> conv(tiled && st != Storage::f32 ? static_cast<size_t>(block * d) : 0);
+    // float32 rows in the plain layout are read in place; anything else is packed.
+    const bool pack = tiled && !(ops.panel == 1 && st == Storage::f32);
+    const int64_t panels = (block + ops.panel - 1) / ops.panel;
+    // +16 floats: room to start the packed block on a 64-byte line (aligned vector loads).
+    std::vector<float> packed_store(pack ? static_cast<size_t>(panels * ops.panel * d + 16) : 0);
+    float* packed = align64(packed_store.data());
+    std::vector<float> qp(tiled ? static_cast<size_t>(nq * d) : 0);
+    if (tiled)  // each group packed on its own: a group is what one tile_scores call reads
+        for (int64_t g0 = q0; g0 < q1; g0 += group)
+            ops.pack_queries(qn + g0 * d, std::min(group, q1 - g0), d, qp.data() + (g0 - q0) * d);
     std::vector<float> buf(static_cast<size_t>(group * block));
     std::vector<int32_t> idx(static_cast<size_t>(block + 16));  // +16: whole-vector stores
 
@@ -135,13 +157,18 @@ void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d
             const int64_t id0 = seg.first_id + b0;
             if (tiled) {
                 const float* g = static_cast<const float*>(rows);
-                if (st != Storage::f32) {  // convert once, reuse for every query
-                    ops.convert_rows(rows, st, nb, d, conv.data());
-                    g = conv.data();
+                if (pack) {  // convert and pack once, reuse for every query
+                    ops.pack_rows(rows, st, nb, d, packed);
+                    g = packed;
                 }
+                // The next block of this segment, for the kernel to prefetch.
+                const int64_t next = std::min(block, local1 - b0 - nb);
+                const char* ahead = static_cast<const char*>(rows) + row_bytes * static_cast<size_t>(nb);
                 for (int64_t g0 = q0; g0 < q1; g0 += group) {
                     const int64_t ng = std::min(group, q1 - g0);
-                    ops.tile_scores(qn + g0 * d, ng, g, nb, d, buf.data(), block);
+                    ops.tile_scores(qp.data() + (g0 - q0) * d, ng, g, nb, d, buf.data(), block,
+                                    g0 == q0 && next > 0 ? ahead : nullptr,
+                                    static_cast<int64_t>(row_bytes) * next);
                     for (int64_t i = 0; i < ng; ++i) {
                         float* s = buf.data() + i * block;
                         Selector& se = sel[g0 + i - q0];
@@ -252,49 +279,26 @@ void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<S
     t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, n / 16 + 1)));
     std::exception_ptr failure;
 
-    if (t > 1 && b >= kQueryParallelMin * t) {
-        // Query tiles: each thread owns whole output rows, so no merge is needed.
+    // Gallery slices: every thread keeps selectors for all queries; merged below.
+    std::vector<std::vector<Selector>> sel(static_cast<size_t>(t));
 #pragma omp parallel num_threads(t)
-        {
-            try {
-                const int me = thread_id(), nt = t;
-                const int64_t lo = b * me / nt, hi = b * (me + 1) / nt;
-                std::vector<Selector> sel(static_cast<size_t>(hi - lo), Selector(kk));
-                scan(ops, qn.data(), lo, hi, d, segments, st, 0, n, sel.data());
-                std::vector<Hit> hits;
-                for (int64_t i = lo; i < hi; ++i) {
-                    hits.clear();
-                    sel[i - lo].append_to(hits);
-                    write_row(hits, k, out_scores + i * k, out_ids + i * k);
-                }
-            } catch (...) {
+    {
+        try {
+            const int me = thread_id();
+            const int64_t lo = n * me / t, hi = n * (me + 1) / t;
+            sel[me].assign(static_cast<size_t>(b), Selector(kk));
+            scan(ops, qn.data(), 0, b, d, segments, st, lo, hi, sel[me].data());
+        } catch (...) {
 #pragma omp critical(vq_failure)
-                failure = std::current_exception();
-            }
-        }
-    } else {
-        // Gallery slices: every thread keeps selectors for all queries; merged below.
-        std::vector<std::vector<Selector>> sel(static_cast<size_t>(t));
-#pragma omp parallel num_threads(t)
-        {
-            try {
-                const int me = thread_id();
-                const int64_t lo = n * me / t, hi = n * (me + 1) / t;
-                sel[me].assign(static_cast<size_t>(b), Selector(kk));
-                scan(ops, qn.data(), 0, b, d, segments, st, lo, hi, sel[me].data());
-            } catch (...) {
-#pragma omp critical(vq_failure)
-                failure = std::current_exception();
-            }
-        }
-        if (failure) std::rethrow_exception(failure);
-        for (int64_t i = 0; i < b; ++i) {
-            merged.clear();
-            for (int p = 0; p < t; ++p) sel[p][i].append_to(merged);
-            write_row(merged, k, out_scores + i * k, out_ids + i * k);
+            failure = std::current_exception();
         }
     }
     if (failure) std::rethrow_exception(failure);
+    for (int64_t i = 0; i < b; ++i) {
+        merged.clear();
+        for (int p = 0; p < t; ++p) sel[p][i].append_to(merged);
+        write_row(merged, k, out_scores + i * k, out_ids + i * k);
+    }
 }
 
 double stream_sum(const float* p, int64_t n, int threads, Simd simd) {

@@ -37,12 +37,23 @@ struct SimdOps {
     // scores[r] = <q, row r>, rows converted from `storage` on the fly.
     void (*dot_rows)(const float* q, const void* rows, Storage storage, int64_t nrows,
                      int64_t d, float* scores);
-    // dst[r * d + j] = float(row r, element j).
-    void (*convert_rows)(const void* rows, Storage storage, int64_t nrows, int64_t d,
-                         float* dst);
-    // scores[i * lds + r] = <q_i, g_r> for i < nq, r < ng; q [nq, d], g [ng, d] float32.
-    void (*tile_scores)(const float* q, int64_t nq, const float* g, int64_t ng, int64_t d,
-                        float* scores, int64_t lds);
+    // The many-query (tile) path works on packed copies: a gallery block is packed once
+    // and every query passes over it; the queries are packed once per call.
+    //
+    // Rows per panel of a packed block. pack_rows writes ceil(nrows / panel) panels of
+    // panel * d floats: dst[(p * d + j) * panel + i] = float(row p * panel + i, element j),
+    // rows past nrows zero. panel == 1 is plain row-major float32.
+    int64_t panel;
+    void (*pack_rows)(const void* rows, Storage storage, int64_t nrows, int64_t d, float* dst);
+    // Packs q [nq, d] float32 into dst (nq * d floats) in the layout tile_scores reads.
+    void (*pack_queries)(const float* q, int64_t nq, int64_t d, float* dst);
+    // scores[i * lds + r] = <q_i, g_r> for i < nq, r < ng, from the packed queries qp and
+    // packed rows gp. Each score is one fixed summation order whatever nq, ng or the tile
+    // position, so results do not depend on blocks, segments or threads. `ahead` (may be
+    // null) is `ahead_bytes` of memory the caller reads next (the next block's rows): a
+    // kernel may prefetch it while it computes, so that reading it overlaps the FMAs.
+    void (*tile_scores)(const float* qp, int64_t nq, const float* gp, int64_t ng, int64_t d,
+                        float* scores, int64_t lds, const void* ahead, int64_t ahead_bytes);
     // scores[r] *= factor[r]; writes the r with scores[r] >= thr to idx; returns their count.
     int64_t (*scale_filter)(float* scores, const float* factor, int64_t n, float thr,
                             int32_t* idx);

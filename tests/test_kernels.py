@@ -88,8 +88,8 @@ def rng() -> np.random.Generator:
 # ----------------------------------------------------------------------- exactness
 
 
-# (B, N, D, k, threads): B < 4 takes the direct path, B >= 4 the register-blocked tile
-# kernel, B >= 64 with 2 threads the query-parallel split; D not a multiple of 8/16
+# (B, N, D, k, threads): B < 4 takes the direct path, B >= 4 the packed GEMM-form tile
+# kernel (B = 17, 70, 130: whole and partial query tiles); D not a multiple of 8/16
 # exercises the masked and scalar tails; k = 1 is the argmax case, k > 64 the
 # nth_element buffer instead of the heap.
 CASES = [
@@ -392,6 +392,22 @@ def test_threads_give_identical_results(rng, simd, b):
     for t in (2, 3):
         for x, y in zip(one, g.search(q, 25, threads=t, simd=simd)):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_tile_scores_do_not_depend_on_the_batch(rng, simd):
+    # A query's scores must be bit-identical wherever it sits in the batch (first or last
+    # of a query tile, in a full or a partial tile) and whatever else is in the batch:
+    # one summation order per (query, row) pair on the tile path.
+    d = 45
+    g = K.Gallery.from_rows(rng.standard_normal((700, d)), "bfloat16")
+    q = rng.standard_normal((31, d)).astype(np.float32)
+    all_scores, all_ids = g.search(q, 20, simd=simd, threads=1)
+    for sub in (q[:4], q[:13], q[::-1], q[5:30:2]):
+        scores, ids = g.search(sub, 20, simd=simd, threads=2)
+        for row, qi in zip(range(len(sub)), [np.flatnonzero((q == s).all(1))[0] for s in sub]):
+            np.testing.assert_array_equal(scores[row], all_scores[qi])
+            np.testing.assert_array_equal(ids[row], all_ids[qi])
 
 
 def test_concurrent_calls_from_python_threads(rng):
