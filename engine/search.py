@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,24 +190,13 @@ def _load_query_image(image: Any):
 
 
 def _kernel_threads(threads: int | None) -> int:
-    """The kernel's thread count: ``threads``, else ``OMP_NUM_THREADS``, else the CPUs this
-    process may use.
-
-    Chosen here rather than left to OpenMP's default because torch and the kernels share
-    one OpenMP runtime: a ``torch.set_num_threads(1)`` anywhere in the process (a common
-    setting for a shared machine) silently made every search single-threaded (about 50 vs
-    35 ms for 1M x 512 fp16 rows on 2 cores).
-    """
-    if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-        if env.isdigit() and int(env) >= 1:
-            return int(env)
-        from engine.backends.onnxruntime_backend import default_cpu_threads
-
-        return default_cpu_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    """``threads`` checked as a user's argument, then resolved as every kernel call resolves
+    it (``engine.kernels.resolve_threads``: OMP_NUM_THREADS, else every CPU)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidInputError(f"threads must be a whole number >= 1 (or None for every CPU), got {threads!r}")
-    return threads
+    from engine.kernels import resolve_threads
+
+    return resolve_threads(threads)
 
 
 def _check_k(k: int) -> None:

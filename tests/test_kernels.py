@@ -321,6 +321,24 @@ def test_bad_threads_and_simd_are_refused():
         g.search(np.ones((1, 4)), 1, simd="neon")
 
 
+def test_default_threads_ignore_torch_setting(monkeypatch):
+    # torch shares the OpenMP runtime: its set_num_threads must not shrink the kernels' default.
+    import torch
+
+    from engine._cpus import available_cpus
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert K.resolve_threads(None) == available_cpus()
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert K.resolve_threads(None) == 3
+    assert K.resolve_threads(2) == 2
+
+
 def test_large_batch_of_queries(rng):
     g = rng.standard_normal((257, 24)).astype(np.float32)
     q = rng.standard_normal((4096, 24)).astype(np.float32)

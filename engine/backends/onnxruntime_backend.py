@@ -18,7 +18,6 @@ batch 1/16 cases, up to 1.35x, and 7% faster in one, within this machine's noise
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 from engine.backends._io_spec import GraphSpec
 from engine.backends.base import Backend, BackendInfo
 from engine.errors import BackendUnavailableError, ManifestError
+from engine._cpus import available_cpus
 from engine.manifest import Manifest, read_manifest, verify_sha256
 
 __all__ = ["OnnxRuntimeBackend", "default_cpu_threads"]
@@ -41,12 +41,7 @@ _DEVICE_PROVIDERS = {  # device -> providers in priority order (CPU last catches
 }
 
 
-def default_cpu_threads() -> int:
-    """CPUs this process may run on (its affinity mask, so containers and taskset count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+default_cpu_threads = available_cpus  # ORT's intra-op default: every CPU this process may use
 
 
 def _import_ort() -> Any:
