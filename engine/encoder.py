@@ -229,8 +229,11 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
     if backend in ("torch", "pytorch"):
         session = open_backend("torch", clip=module, precision=precision, device=device)
     else:
-        folder = Path(export_dir) if export_dir is not None else _cached_export(model, module, name, digest)
-        session = open_backend(backend, folder, precision=precision, device=device)
+        if export_dir is not None:
+            session = open_backend(backend, Path(export_dir), precision=precision, device=device)
+        else:  # the cache has just checked the graphs this backend loads: no second hashing
+            folder = _cached_export(module, name, digest, precision)
+            session = open_backend(backend, folder, precision=precision, device=device, verify=False)
     cfg = module.config
     return Encoder(
         session, ModelIdentity(name, digest), image_size=cfg.image_size,
@@ -243,8 +246,12 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
     )
 
 
-def _cached_export(source: Any, module: Any, name: str, digest: str) -> Path:
+def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
     """The ONNX export of these weights in the cache, made now if missing or damaged.
+
+    The graphs at ``precision`` (the ones a backend will load) are checked against their
+    sha256 here, so a damaged cache is remade rather than served, and the caller opens
+    the backend without hashing them again (hundreds of MB for ViT-B/32, per process).
 
     Keyed by the weights digest, so two models never share a folder and new weights get a
     new export; an export made by another vqclip version is made again (the graph form may
@@ -259,10 +266,14 @@ def _cached_export(source: Any, module: Any, name: str, digest: str) -> Path:
     folder = cache_root() / "exports" / f"{slug}-{digest[:16]}"
     if (folder / "manifest.json").is_file():
         try:
-            from engine.backends import read_manifest
+            from engine.manifest import read_manifest, verify_sha256
 
-            made_by = read_manifest(folder).versions.get("vqclip")
+            manifest = read_manifest(folder, verify=False)
+            made_by = manifest.versions.get("vqclip")
             if made_by == __version__:
+                for g in manifest.graphs:
+                    if g.precision == precision:
+                        verify_sha256(folder / g.file, g.sha256)
                 return folder
             log.info("re-exporting %s: the cached export was made by vqclip %s, this is %s",
                      name, made_by, __version__)

@@ -37,3 +37,18 @@ def test_cached_export_is_reused_then_remade_for_another_vqclip_version(tmp_path
     ids = np.zeros((1, 77), dtype=np.int64)
     ids[0, :3] = [49406, 320, 49407]
     np.testing.assert_allclose(again.session.encode_text(ids), first.session.encode_text(ids), atol=1e-6)
+
+
+def test_damaged_cached_graph_is_remade_not_served(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))
+    module = tiny_clip(4)
+    first = open_encoder(module, "onnxruntime")
+    graph = _only_export(tmp_path) / "text_encoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte: the sha256 no longer matches the manifest
+    graph.write_bytes(bytes(data))
+
+    again = open_encoder(module, "onnxruntime")  # checked before the backend loads it
+    ids = np.zeros((1, 77), dtype=np.int64)
+    ids[0, :3] = [49406, 320, 49407]
+    np.testing.assert_allclose(again.session.encode_text(ids), first.session.encode_text(ids), atol=1e-6)
