@@ -55,6 +55,16 @@ def _text_embeddings(model, texts: list[str]) -> torch.Tensor:
     return F.normalize(model.encode_text(ids).float(), dim=-1)  # (N, E)
 
 
+def _class_and_image_embeddings(model, scenes: list[shapes.Scene], images: np.ndarray | None):
+    """The 40 (colour, shape) classes, their "a {colour} {shape}" embeddings (40, E) and the
+    scenes' image embeddings (N, E), rendering the scenes when ``images`` is None."""
+    model.eval()
+    if images is None:
+        images = shapes.render_batch(scenes)
+    classes = shapes.all_labels()
+    return classes, _text_embeddings(model, [shapes.label(c, s) for c, s in classes]), _image_embeddings(model, images)
+
+
 def clip_zero_shot(model, scenes: list[shapes.Scene], images: np.ndarray | None = None) -> dict[str, float]:
     """Top-1 zero-shot accuracy over the 40 "a {colour} {shape}" labels.
 
@@ -62,12 +72,7 @@ def clip_zero_shot(model, scenes: list[shapes.Scene], images: np.ndarray | None 
     prediction is scored three ways. Returns fractions in [0, 1] for keys "colour",
     "shape" and "colour+shape".
     """
-    model.eval()
-    if images is None:
-        images = shapes.render_batch(scenes)
-    classes = shapes.all_labels()
-    txt = _text_embeddings(model, [shapes.label(c, s) for c, s in classes])  # (40, E)
-    img = _image_embeddings(model, images)  # (N, E)
+    classes, txt, img = _class_and_image_embeddings(model, scenes, images)  # 40 labels; (40, E), (N, E)
     pred = (img @ txt.T).argmax(dim=1).tolist()
     colour = np.mean([classes[p][0] == sc.colour for p, sc in zip(pred, scenes)])
     shape = np.mean([classes[p][1] == sc.shape for p, sc in zip(pred, scenes)])
@@ -83,12 +88,7 @@ def search_precision_at_k(model, scenes: list[shapes.Scene], images: np.ndarray 
     image of that colour and shape. Queries whose class has fewer than ``k`` images in
     the gallery are scored against the number there is (the best reachable is 1.0).
     """
-    model.eval()
-    if images is None:
-        images = shapes.render_batch(scenes)
-    classes = shapes.all_labels()
-    txt = _text_embeddings(model, [shapes.label(c, s) for c, s in classes])  # (40, E)
-    img = _image_embeddings(model, images)  # (N, E)
+    classes, txt, img = _class_and_image_embeddings(model, scenes, images)  # 40 labels; (40, E), (N, E)
     top = (txt @ img.T).topk(min(k, len(scenes)), dim=1).indices.tolist()  # (40, k)
     precisions = []
     for (c, s), ids in zip(classes, top):

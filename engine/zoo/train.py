@@ -230,12 +230,18 @@ def train_clip(args: argparse.Namespace) -> dict:
     _save_state(last, model, opt, step, elapsed)
     model.eval()
     final = quality.clip_zero_shot(model, val_scenes, val_images)
-    final_rec = {"final": True, "step": step, "minutes": round(elapsed / 60, 2), **final}
+    return _finish_run(out, logf, model, cfg, args.seed, step, elapsed, final)
+
+
+def _finish_run(out: Path, logf, model, cfg, seed: int, step: int, elapsed: float, final: dict) -> dict:
+    """End a training run: log the final validation figures, write ``model.safetensors``
+    (config, steps, minutes and seed in its metadata), close the log; returns the record."""
+    minutes = round(elapsed / 60, 2)
+    final_rec = {"final": True, "step": step, "minutes": minutes, **final}
     logf.write(json.dumps(final_rec) + "\n")
     logf.close()
     _save_safetensors(model.state_dict(), out / "model.safetensors",
-                      {"config": json.dumps(asdict(cfg)), "steps": step, "minutes": round(elapsed / 60, 2),
-                       "seed": args.seed})
+                      {"config": json.dumps(asdict(cfg)), "steps": step, "minutes": minutes, "seed": seed})
     log.info("done: %s", final_rec)
     return final_rec
 
@@ -378,14 +384,7 @@ def train_vqgan(args: argparse.Namespace) -> dict:
     elapsed = time.time() - start
     _save_state(last, model, opt, step, elapsed, extra)
     final = quality.vqgan_reconstruction(model, val)
-    final_rec = {"final": True, "step": step, "minutes": round(elapsed / 60, 2), **final}
-    logf.write(json.dumps(final_rec) + "\n")
-    logf.close()
-    _save_safetensors(model.state_dict(), out / "model.safetensors",
-                      {"config": json.dumps(asdict(cfg)), "steps": step, "minutes": round(elapsed / 60, 2),
-                       "seed": args.seed})
-    log.info("done: %s", final_rec)
-    return final_rec
+    return _finish_run(out, logf, model, cfg, args.seed, step, elapsed, final)
 
 
 @torch.no_grad()
