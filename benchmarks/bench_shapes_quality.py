@@ -2,6 +2,7 @@
 
     python benchmarks/bench_shapes_quality.py                  # 2,000 held-out images
     python benchmarks/bench_shapes_quality.py --clip-fp32-run /tmp/shapes-clip --vqgan-fp32-run /tmp/shapes-vqgan
+    python benchmarks/bench_shapes_quality.py --split val --images 600 --vqgan-fp32-run /tmp/vq3  # pick a run
 
 Prints one table: zero-shot colour / shape / colour+shape top-1 over the 40
 "a {colour} {shape}" labels, text-to-image precision@10 on a 2,000-image gallery,
@@ -55,7 +56,9 @@ def vqgan_rows(model, label: str, scenes, images, judge) -> list[tuple[str, floa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=2000, help="held-out test images (gallery size)")
+    ap.add_argument("--images", type=int, default=2000, help="held-out images (gallery size)")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="test (the model card's figures) or val (choosing between training runs)")
     ap.add_argument("--clip-fp32-run", type=Path, help="training run folder with fp32 model.safetensors")
     ap.add_argument("--vqgan-fp32-run", type=Path, help="training run folder with fp32 model.safetensors")
     ap.add_argument("--threads", type=int, default=2)
@@ -64,7 +67,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     t0 = time.time()
-    scenes = shapes.sample_scenes("test", 0, args.images)
+    scenes = shapes.sample_scenes(args.split, 0, args.images)
     images = shapes.render_batch(scenes)
     judge = load_judge()
     rows: list[tuple[str, float, float | None]] = []
@@ -80,7 +83,7 @@ def main() -> int:
         rows += vqgan_rows(load_vqgan(args.vqgan_fp32_run / "model.safetensors", config=get("shapes-vqgan").config),
                            "shapes-vqgan fp32 run", scenes, images, judge)
 
-    print(f"shapes world, held-out split 'test', {args.images} images, 64x64 ({time.time() - t0:.0f} s)")
+    print(f"shapes world, held-out split '{args.split}', {args.images} images, 64x64 ({time.time() - t0:.0f} s)")
     print(f"{'measure':<52} {'value':>8} {'target':>8}  met")
     for name, value, target in rows:
         met = "" if target is None else ("yes" if value >= target else "NO")

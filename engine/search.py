@@ -13,7 +13,8 @@ kernel (33-39 ms), each on every core, one after the other; tokenising, normalis
 the SQLite lookup of the k paths are each under a millisecond. Fastest end to end:
 ``backend="onnxruntime", precision="int8"`` (62 ms p50). Serving back-to-back queries,
 set ``OMP_WAIT_POLICY=PASSIVE`` in the environment: otherwise the kernel's OpenMP
-threads spin for about 10 ms after each call, on the cores the next query's encoder needs.
+threads spin-wait after each call on the cores the next query's encoder needs (ONNX
+Runtime fp32 queries: 141 ms p50 by default, 79 ms with it; results/runtime_search_cpu2*.json).
 
 Example::
 

@@ -109,8 +109,7 @@ class ImageEncoderGraph(nn.Module):
     - Patch stem as a MatMul: ``conv1`` (kernel = stride = patch, no padding, no bias) is
       a reshape of the image to (B, g*g, 3*p*p) rows and one MatMul with the flattened
       kernel. ONNX Runtime's dynamic int8 quantises MatMul but not Conv, so the int8 graph
-      runs the patch embedding in int8 too (in fp32 it was ~6 % of ViT-B/32's batch-1
-      int8 time). The conv stem (``vision_stem="conv"``) is traced as it is.
+      runs the patch embedding in int8 too. The conv stem (``vision_stem="conv"``) is traced as it is.
     - Class-token-only last block (``_LastBlockRows``): the embedding reads only the class
       token, so the last block computes its query, out_proj and MLP for that token alone.
       For ViT-B/32 (50 tokens, 12 blocks) that drops ~6 % of the MatMul work; no runtime

@@ -14,11 +14,11 @@
   int8 dynamic quantisation is a CPU precision: that is where its kernels are fast. The
   CLIP graphs are traced so that every weight product is a MatMul with an initializer
   (``export.graphs.ImageEncoderGraph``: the patch stem too), so all of them are quantised.
-  Not used, as measured on the 2-core CPU this project benchmarks on (ViT-B/32, 50
-  tokens, under load): ONNX Runtime's fused ``Attention`` / ``QAttention`` (onnxscript's
+  Not used: ONNX Runtime's fused ``Attention`` / ``QAttention`` (onnxscript's
   ``optimize_for_ort`` fuses them, with SkipLayerNormalization, on a q/k/v-split form of
-  the block) made int8 batch 1 ~8 % slower in three interleaved runs and fp32 batch 16
-  no faster (within noise): attention is a few percent of the time beside the MatMuls.
+  the block) were not faster for ViT-B/32 (50 tokens) on the 2-core CPU this project
+  benchmarks on, where the MatMuls dominate; ``benchmarks/bench_export.py`` times ONNX
+  Runtime's own transformer fusions against the saved graph.
 
 Example::
 
