@@ -65,7 +65,7 @@ SHAPES_VQGAN = register(ModelRecord(
     config=VQGANConfig(ch=32, ch_mult=(2, 2, 2), num_res_blocks=1, attn_resolutions=(), z_channels=64,
                        embed_dim=16, n_embed=512, resolution=64),
     weights=WeightsRecord(path="shapes-vqgan.safetensors",
-                          sha256="ef0063b554ee90ddddb43bc75ecc4ac2681484eee2590b328f810c2c23a9558f",
+                          sha256="6a328e0aa1151db425591dd59460b957d132d8655e136fcdb8edd58b7f619fef",
                           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),  # pixels in [-1, 1], taming's range
                           interpolation="bicubic"),
     default_template="{}",

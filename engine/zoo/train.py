@@ -6,7 +6,7 @@ to kill: a checkpoint is written atomically every ``--save-every`` seconds to th
 folder, and ``--resume`` continues from it.
 
     python -m engine.zoo.train clip --out /tmp/shapes-clip --minutes 45 --threads 1
-    python -m engine.zoo.train vqgan --out /tmp/shapes-vqgan --minutes 45 --threads 1
+    python -m engine.zoo.train vqgan --out /tmp/shapes-vqgan --minutes 44 --threads 2
     python -m engine.zoo.train judge --out /tmp/shape-judge
 
 (engine/zoo/MODEL_CARD.md has the exact commands, stages and times of the shipped weights.)
@@ -268,12 +268,14 @@ def train_vqgan(args: argparse.Namespace) -> dict:
     """Train shapes-vqgan to reconstruct scenes; returns the final validation PSNR and usage.
 
     Same files and errors as ``train_clip``. ``--resume --steps N`` continues a finished or
-    killed run under a new cosine schedule of N steps (the shipped model took two stages).
+    killed run under a new cosine schedule of N steps. The perceptual term reads the
+    bundled shapes-clip, so that model is trained (or installed) first.
     """
     from dataclasses import replace
 
     from engine.models.vqgan import VQGAN
     from engine.zoo._patchgan import PatchCritic, adaptive_weight, hinge_critic_loss
+    from engine.zoo._perceptual import StemPerceptual
 
     out = check_writable(args.out)
     torch.manual_seed(args.seed)
@@ -286,6 +288,7 @@ def train_vqgan(args: argparse.Namespace) -> dict:
     params = [p for n, p in model.named_parameters() if not n.startswith("quantize.")]
     opt = torch.optim.Adam(params, lr=args.lr, betas=(0.9, 0.99))
     critic = PatchCritic() if args.disc_weight > 0 else None
+    perceptual = StemPerceptual.from_zoo() if args.perceptual_weight > 0 else None
     extra = {}
     if critic is not None:
         opt_d = torch.optim.Adam(critic.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))  # GAN-usual betas
@@ -344,6 +347,11 @@ def train_vqgan(args: argparse.Namespace) -> dict:
         rec_loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
         edge_loss = (gy - ty).abs().mean() + (gx - tx).abs().mean()
         nll = rec_loss + args.edge_weight * edge_loss
+        if perceptual is not None:
+            # Pixel losses are minimised by the conditional mean, which rounds small star
+            # points; distances in shapes-clip's stem features keep them (MODEL_CARD.md).
+            p_loss = perceptual(rec, x)
+            nll = nll + args.perceptual_weight * p_loss
         loss = nll + vq_loss
         adversarial = critic is not None and step >= disc_from
         if adversarial:
@@ -369,6 +377,8 @@ def train_vqgan(args: argparse.Namespace) -> dict:
             rec_ = {"step": step, "min": round((time.time() - start) / 60, 2), "loss": round(loss.item(), 4),
                     "rec": round(rec_loss.item(), 4), "edge": round(edge_loss.item(), 4),
                     "vq": round(vq_loss.item(), 4), "lr": opt.param_groups[0]["lr"]}
+            if perceptual is not None:
+                rec_["perceptual"] = round(p_loss.item(), 4)
             if adversarial:
                 rec_.update({"gen": round(gen_loss.item(), 4), "d_weight": round(d_weight.item(), 4),
                              "critic": round(d_loss.item(), 4)})
@@ -531,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=train_clip)
     v = sub.add_parser("vqgan", help="train shapes-vqgan")
     _add_common(v)
-    v.add_argument("--steps", type=int, default=2000, help="schedule length (cosine decay to this step)")
+    v.add_argument("--steps", type=int, default=8500, help="schedule length (cosine decay to this step)")
     v.add_argument("--batch", type=int, default=16, help="crops per step (a quarter as many whole images)")
     v.add_argument("--crop", type=int, default=32)
     v.add_argument("--full-fraction", type=float, default=0.15, help="last fraction of steps on whole images")
@@ -543,10 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--commitment", type=float, default=0.25, help="weight pulling latents onto their codes")
     v.add_argument("--n-embed", type=int, default=None,
                    help="codebook size for trials (default: the registry's shapes-vqgan config)")
-    v.add_argument("--disc-weight", type=float, default=0.5,
-                   help="weight of the adversarial term (0: no critic, the L1/L2/edge recipe)")
+    v.add_argument("--disc-weight", type=float, default=0.0,
+                   help="weight of the adversarial term (0, the shipped recipe: no critic)")
     v.add_argument("--disc-start", type=float, default=0.3, help="fraction of the schedule before the critic starts")
     v.add_argument("--disc-lr", type=float, default=2e-4, help="critic learning rate")
+    v.add_argument("--perceptual-weight", type=float, default=1.0,
+                   help="weight of the distance in shapes-clip's conv-stem features (0: none)")
     v.add_argument("--train-images", type=int, default=100_000)
     v.add_argument("--val-images", type=int, default=200)
     v.set_defaults(func=train_vqgan)

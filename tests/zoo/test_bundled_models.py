@@ -76,16 +76,16 @@ def test_shapes_vqgan_reconstruction_floor(vqgan_model, test_set):
     x = quality.vqgan_input(images[:96])
     rec, codes = quality.vqgan_reconstruct(vqgan_model, x)
     assert rec.shape == x.shape and codes.shape == (96, 16, 16)
-    assert float(quality.psnr(x, rec).mean()) >= 25.0
-    # Usage on 96 images x 256 cells: the card's >= 50% is measured on 2,000 images.
-    assert torch.unique(codes).numel() / vqgan_model.config.n_embed >= 0.25
+    assert float(quality.psnr(x, rec).mean()) >= 30.0  # 33.5 dB measured on these 96
+    # Usage on 96 images x 256 cells (99.6% measured): the card's figure is on 2,000 images.
+    assert torch.unique(codes).numel() / vqgan_model.config.n_embed >= 0.5
     judge = load_judge()
     truth = [s.shape for s in scenes[:96]]
     assert np.mean([p == t for p, t in zip(judge.predict(images[:96]), truth)]) >= 0.97  # the judge itself
-    # A regression floor, not the target: the issue asks for >= 98%; the shipped model
-    # measures 95.6% on 2,000 held-out images (MODEL_CARD.md) and 92.7% on these 96 (the
-    # L1/L2-only model it replaced, which rounded star points: 89.7% and 91.7%).
-    assert np.mean([p == t for p, t in zip(judge.predict(rec.clamp(-1, 1)), truth)]) >= 0.88
+    # A regression floor under the issue's 98%: the shipped model reads 99.0% of 2,000
+    # held-out reconstructions right (MODEL_CARD.md) and all 96 of these; the critic-trained
+    # model it replaced read 95.6% and 92.7%, the L1/L2-only one before it 89.7% and 91.7%.
+    assert np.mean([p == t for p, t in zip(judge.predict(rec.clamp(-1, 1)), truth)]) >= 0.95
 
 
 @pytest.mark.parametrize("name,loader", [("shapes-clip", load_clip), ("shapes-vqgan", load_vqgan)])
@@ -153,9 +153,10 @@ def test_every_caption_fits_the_clip_context():
 
 @pytest.mark.parametrize("what,extra", [
     ("clip", ["--batch", "8", "--val-images", "16"]),
-    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--disc-weight", "0"]),
-    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--disc-weight", "0.5",
-               "--disc-start", "0"]),  # the critic path, from the first step
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5"]),  # the shipped recipe's terms
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--perceptual-weight", "0"]),
+    ("vqgan", ["--batch", "4", "--val-images", "4", "--full-fraction", "0.5", "--perceptual-weight", "0",
+               "--disc-weight", "0.5", "--disc-start", "0"]),  # the critic path, from the first step
 ])
 def test_recipe_is_reproducible_from_its_seed(what, extra, tmp_path):
     from safetensors.torch import load_file
