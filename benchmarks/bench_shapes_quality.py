@@ -7,7 +7,8 @@
 Prints one table: zero-shot colour / shape / colour+shape top-1 over the 40
 "a {colour} {shape}" labels, text-to-image precision@10 on a 2,000-image gallery,
 VQGAN PSNR (all, and per background style), codebook usage, and the independent shape
-classifier's accuracy on originals and on reconstructions, each next to its target.
+classifier's accuracy on originals and on reconstructions, each next to its target;
+under it, which shapes the judge misread on reconstructions (size, background, confusion).
 With ``--*-fp32-run`` (a training run's folder) the fp32 weights are measured in the
 same run as the shipped fp16 file. ``--json`` writes the figures.
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +41,15 @@ def clip_rows(model, label: str, scenes, images) -> list[tuple[str, float, float
         [(f"{label} search precision@10", p10, TARGETS["p@10"])]
 
 
-def vqgan_rows(model, label: str, scenes, images, judge) -> list[tuple[str, float, float | None]]:
+def misreads(scenes, predicted: list[str]) -> dict:
+    """The judge's errors: how many, how many small, per background style, per confusion."""
+    wrong = [(s, p) for s, p in zip(scenes, predicted) if p != s.shape]
+    count = lambda keys: dict(Counter(keys).most_common())  # noqa: E731
+    return {"count": len(wrong), "small": sum(s.size_word == "small" for s, _ in wrong),
+            "styles": count(s.style for s, _ in wrong), "confusions": count(f"{s.shape}->{p}" for s, p in wrong)}
+
+
+def vqgan_rows(model, label: str, scenes, images, judge) -> tuple[list[tuple[str, float, float | None]], dict]:
     x = quality.vqgan_input(images)
     rec, codes = quality.vqgan_reconstruct(model, x)
     p = quality.psnr(x, rec)
@@ -48,10 +58,10 @@ def vqgan_rows(model, label: str, scenes, images, judge) -> list[tuple[str, floa
         mask = torch.tensor([s.style == style for s in scenes])
         rows.append((f"{label} PSNR dB, {style} backgrounds", float(p[mask].mean()), None))
     rows.append((f"{label} codebook usage", torch.unique(codes).numel() / model.config.n_embed, TARGETS["usage"]))
-    truth = [s.shape for s in scenes]
-    on_rec = np.mean([a == b for a, b in zip(judge.predict(rec.clamp(-1, 1)), truth)])
+    predicted = judge.predict(rec.clamp(-1, 1))
+    on_rec = np.mean([p == s.shape for p, s in zip(predicted, scenes)])
     rows.append((f"{label} judge on reconstructions", float(on_rec), TARGETS["judge on reconstructions"]))
-    return rows
+    return rows, misreads(scenes, predicted)
 
 
 def main() -> int:
@@ -78,10 +88,14 @@ def main() -> int:
     if args.clip_fp32_run:
         rows += clip_rows(load_clip(args.clip_fp32_run / "model.safetensors", config=get("shapes-clip").config),
                           "shapes-clip fp32 run", scenes, images)
-    rows += vqgan_rows(load_vqgan("shapes-vqgan"), "shapes-vqgan fp16 file", scenes, images, judge)
+    errors: dict[str, dict] = {}
+    vqgans = {"shapes-vqgan fp16 file": load_vqgan("shapes-vqgan")}
     if args.vqgan_fp32_run:
-        rows += vqgan_rows(load_vqgan(args.vqgan_fp32_run / "model.safetensors", config=get("shapes-vqgan").config),
-                           "shapes-vqgan fp32 run", scenes, images, judge)
+        vqgans["shapes-vqgan fp32 run"] = load_vqgan(args.vqgan_fp32_run / "model.safetensors",
+                                                     config=get("shapes-vqgan").config)
+    for label, model in vqgans.items():
+        more, errors[label] = vqgan_rows(model, label, scenes, images, judge)
+        rows += more
 
     print(f"shapes world, held-out split '{args.split}', {args.images} images, 64x64 ({time.time() - t0:.0f} s)")
     print(f"{'measure':<52} {'value':>8} {'target':>8}  met")
@@ -89,8 +103,12 @@ def main() -> int:
         met = "" if target is None else ("yes" if value >= target else "NO")
         tgt = "" if target is None else f"{target:8.3f}"
         print(f"{name:<52} {value:8.3f} {tgt:>8}  {met}")
+    for label, e in errors.items():
+        print(f"{label}, judge misreads on reconstructions: {e['count']} ({e['small']} small); "
+              f"backgrounds {e['styles']}; {e['confusions']}")
     if args.json:
-        args.json.write_text(json.dumps({n: v for n, v, _ in rows}, indent=1))
+        figures = {n: v for n, v, _ in rows} | {f"{label} judge misreads": e for label, e in errors.items()}
+        args.json.write_text(json.dumps(figures, indent=1))
     return 0
 
 
