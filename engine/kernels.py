@@ -144,8 +144,7 @@ def resolve_threads(threads: Any = None) -> int:
 
     Resolved here, not left to OpenMP's default, because torch shares the OpenMP runtime:
     a ``torch.set_num_threads(1)`` anywhere in the process would otherwise make every
-    kernel call single-threaded (``benchmarks/bench_runtime.py``, 1M x 512 fp16 rows, 2
-    cores: kernel p50 53 ms in results/runtime_cpu2.json, 33-39 ms since).
+    kernel call single-threaded (``tests/test_kernels.py::test_default_threads_ignore_torch_setting``).
     Raises ``InputShapeError`` for anything but None or an integer >= 1.
 
     Example: ``resolve_threads(None)`` -> ``2`` on a 2-core machine without OMP_NUM_THREADS.

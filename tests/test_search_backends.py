@@ -116,7 +116,7 @@ def test_cli_search_on_onnxruntime(world, capsys, monkeypatch):
 
 
 def test_kernel_threads_ignore_torch_setting(world, monkeypatch):
-    from engine.backends.onnxruntime_backend import default_cpu_threads
+    from engine._cpus import available_cpus
 
     path, truth, indexes = world
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -124,7 +124,7 @@ def test_kernel_threads_ignore_torch_setting(world, monkeypatch):
     torch.set_num_threads(1)  # shares the OpenMP runtime with the kernels
     try:
         idx = Index.open(path, encoder=indexes["torch"].encoder)
-        assert idx.threads == default_cpu_threads()
+        assert idx.threads == available_cpus()
     finally:
         torch.set_num_threads(before)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -29,7 +29,7 @@ from engine.errors import BackendUnavailableError, ManifestError
 from engine._cpus import available_cpus
 from engine.manifest import Manifest, read_manifest, verify_sha256
 
-__all__ = ["OnnxRuntimeBackend", "default_cpu_threads"]
+__all__ = ["OnnxRuntimeBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,6 @@ _DEVICE_PROVIDERS = {  # device -> providers in priority order (CPU last catches
     "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
-
-
-default_cpu_threads = available_cpus  # ORT's intra-op default: every CPU this process may use
 
 
 def _import_ort() -> Any:
@@ -61,7 +58,7 @@ class OnnxRuntimeBackend(Backend):
         export_dir: a folder written by ``vqclip export`` (``manifest.json`` + graphs).
         precision: "fp32", "fp16" or "int8"; must be among the folder's graphs.
         device: "cpu" (None), "cuda" (CUDA provider) or "tensorrt" (TensorRT provider).
-        intra_op_threads: threads inside one op; None -> ``default_cpu_threads()``.
+        intra_op_threads: threads inside one op; None -> ``engine._cpus.available_cpus()``.
         inter_op_threads: threads across independent ops (1: an encoder is one chain).
         graph_optimization_level: "disable", "basic", "extended" or "all".
         enable_mem_pattern: plan buffers from the first run's shapes and reuse them.
@@ -133,7 +130,7 @@ class OnnxRuntimeBackend(Backend):
         self.verify = verify
         self.provider_options = dict(provider_options or {})
         self.options = {
-            "intra_op_threads": intra_op_threads or default_cpu_threads(),
+            "intra_op_threads": intra_op_threads or available_cpus(),
             "inter_op_threads": inter_op_threads,
             "graph_optimization_level": graph_optimization_level,
             "enable_mem_pattern": enable_mem_pattern,

@@ -3,8 +3,8 @@
 Taming's VQGAN adds LPIPS (VGG features trained on ImageNet) to its pixel losses. No
 ImageNet network can be downloaded here, so the features come from the bundled
 shapes-clip image tower's convolutional stem, trained contrastively on the shapes
-world's captions: its three stride-2 stages respond to edges, corners and colour
-boundaries at 32x32, 16x16 and 8x8. The distance is LPIPS' form without the learned
+world's captions: the ReLU outputs of its first three stride-2 stages (32x32, 16x16
+and 8x8 maps for a 64x64 image). The distance is LPIPS' form without the learned
 per-channel weights: each stage's activations are unit-normalised over channels at
 every position, and the squared differences are averaged over positions and summed
 over stages. The stem is fully convolutional, so it serves the 32x32 training crops as
@@ -31,8 +31,8 @@ class StemPerceptual(nn.Module):
 
     def __init__(self, stem: nn.Sequential):
         super().__init__()
-        self.stem = stem.eval().requires_grad_(False)
         self.taps = [i for i, m in enumerate(stem) if isinstance(m, nn.ReLU)][:-1]  # all but the 4x4 one
+        self.stem = stem[: self.taps[-1] + 1].eval().requires_grad_(False)  # nothing after the last tap
         mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -55,8 +55,6 @@ class StemPerceptual(nn.Module):
             h = layer(h)
             if i in self.taps:
                 out.append(h / (h.norm(dim=1, keepdim=True) + 1e-6))
-            if len(out) == len(self.taps):
-                break
         return out
 
     def train(self, mode: bool = True) -> "StemPerceptual":
