@@ -8,7 +8,10 @@ Prints one table: zero-shot colour / shape / colour+shape top-1 over the 40
 "a {colour} {shape}" labels, text-to-image precision@10 on a 2,000-image gallery,
 VQGAN PSNR (all, and per background style), codebook usage, and the independent shape
 classifier's accuracy on originals and on reconstructions, each next to its target;
-under it, which shapes the judge misread on reconstructions (size, background, confusion).
+two references without targets (the judge on decodings of the unquantised latents, which
+tells the codebook's losses from the decoder's, and the PSNR of a noise-free render of
+each noisy scene, what drawing the noise's mean scores); under the table, which shapes
+the judge misread on reconstructions (size, background, confusion).
 With ``--*-fp32-run`` (a training run's folder) the fp32 weights are measured in the
 same run as the shipped fp16 file. ``--json`` writes the figures.
 """
@@ -19,6 +22,7 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +48,25 @@ def clip_rows(model, label: str, scenes, images) -> list[tuple[str, float, float
 def misreads(scenes, predicted: list[str]) -> dict:
     """The judge's errors: how many, how many small, per background style, per confusion."""
     wrong = [(s, p) for s, p in zip(scenes, predicted) if p != s.shape]
-    count = lambda keys: dict(Counter(keys).most_common())  # noqa: E731
     return {"count": len(wrong), "small": sum(s.size_word == "small" for s, _ in wrong),
-            "styles": count(s.style for s, _ in wrong), "confusions": count(f"{s.shape}->{p}" for s, p in wrong)}
+            "styles": dict(Counter(s.style for s, _ in wrong).most_common()),
+            "confusions": dict(Counter(f"{s.shape}->{p}" for s, p in wrong).most_common())}
+
+
+@torch.no_grad()
+def decode_unquantised(model, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Decodings of the encoder's latents before the codebook lookup."""
+    dtype = next(model.parameters()).dtype
+    return torch.cat([model.decode(model.encode_latent(x[i: i + batch].to(dtype))).float()
+                      for i in range(0, len(x), batch)])
+
+
+def noise_free_psnr(scenes) -> float:
+    """Mean PSNR of each noisy-background scene rendered without its noise, against itself."""
+    noisy = [s for s in scenes if s.style == "noisy"]
+    clean = [replace(s, noise=0.0) for s in noisy]
+    return float(quality.psnr(quality.vqgan_input(shapes.render_batch(noisy)),
+                              quality.vqgan_input(shapes.render_batch(clean))).mean())
 
 
 def vqgan_rows(model, label: str, scenes, images, judge) -> tuple[list[tuple[str, float, float | None]], dict]:
@@ -61,6 +81,9 @@ def vqgan_rows(model, label: str, scenes, images, judge) -> tuple[list[tuple[str
     predicted = judge.predict(rec.clamp(-1, 1))
     on_rec = np.mean([p == s.shape for p, s in zip(predicted, scenes)])
     rows.append((f"{label} judge on reconstructions", float(on_rec), TARGETS["judge on reconstructions"]))
+    unquantised = judge.predict(decode_unquantised(model, x).clamp(-1, 1))
+    rows.append((f"{label} judge on unquantised latents", float(np.mean([p == s.shape for p, s in
+                                                                          zip(unquantised, scenes)])), None))
     return rows, misreads(scenes, predicted)
 
 
@@ -83,6 +106,7 @@ def main() -> int:
     rows: list[tuple[str, float, float | None]] = []
     truth = [s.shape for s in scenes]
     rows.append(("judge on originals", float(np.mean([a == b for a, b in zip(judge.predict(images), truth)])), None))
+    rows.append(("PSNR dB of noise-free renders of the noisy scenes", noise_free_psnr(scenes), None))
 
     rows += clip_rows(load_clip("shapes-clip"), "shapes-clip fp16 file", scenes, images)
     if args.clip_fp32_run:

@@ -8,10 +8,9 @@ reconstruction has converged somewhat, and the generator's adversarial term scal
 by the ratio of gradient norms at the decoder's last layer so neither term swamps
 the other. Nothing here ships: the bundled weights hold the VQGAN only.
 
-The shipped recipe no longer uses it (``--disc-weight`` defaults to 0): on noisy
-backgrounds the critic drew structured streaks where the noise was, which the shape
-judge misread; the perceptual term of ``_perceptual.py`` keeps edges without them
-(MODEL_CARD.md has the comparison). ``--disc-weight 0.5`` brings it back.
+The shipped recipe no longer uses it (``--disc-weight`` defaults to 0): with the
+perceptual term of ``_perceptual.py`` and no critic the shape judge misreads fewer
+reconstructions (MODEL_CARD.md has the comparison). ``--disc-weight 0.5`` brings it back.
 
 Example::
 
