@@ -1,10 +1,15 @@
-"""Builds vqclip: the packages ``engine`` and ``export`` and the C++ extension ``engine._kernels``."""
+"""Builds vqclip: one import package, ``vqclip``, and its C++ extension ``vqclip._kernels``.
+
+The repository keeps the runtime in ``engine/`` and the exporter in ``export/``; they
+install as ``vqclip`` and ``vqclip.export`` (``package_dir``), so nothing lands in
+site-packages under a generic top-level name.
+"""
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = Path(__file__).parent
 
@@ -19,7 +24,7 @@ def _build_ext_class(build_ext_cls):
             # OpenMP by a test compile; without it the kernels build single-threaded.
             if self.compiler.compiler_type == "unix" and has_flag(self.compiler, "-fopenmp"):
                 for ext in self.extensions:
-                    if ext.name == "engine._kernels":
+                    if ext.name == "vqclip._kernels":
                         ext.extra_compile_args.append("-fopenmp")
                         ext.extra_link_args.append("-fopenmp")
             super().build_extensions()
@@ -57,7 +62,7 @@ def _build_ext_class(build_ext_cls):
 
 
 def cuda_extension():
-    """engine._kernels_cuda, only when VQCLIP_BUILD_CUDA=1 and nvcc is found.
+    """vqclip._kernels_cuda, only when VQCLIP_BUILD_CUDA=1 and nvcc is found.
 
     Opt-in so that a CPU-only build (CI) never depends on a CUDA toolkit; the CPU
     kernels and their import never touch it. NOT YET RUN ON A GPU: see
@@ -80,7 +85,7 @@ def cuda_extension():
     from pybind11.setup_helpers import Pybind11Extension
 
     # The static runtime: the module then needs only the driver (libcuda) at run time.
-    ext = Pybind11Extension("engine._kernels_cuda", [], cxx_std=17, library_dirs=[str(lib)],
+    ext = Pybind11Extension("vqclip._kernels_cuda", [], cxx_std=17, library_dirs=[str(lib)],
                             libraries=["cudart_static", "dl", "rt", "pthread"])
     ext.cuda_sources = ["csrc/cuda/topk_cuda.cu"]
     ext.nvcc = str(nvcc)
@@ -88,21 +93,28 @@ def cuda_extension():
 
 
 def kernel_extensions():
-    """The pybind11 extension engine._kernels built from csrc/*.cpp.
+    """The pybind11 extension vqclip._kernels built from csrc/*.cpp.
 
     One binary holds every SIMD variant (AVX-512, AVX2, scalar) through per-function
     target attributes, so no -march flag is passed: the module runs on any x86-64 or ARM
     CPU and picks its path at run time. The optional CUDA extension is built separately
-    (engine._kernels_cuda) only with VQCLIP_BUILD_CUDA=1.
+    (vqclip._kernels_cuda) only with VQCLIP_BUILD_CUDA=1.
     """
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
     if not sources:
         return [], {}
     from pybind11.setup_helpers import Pybind11Extension, build_ext
 
-    ext = Pybind11Extension("engine._kernels", sources, cxx_std=17, depends=["csrc/topk.h"])
+    ext = Pybind11Extension("vqclip._kernels", sources, cxx_std=17, depends=["csrc/topk.h"])
     ext.extra_compile_args.append("-O3")
     return [ext, *cuda_extension()], {"build_ext": _build_ext_class(build_ext)}
+
+
+def _packages() -> list[str]:
+    """``vqclip`` and its subpackages from engine/, ``vqclip.export`` from export/."""
+    runtime = ["vqclip"] + [f"vqclip.{p}" for p in find_namespace_packages("engine", exclude=["*__pycache__*"])
+                            if (ROOT / "engine" / p.replace(".", "/") / "__init__.py").is_file()]
+    return runtime + ["vqclip.export"]
 
 
 ext_modules, cmdclass = kernel_extensions()
@@ -114,8 +126,9 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["engine", "engine.*", "export", "export.*"]),
-    package_data={"engine": ["zoo/weights/*", "zoo/*.md", "data/*"]},
+    packages=_packages(),
+    package_dir={"vqclip": "engine", "vqclip.export": "export"},
+    package_data={"vqclip": ["zoo/weights/*", "zoo/*.md", "data/*", "serving/static/*"]},
     include_package_data=True,
     install_requires=[
         # torch is a range that the local CPU build (2.13.0) satisfies; CI pins it first.
@@ -129,8 +142,8 @@ setup(
         "tqdm>=4.60",
         "ftfy>=6.1",
         "regex>=2023.0",
-        "tokenizers>=0.15",  # Rust BPE engine under engine.tokenizer
-        "pyyaml>=6.0",  # taming-transformers run configs (engine.checkpoints.vqgan)
+        "tokenizers>=0.15",  # Rust BPE engine under vqclip.tokenizer
+        "pyyaml>=6.0",  # taming-transformers run configs (vqclip.checkpoints.vqgan)
     ],
     extras_require={
         # The reference packages the parity tests compare against. clip-anytorch and
@@ -141,7 +154,7 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.17"],
         "trt": ["tensorrt>=10.0"],
     },
-    entry_points={"console_scripts": ["vqclip=engine.cli:main"]},
+    entry_points={"console_scripts": ["vqclip=vqclip.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoints import load_clip
-from engine.checkpoints._io import read_tensors
-from engine.models.clip import CLIP
-from engine.zoo import get
+from vqclip.checkpoints import load_clip
+from vqclip.checkpoints._io import read_tensors
+from vqclip.models.clip import CLIP
+from vqclip.zoo import get
 
 
 def _openai_model_module():

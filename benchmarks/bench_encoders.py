@@ -47,12 +47,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from engine.backends import backend_status, open_backend  # noqa: E402
-from engine.errors import BackendUnavailableError, UnknownModelError, VqclipError  # noqa: E402
-from engine.models.clip import CLIP  # noqa: E402
-from engine.zoo import get  # noqa: E402
+from vqclip.backends import backend_status, open_backend  # noqa: E402
+from vqclip.errors import BackendUnavailableError, UnknownModelError, VqclipError  # noqa: E402
+from vqclip.models.clip import CLIP  # noqa: E402
+from vqclip.zoo import get  # noqa: E402
 
 EOT = 49407
 
@@ -90,7 +88,7 @@ def build_model(name: str) -> tuple[CLIP, str] | None:
         return CLIP(get("ViT-B/32").config).eval(), "vit-b-32-random"
     try:
         get(name, family="clip")
-        from export import load_source  # zoo names with bundled weights load there
+        from vqclip.export import load_source  # zoo names with bundled weights load there
 
         model, label, _ = load_source(name)
         return model.eval(), label
@@ -101,7 +99,7 @@ def build_model(name: str) -> tuple[CLIP, str] | None:
 
 def export_dir(model: CLIP, label: str, root: Path, precisions: list[str]) -> Path:
     """An export folder with ``precisions`` for ``model``: reused when complete, else written."""
-    from export import export_model, read_manifest
+    from vqclip.export import export_model, read_manifest
 
     out = root / label
     if (out / "manifest.json").is_file():

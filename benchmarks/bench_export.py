@@ -68,10 +68,10 @@ def main() -> None:
     for name in ("torch.onnx", "onnxscript", "onnx_ir", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    from engine.models.clip import CLIP
-    from engine.zoo import get
-    from export import export_model
-    from export.graphs import components_for
+    from vqclip.export import export_model
+    from vqclip.export.graphs import components_for
+    from vqclip.models.clip import CLIP
+    from vqclip.zoo import get
 
     torch.manual_seed(0)
     model = CLIP(get("ViT-B/32").config).eval()

@@ -1,6 +1,6 @@
 """Runtime benchmark: index build throughput and end-to-end search latency, with peers.
 
-Part 1, index build (``engine.index.build_index``) over a folder of rendered 256x256 JPEGs:
+Part 1, index build (``vqclip.index.build.build_index``) over a folder of rendered 256x256 JPEGs:
 images/s, and where the time goes: read+decode and preprocess (thread-seconds in the
 decode workers), encode (the encoder's seconds), and the share of wall time not hidden
 behind encoding. The peer is the same work done sequentially (decode a batch, then encode
@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine._pipeline import Timings, read_and_decode  # noqa: E402
-from engine.encoder import Encoder, open_encoder  # noqa: E402
-from engine.errors import CheckpointError, UnknownModelError  # noqa: E402
-from engine.index import IndexStore, build_index  # noqa: E402
-from engine.search import Index  # noqa: E402
+from vqclip.decode import Timings, read_and_decode  # noqa: E402
+from vqclip.encoder import Encoder, open_encoder  # noqa: E402
+from vqclip.errors import CheckpointError, UnknownModelError  # noqa: E402
+from vqclip.index import (  # noqa: E402
+    Index,  # noqa: E402
+    IndexStore,
+    build_index,
+)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -46,7 +47,7 @@ def _pct(xs: list[float], q: float) -> float:
 def render_folder(folder: Path, n: int) -> None:
     from PIL import Image
 
-    from engine.zoo import shapes
+    from vqclip.zoo import shapes
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, scene in enumerate(shapes.sample_scenes("test", 0, n)):
@@ -129,9 +130,9 @@ def bench_search(encoders: dict[str, Encoder], work: Path, rows: int, queries: i
     cosine + top-k call on a ``Gallery`` over the same memory-mapped rows, same threads);
     kernel + lookup (``search_embeddings``: kernel, SQLite path lookup, ``Hit`` objects).
     """
-    from engine.kernels import Gallery
-    from engine._index_store import KERNEL_DTYPES
-    from engine.tokenizer import tokenize
+    from vqclip.index.store import KERNEL_DTYPES
+    from vqclip.kernels import Gallery
+    from vqclip.tokenizer import tokenize
 
     first = next(iter(encoders.values()))
     dim = first.encode_texts(["a"]).shape[1]
@@ -223,8 +224,8 @@ def main() -> int:
 
     import torch
 
-    from engine.models.clip import CLIP
-    from engine.zoo import get
+    from vqclip.models.clip import CLIP
+    from vqclip.zoo import get
 
     if a.torch_threads:
         torch.set_num_threads(a.torch_threads)

@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from engine.checkpoints import load_clip, load_vqgan  # noqa: E402
-from engine.zoo import get, quality, shapes  # noqa: E402
-from engine.zoo.shape_judge import load_judge  # noqa: E402
+from vqclip.checkpoints import load_clip, load_vqgan  # noqa: E402
+from vqclip.recipe import quality  # noqa: E402
+from vqclip.zoo import get, shapes  # noqa: E402
+from vqclip.zoo.judge import load_judge, to_signed  # noqa: E402
 
 TARGETS = {"colour": 0.98, "shape": 0.95, "colour+shape": 0.90, "p@10": 0.90, "psnr": 28.0, "usage": 0.50,
            "judge on reconstructions": 0.98}
@@ -65,12 +64,12 @@ def noise_free_psnr(scenes) -> float:
     """Mean PSNR of each noisy-background scene rendered without its noise, against itself."""
     noisy = [s for s in scenes if s.style == "noisy"]
     clean = [replace(s, noise=0.0) for s in noisy]
-    return float(quality.psnr(quality.vqgan_input(shapes.render_batch(noisy)),
-                              quality.vqgan_input(shapes.render_batch(clean))).mean())
+    return float(quality.psnr(to_signed(shapes.render_batch(noisy)),
+                              to_signed(shapes.render_batch(clean))).mean())
 
 
 def vqgan_rows(model, label: str, scenes, images, judge) -> tuple[list[tuple[str, float, float | None]], dict]:
-    x = quality.vqgan_input(images)
+    x = to_signed(images)
     rec, codes = quality.vqgan_reconstruct(model, x)
     p = quality.psnr(x, rec)
     rows = [(f"{label} PSNR dB (mean of images)", float(p.mean()), TARGETS["psnr"])]

@@ -1,10 +1,10 @@
 """Tokenizer and image preprocessing throughput, vqclip vs the peers, in one run.
 
-Tokenizer: ``engine.tokenizer.Tokenizer`` vs OpenAI's ``SimpleTokenizer`` + ``clip.tokenize``
+Tokenizer: ``vqclip.tokenizer.Tokenizer`` vs OpenAI's ``SimpleTokenizer`` + ``clip.tokenize``
 logic (clip-anytorch), on caption-like texts; "cold" is a fresh instance (empty word
 caches), "warm" the same instance a second time.
 Preprocessing: JPEG bytes -> float32 (B, 3, 224, 224); vqclip serial, vqclip with
-``load_images`` threads, and transformers' ``CLIPImageProcessorPil`` (decode by Pillow).
+``decode_batches`` threads, and transformers' ``CLIPImageProcessorPil`` (decode by Pillow).
 
 Prints a table of medians over ``--repeats`` runs. Run it with ``nice`` on a shared
 machine and read ratios rather than absolute times.
@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.preprocess import Preprocessor, load_images
-from engine.tokenizer import Tokenizer
+from vqclip.decode import decode_batches, load_image
+from vqclip.preprocess import Preprocessor
+from vqclip.tokenizer import Tokenizer
 
 WORDS = (
     "a photo of the cat dog red blue green circle square triangle on in with small large "
@@ -84,6 +85,13 @@ def bench_tokenizer(n: int, repeats: int) -> list[tuple[str, float, str]]:
     return rows
 
 
+class _Decoded:
+    """What decode_batches' loader returns, for in-memory blobs (no file, no hashing)."""
+
+    def __init__(self, image):
+        self.image = image
+
+
 def bench_preprocess(n: int, repeats: int, workers: int) -> list[tuple[str, float, str]]:
     rng = np.random.default_rng(0)
     blobs = []
@@ -98,7 +106,8 @@ def bench_preprocess(n: int, repeats: int, workers: int) -> list[tuple[str, floa
     hf = CLIPImageProcessorPil()
 
     def threaded():
-        return pre([r.image for r in load_images(blobs, workers=workers)])
+        batches = decode_batches(blobs, lambda b: _Decoded(load_image(b)), pre, batch_size=len(blobs), workers=workers)
+        return np.concatenate([px for _, _, px, _ in batches])
 
     def hf_run():
         return hf(images=[Image.open(io.BytesIO(b)) for b in blobs], return_tensors="np")["pixel_values"]
@@ -106,7 +115,7 @@ def bench_preprocess(n: int, repeats: int, workers: int) -> list[tuple[str, floa
     rows = []
     for name, fn in [
         ("vqclip Preprocessor, serial", lambda: pre(blobs)),
-        (f"vqclip load_images(workers={workers}) + Preprocessor", threaded),
+        (f"vqclip decode_batches(workers={workers})", threaded),
         ("transformers CLIPImageProcessorPil", hf_run),
     ]:
         t = median_time(fn, repeats)

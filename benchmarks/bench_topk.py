@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,9 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine import kernels as K  # noqa: E402
+from vqclip import kernels as K  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORAGES = ("float32", "float16", "bfloat16", "int8")

@@ -50,7 +50,7 @@ if torch.cuda.is_available():
 print("onnxruntime", ort.__version__, ort.get_available_providers())
 print("tensorrt", "present" if importlib.util.find_spec("tensorrt") else "absent (TensorRT steps skip)")
 print("transformers", "present" if importlib.util.find_spec("transformers") else "absent (peer rows skip)")
-from engine.backends import backend_status
+from vqclip.backends import backend_status
 print("backends", backend_status())
 PYEOF
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader 2>/dev/null || true

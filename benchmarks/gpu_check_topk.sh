@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build, test and time the CUDA top-k (engine._kernels_cuda) on a GPU machine.
+# Build, test and time the CUDA top-k (vqclip._kernels_cuda) on a GPU machine.
 # Usage (repo root, a Python with numpy + pybind11 + pytest, nvcc on PATH or CUDA_HOME):
 #   bash benchmarks/gpu_check_topk.sh [out_dir]
 # Prints the test result and a timing table; writes gpu_check_topk.json to out_dir
@@ -15,7 +15,7 @@ VQCLIP_BUILD_CUDA=1 VQCLIP_CUDA_ARCHS="${VQCLIP_CUDA_ARCHS:-90}" "$PY" setup.py 
 OUT="$OUT" "$PY" - <<'PYEOF'
 import json, os, time, statistics
 import numpy as np
-from engine import kernels as K
+from vqclip import kernels as K
 
 rng = np.random.default_rng(0)
 rows = []

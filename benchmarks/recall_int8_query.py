@@ -20,14 +20,10 @@ Example: ``python benchmarks/recall_int8_query.py --n 200000 --d 512 --b 200``.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine import kernels as K  # noqa: E402
+from vqclip import kernels as K  # noqa: E402
 
 
 def make_data(kind: str, rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -31,11 +28,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(ROOT))
     from taming.modules.diffusionmodules.model import Decoder
 
-    from engine.models.vqgan import VQGAN
-    from engine.zoo import get
+    from vqclip.models.vqgan import VQGAN
+    from vqclip.zoo import get
 
     cfg = get("vqgan-f16-16384").config
     torch.manual_seed(0)

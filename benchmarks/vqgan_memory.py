@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = ("vqclip-decode-only-ckpt", "vqclip-full-ckpt", "vqclip-decode-only-no-file", "taming-decoder")
 LOSS_PARAMS = 14_700_000 + 2_800_000  # LPIPS VGG + PatchGAN discriminator, as in the released files
 
@@ -40,15 +39,14 @@ def child(case: str, ckpt: str, grid: tuple[int, int], batch: int, repeats: int)
     """Run one case in this (fresh) process and return its figures."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    from engine.zoo import get
+    from vqclip.zoo import get
 
     cfg = get("vqgan-f16-16384").config
     base = _rss_mb()
     t0 = time.perf_counter()
     if case.startswith("vqclip"):
-        from engine.checkpoints.vqgan import load_vqgan
-        from engine.models.vqgan import VQGAN
+        from vqclip.checkpoints.vqgan import load_vqgan
+        from vqclip.models.vqgan import VQGAN
 
         if case == "vqclip-decode-only-ckpt":
             model = load_vqgan(ckpt, decode_only=True)
@@ -87,9 +85,8 @@ def child(case: str, ckpt: str, grid: tuple[int, int], batch: int, repeats: int)
 def write_checkpoint(path: Path) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    from engine.models.vqgan import VQGAN
-    from engine.zoo import get
+    from vqclip.models.vqgan import VQGAN
+    from vqclip.zoo import get
 
     torch.manual_seed(0)
     state = dict(VQGAN(get("vqgan-f16-16384").config).state_dict())

@@ -1,4 +1,4 @@
-// pybind11 bindings of engine._kernels. Thin on purpose: check the buffers at the
+// pybind11 bindings of vqclip._kernels. Thin on purpose: check the buffers at the
 // boundary, release the GIL around the compute, return numpy arrays. All user-facing
 // validation and conversion lives in engine/kernels.py.
 #include <pybind11/numpy.h>
@@ -109,7 +109,7 @@ py::dict info() {
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
-    m.doc() = "vqclip fused cosine + top-k kernels (use engine.kernels, not this module)";
+    m.doc() = "vqclip fused cosine + top-k kernels (use vqclip.kernels, not this module)";
     m.def("topk", &topk, py::arg("queries"), py::arg("segments"), py::arg("storage"), py::arg("k"),
           py::arg("threads"), py::arg("simd"),
           "Top-k cosine of float32 queries [b, d] against (rows, factors) segments.");

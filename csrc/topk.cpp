@@ -207,6 +207,16 @@ int thread_id() {
 #endif
 }
 
+// The size of the team actually running (OMP_THREAD_LIMIT or OMP_DYNAMIC may give fewer
+// threads than asked for): work is split by this, never by the request.
+int team_size() {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 }  // namespace
 
 int max_threads() { return thread_count(0); }
@@ -279,13 +289,17 @@ void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<S
     t = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t, n / 16 + 1)));
     std::exception_ptr failure;
 
-    // Gallery slices: every thread keeps selectors for all queries; merged below.
+    // Gallery slices, one per member of the team that runs: every thread keeps selectors
+    // for all queries; merged below.
     std::vector<std::vector<Selector>> sel(static_cast<size_t>(t));
+    int team = 1;
 #pragma omp parallel num_threads(t)
     {
+        const int nt = team_size(), me = thread_id();
+#pragma omp single
+        team = nt;
         try {
-            const int me = thread_id();
-            const int64_t lo = n * me / t, hi = n * (me + 1) / t;
+            const int64_t lo = n * me / nt, hi = n * (me + 1) / nt;
             sel[me].assign(static_cast<size_t>(b), Selector(kk));
             scan(ops, qn.data(), 0, b, d, segments, st, lo, hi, sel[me].data());
         } catch (...) {
@@ -296,7 +310,7 @@ void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<S
     if (failure) std::rethrow_exception(failure);
     for (int64_t i = 0; i < b; ++i) {
         merged.clear();
-        for (int p = 0; p < t; ++p) sel[p][i].append_to(merged);
+        for (int p = 0; p < team; ++p) sel[p][i].append_to(merged);
         write_row(merged, k, out_scores + i * k, out_ids + i * k);
     }
 }
@@ -307,8 +321,8 @@ double stream_sum(const float* p, int64_t n, int threads, Simd simd) {
     double total = 0;
 #pragma omp parallel num_threads(t) reduction(+ : total)
     {
-        const int me = thread_id();
-        const int64_t lo = n * me / t, hi = n * (me + 1) / t;
+        const int nt = team_size(), me = thread_id();
+        const int64_t lo = n * me / nt, hi = n * (me + 1) / nt;
         total += ops.sum_f32(p + lo, hi - lo);
     }
     return total;

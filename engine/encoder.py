@@ -13,9 +13,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +21,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.errors import InvalidInputError
+from vqclip.constants import DEFAULT_CLIP, OPENAI_MEAN, OPENAI_STD
+from vqclip.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL", "ModelIdentity", "Encoder", "open_encoder", "weights_digest"]
+__all__ = ["ModelIdentity", "Encoder", "open_encoder"]
 
-DEFAULT_MODEL = "shapes-clip"  # the bundled CLIP: every command uses it when no model is named
 _TEXT_BATCH = 256  # prompts per text-encoder call: bounds memory for the 80-template ensemble
 
 
@@ -50,37 +48,6 @@ class ModelIdentity:
         return {"name": self.name, "digest": self.digest}
 
 
-_digest_cache: dict[tuple, str] = {}
-_digest_lock = threading.Lock()
-
-
-def weights_digest(source: Any) -> str:
-    """sha256 hex of a weights file (streamed; cached per path, size and mtime) or of a
-    module's state dict (names, dtypes, shapes and bytes of every tensor, in key order)."""
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        st = p.stat()
-        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-        with _digest_lock:
-            if key in _digest_cache:
-                return _digest_cache[key]
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        with _digest_lock:
-            _digest_cache[key] = h.hexdigest()
-        return h.hexdigest()
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in source.state_dict().items():
-        t = t.detach().cpu().contiguous().reshape(-1)  # 0-d tensors (logit_scale) cannot be byte-viewed
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _normalise(x: np.ndarray) -> np.ndarray:
     # A zero row stays zero (norm clamped) rather than becoming NaN.
     x = np.asarray(x, dtype=np.float32)
@@ -92,9 +59,9 @@ class Encoder:
     """Image and text encoders of one CLIP model on one backend, with its metadata.
 
     ``encode_image`` / ``encode_text`` take the backend's numpy inputs and return
-    L2-normalised float32 rows. Safe to call from several threads at once: calls into the
-    backend session (which is not thread-safe) take a lock; preprocessing and the
-    kernels around them run in parallel.
+    L2-normalised float32 rows. Safe to call from several threads at once, as its backend
+    is (``vqclip.backends.Backend``'s contract); calls are not serialised here, so
+    concurrent requests overlap where the backend allows it.
     """
 
     def __init__(self, session: Any, identity: ModelIdentity, *, image_size: int,
@@ -112,7 +79,6 @@ class Encoder:
         self.backend = backend
         self.interpolation = interpolation  # the resize filter the model was trained with
         self._preprocessor = None
-        self._lock = threading.Lock()  # backend sessions are not thread-safe: one call at a time
 
     def describe(self) -> str:
         """One line: model, backend, input size."""
@@ -123,7 +89,7 @@ class Encoder:
     def preprocessor(self):
         """The model's CLIP preprocessing (resize, centre crop, normalise), built on first use."""
         if self._preprocessor is None:
-            from engine.preprocess import Preprocessor
+            from vqclip.preprocess import Preprocessor
 
             self._preprocessor = Preprocessor(self.image_size, self.mean, self.std, self.interpolation)
         return self._preprocessor
@@ -135,14 +101,12 @@ class Encoder:
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (B, 3, S, S) normalised pixels -> float32 (B, E) unit rows."""
         x = np.ascontiguousarray(pixels, dtype=np.float32)
-        with self._lock:
-            return _normalise(self.session.encode_image(x))
+        return _normalise(self.session.encode_image(x))
 
     def encode_text(self, ids: np.ndarray) -> np.ndarray:
         """int64 (B, T) token ids -> float32 (B, E) unit rows."""
         x = np.ascontiguousarray(ids, dtype=np.int64)
-        with self._lock:
-            return _normalise(self.session.encode_text(x))
+        return _normalise(self.session.encode_text(x))
 
     def encode_texts(self, texts: Sequence[str], truncate: bool = False) -> np.ndarray:
         """Texts -> float32 (N, E) unit rows, tokenised and encoded in batches.
@@ -150,7 +114,7 @@ class Encoder:
         A text longer than the context raises ``TextTooLongError`` unless ``truncate``.
         An empty list gives a (0, E)-shaped result only if E is known, so it is refused.
         """
-        from engine.tokenizer import tokenize
+        from vqclip.tokenizer import tokenize
 
         if not texts:
             raise InvalidInputError("no texts to encode; give at least one")
@@ -161,89 +125,71 @@ class Encoder:
         return np.concatenate(out, axis=0)
 
 
-class _TorchSession:
-    """A bare torch module as a session (the reference: no input checks, no copies). Tests
-    use it to count calls; the jobs get ``engine.backends``' torch backend."""
-
-    def __init__(self, module: Any, device: str = "cpu"):
-        import torch
-
-        self._torch = torch
-        self.module = module.eval().to(device)
-        self.device = device
-
-    def describe(self) -> str:
-        return f"torch {self.device} {str(self.module.dtype).replace('torch.', '')}"
-
-    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            x = torch.from_numpy(pixels).to(self.device, self.module.dtype)
-            return self.module.encode_image(x).float().cpu().numpy()
-
-    def encode_text(self, ids: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with torch.inference_mode():
-            return self.module.encode_text(torch.from_numpy(ids).to(self.device)).float().cpu().numpy()
-
-
 def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = "fp32",
                  device: str = "cpu", export_dir: str | Path | None = None) -> Encoder:
-    """An ``Encoder`` for ``model`` (a zoo name, a checkpoint path, or a ``CLIP`` module) on
-    ``backend`` ("torch", "onnxruntime", "tensorrt") at ``precision``.
+    """An ``Encoder`` for ``model`` (a zoo name, a checkpoint file or folder, or a ``CLIP``
+    module) on ``backend`` ("torch", "onnxruntime", "tensorrt", any case) at ``precision``.
 
-    ``None`` means the bundled ``shapes-clip``. Zoo records give the preprocessing mean/std
-    and the default prompt; a bare file or module gets OpenAI's. The exported backends run
-    the graphs in ``export_dir``, by default an export cached under ``<cache_root>/exports``
-    keyed by the weights digest and made on first use (``export.export_model``; seconds for
+    ``None`` means the bundled ``shapes-clip``. The model's identity is its weights digest
+    (``vqclip.checkpoints.weights_digest``), the same for a zoo name, its file and a module
+    loaded from either; a zoo record with those weights gives the preprocessing mean/std
+    and the default prompt, anything else gets OpenAI's. The exported backends run the
+    graphs in ``export_dir``, by default an export cached under ``<cache_root>/exports``
+    keyed by the digest and made on first use (``vqclip.export.export_model``; seconds for
     the bundled model, minutes for ViT-B/32). Raises ``UnknownModelError`` /
     ``CheckpointError`` for a bad model, ``UnknownBackendError`` / ``BackendUnavailableError``
     for a backend this machine cannot run.
 
     Example: ``enc = open_encoder("shapes-clip", "onnxruntime", precision="int8")``
     """
-    from engine.backends import open_backend
-    from engine.models.clip import CLIP
-    from engine.zoo.registry import OPENAI_MEAN, OPENAI_STD
+    from vqclip.backends import open_backend, resolve_backend_name
+    from vqclip.checkpoints import load_clip, weights_digest
+    from vqclip.models.clip import CLIP
 
-    record = None
-    if model is None:
-        model = DEFAULT_MODEL
+    backend = resolve_backend_name(backend)  # an unknown name fails before any model loads
+    model = DEFAULT_CLIP if model is None else model
     if isinstance(model, CLIP):
-        module, name = model, "in-memory CLIP"
-        digest = weights_digest(module)
+        module = model
     else:
-        from engine.checkpoints import load_clip
-
-        src = str(model)
-        if not Path(src).exists():
-            from engine.zoo import get
-
-            record = get(src, family="clip")
-            name = record.name
-        else:
-            name = str(Path(src).resolve())  # absolute: an index header must find it from any folder
-        module = load_clip(src)
-        digest = (_record_digest(record) if record is not None else weights_digest(src)) or weights_digest(module)
+        module = load_clip(Path(model).expanduser() if Path(str(model)).expanduser().exists() else str(model))
+    digest = weights_digest(module)
+    record = _record_with_weights(digest)
+    if record is not None:
+        name = record.name
+    elif isinstance(model, CLIP):
+        name = "in-memory CLIP"
+    else:
+        name = str(Path(model).expanduser().resolve())  # absolute: an index header must find it from any folder
     module = module.eval()
-    if backend in ("torch", "pytorch"):
+    if backend == "torch":
         session = open_backend("torch", clip=module, precision=precision, device=device)
-    else:
-        if export_dir is not None:
-            session = open_backend(backend, Path(export_dir), precision=precision, device=device)
-        else:  # the cache has just checked the graphs this backend loads: no second hashing
-            folder = _cached_export(module, name, digest, precision)
-            session = open_backend(backend, folder, precision=precision, device=device, verify=False)
+    elif export_dir is not None:
+        session = open_backend(backend, Path(export_dir), precision=precision, device=device)
+    else:  # the cache has just checked the graphs this backend loads: no second hashing
+        folder = _cached_export(module, name, digest, precision)
+        session = open_backend(backend, folder, precision=precision, device=device, verify=False)
     cfg = module.config
+    weights = record.weights if record is not None else None
     return Encoder(
         session, ModelIdentity(name, digest), image_size=cfg.image_size,
-        mean=record.weights.mean if record and record.weights else OPENAI_MEAN,
-        std=record.weights.std if record and record.weights else OPENAI_STD,
+        mean=weights.mean if weights else OPENAI_MEAN,
+        std=weights.std if weights else OPENAI_STD,
         default_template=record.default_template if record else "a photo of a {}.",
         logit_scale=float(module.logit_scale.detach().exp().clamp(max=100.0)),
         context_length=cfg.context_length, backend=f"{backend}-{precision}",
-        interpolation=record.weights.interpolation if record and record.weights else "bicubic",
+        interpolation=weights.interpolation if weights else "bicubic",
     )
+
+
+def _record_with_weights(digest: str) -> Any:
+    """The zoo record whose bundled weights have this digest, or None."""
+    from vqclip.zoo import get, list_models
+
+    for name in list_models("clip"):
+        rec = get(name)
+        if rec.weights is not None and rec.weights.sha256 == digest:
+            return rec
+    return None
 
 
 def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
@@ -258,15 +204,15 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
     have changed); ``export_model`` writes into a temp folder and renames, so a killed export
     leaves no half folder to trip over.
     """
-    from engine import __version__
-    from engine._files import cache_root
-    from engine.errors import ManifestError
+    from vqclip import __version__
+    from vqclip._files import cache_root
+    from vqclip.errors import ManifestError
 
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(name).name)[:40]
     folder = cache_root() / "exports" / f"{slug}-{digest[:16]}"
     if (folder / "manifest.json").is_file():
         try:
-            from engine.manifest import read_manifest, verify_sha256
+            from vqclip.manifest import read_manifest, verify_sha256
 
             manifest = read_manifest(folder, verify=False)
             made_by = manifest.versions.get("vqclip")
@@ -279,9 +225,8 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
                      name, made_by, __version__)
         except ManifestError as e:
             log.warning("re-exporting %s: the cached export is damaged (%s)", name, e)
-    from export import export_model  # the engine never imports export at import time
-
-    from engine.errors import ParityError
+    from vqclip.errors import ParityError
+    from vqclip.export import export_model  # the engine never imports export at import time
 
     log.info("exporting %s to ONNX in %s (once; later runs reuse it)", name, folder)
     with _quiet_exporter():
@@ -293,39 +238,27 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
     return folder
 
 
-class _DropRecords(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
+# The loggers whose chatter an export on the user's behalf hides: the exporter's own
+# (torch.onnx and its helpers) and ONNX Runtime's quantiser, nothing else in the process.
+_EXPORTER_LOGGERS = ("torch.onnx", "torch._dynamo", "onnxscript", "onnx_ir", "onnxruntime")
 
 
 @contextlib.contextmanager
 def _quiet_exporter():
     """Hide the exporter's known, harmless chatter while a job exports on the user's behalf:
-    torch.onnx's "torchvision is not installed" warnings, its FutureWarnings, and ONNX
-    Runtime's quantiser advice, which it logs on the root logger. Errors still raise, and
-    the export's own parity figures are in its manifest."""
-    torch_onnx = logging.getLogger("torch.onnx")
-    root = logging.getLogger()
-    level, drop = torch_onnx.level, _DropRecords()
-    torch_onnx.setLevel(logging.ERROR)
-    root.addFilter(drop)  # applies to records logged on the root logger itself only
+    torch.onnx's "torchvision is not installed" warnings and FutureWarnings, and its
+    helpers' progress logs. Only those loggers are raised to ERROR for the duration;
+    records of every other logger pass as before. Errors still raise, and the export's
+    own parity figures are in its manifest."""
+    loggers = [logging.getLogger(n) for n in _EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
-        root.removeFilter(drop)
-        torch_onnx.setLevel(level)
-
-
-def _record_digest(record: Any) -> str | None:
-    w = getattr(record, "weights", None)
-    if w is None:
-        return None
-    if w.sha256:
-        return w.sha256
-    p = Path(w.path)
-    if not p.is_absolute():
-        p = Path(__file__).parent / "zoo" / "weights" / p
-    return weights_digest(p) if p.is_file() else None
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,6 +1,6 @@
 """Exact cosine-similarity top-k over embedding galleries, on the fused C++ kernels.
 
-This is the only module that touches the extension ``engine._kernels``. It validates
+This is the only module that touches the extension ``vqclip._kernels``. It validates
 inputs, converts what it documents converting, and keeps galleries in the layout the
 kernels read without copying: rows in a storage dtype plus one float32 norm per row
 (and one float32 scale per row for int8).
@@ -32,8 +32,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine._cpus import available_cpus
-from engine.errors import BackendUnavailableError, InputShapeError
+from vqclip._cpus import available_cpus
+from vqclip._validate import check_count, check_k
+from vqclip.errors import BackendUnavailableError, InputShapeError
 
 __all__ = [
     "STORAGE_DTYPES",
@@ -74,10 +75,10 @@ _CHUNK_ROWS = 8192
 @functools.lru_cache(maxsize=None)
 def _ext() -> Any:
     try:
-        return importlib.import_module("engine._kernels")
+        return importlib.import_module("vqclip._kernels")
     except ImportError as e:
         raise BackendUnavailableError(
-            "the C++ kernels engine._kernels are not built; run `pip install -e .` or "
+            "the C++ kernels vqclip._kernels are not built; run `pip install -e .` or "
             "`python setup.py build_ext --inplace` in the vqclip checkout"
         ) from e
 
@@ -130,14 +131,6 @@ def info() -> dict[str, Any]:
 # ----------------------------------------------------------------------- validation
 
 
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise InputShapeError(f"k must be an integer >= 1, got {k!r}")
-    if k < 1:
-        raise InputShapeError(f"k must be >= 1, got {k}; ask for at least one result")
-    return int(k)
-
-
 def resolve_threads(threads: Any = None) -> int:
     """The thread count a kernel call runs with: ``threads``, else ``OMP_NUM_THREADS``, else
     every CPU this process may use.
@@ -145,16 +138,14 @@ def resolve_threads(threads: Any = None) -> int:
     Resolved here, not left to OpenMP's default, because torch shares the OpenMP runtime:
     a ``torch.set_num_threads(1)`` anywhere in the process would otherwise make every
     kernel call single-threaded (``tests/test_kernels.py::test_default_threads_ignore_torch_setting``).
-    Raises ``InputShapeError`` for anything but None or an integer >= 1.
+    Raises ``InvalidInputError`` for anything but None or an integer >= 1.
 
     Example: ``resolve_threads(None)`` -> ``2`` on a 2-core machine without OMP_NUM_THREADS.
     """
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
         return int(env) if env.isdigit() and int(env) >= 1 else available_cpus()
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise InputShapeError(f"threads must be an integer >= 1 or None, got {threads!r}")
-    return int(threads)
+    return check_count(threads, "threads")
 
 
 def _as_float_matrix(x: Any, what: str) -> np.ndarray:
@@ -473,7 +464,7 @@ class Gallery:
 
         Example: ``scores, ids = gallery.search(q, 10, rescore=4, exact=rows_f32)``.
         """
-        k = _check_k(k)
+        k = check_k(k)
         q = _check_queries(queries, self._dim)
         nthreads = resolve_threads(threads)
         path = _resolve_simd(simd)
@@ -574,7 +565,7 @@ def topk_cosine(
 
     Example: ``scores, ids = topk_cosine(q, g, 10)`` -> float32 [B, 10], int64 [B, 10].
     """
-    k = _check_k(k)
+    k = check_k(k)
     g = np.asarray(gallery)
     if g.ndim != 2 or g.shape[1] < 1:
         raise InputShapeError(f"gallery must be 2-D [n, d>=1], got shape {g.shape}")
@@ -605,10 +596,10 @@ def stream_sum(array: np.ndarray, *, threads: int | None = None, simd: str | Non
 @functools.lru_cache(maxsize=None)
 def _cuda_ext() -> Any:
     try:
-        return importlib.import_module("engine._kernels_cuda")
+        return importlib.import_module("vqclip._kernels_cuda")
     except ImportError as e:
         raise BackendUnavailableError(
-            "the CUDA kernels engine._kernels_cuda are not built; rebuild with "
+            "the CUDA kernels vqclip._kernels_cuda are not built; rebuild with "
             "VQCLIP_BUILD_CUDA=1 on a machine with a CUDA toolkit"
         ) from e
 
@@ -651,7 +642,7 @@ class CudaGallery:
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k cosine on the GPU: float32 [B, k] scores, int64 [B, k] ids."""
-        k = _check_k(k)
+        k = check_k(k)
         if k > 1024:
             raise InputShapeError(f"k={k} exceeds the CUDA path's limit of 1024; use Gallery.search")
         q = _check_queries(queries, self._dim)

@@ -6,7 +6,7 @@ the parity figures measured at export, the source checkpoint's sha256, the opset
 package versions. ``export`` writes it (``write_manifest``); the backends, Triton
 packaging and a user's own code read it (``read_manifest``). It lives in ``engine`` and
 not ``export`` because the engine reads it and must never import ``export``
-(DESIGN.md's dependency rule); it lives outside ``engine.backends`` because it is a file
+(DESIGN.md's dependency rule); it lives outside ``vqclip.backends`` because it is a file
 format, not a session, and Triton packaging and the encoder use it too.
 
 Graph files are named ``{component}.onnx`` (fp32), ``{component}.{precision}.onnx`` and
@@ -25,7 +25,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ManifestError
+from vqclip._hashing import sha256_file
+from vqclip.errors import ManifestError
 
 __all__ = [
     "COMPONENTS",
@@ -45,7 +45,6 @@ __all__ = [
     "TensorSpec",
     "graph_filename",
     "read_manifest",
-    "sha256_file",
     "verify_sha256",
     "write_manifest",
 ]
@@ -84,18 +83,6 @@ def _parse_filename(file_name: str) -> tuple[str, str, str]:
     parts = Path(file_name).name.split(".")
     fmt = "tensorrt" if parts[-1] == "plan" else parts[-1]
     return parts[0], parts[1] if len(parts) == 3 else "fp32", fmt
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks (graphs can be GBs).
-
-    Example: ``sha256_file("exports/vit-b-32/image_encoder.onnx")`` -> ``"3f2a..."`` (64 chars).
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | Path, expected: str) -> None:

@@ -30,7 +30,7 @@ Errors: a text too long for the context with ``truncate=False`` raises
 report it like every other bad input).
 
 Example:
-    >>> from engine.tokenizer import tokenize
+    >>> from vqclip.tokenizer import tokenize
     >>> tokenize(["a photo of a cat"]).shape
     (1, 77)
 """
@@ -45,7 +45,7 @@ from importlib import resources
 
 import numpy as np
 
-from engine.errors import CheckpointError, InputShapeError, TextTooLongError
+from vqclip.errors import CheckpointError, InputShapeError, TextTooLongError
 
 __all__ = [
     "Tokenizer",
@@ -165,7 +165,7 @@ class Tokenizer:
 
     def _read_merges(self) -> list[tuple[str, str]]:
         if self._vocab_path is None:
-            raw = resources.files("engine").joinpath("data", _VOCAB_FILE).read_bytes()
+            raw = resources.files("vqclip").joinpath("data", _VOCAB_FILE).read_bytes()
             source = f"engine/data/{_VOCAB_FILE}"
         else:
             source = self._vocab_path
@@ -195,9 +195,8 @@ class Tokenizer:
 
     def _build(self) -> None:
         import regex
-        from tokenizers import AddedToken
+        from tokenizers import AddedToken, models, pre_tokenizers
         from tokenizers import Tokenizer as RustTokenizer
-        from tokenizers import models, pre_tokenizers
 
         merges = self._read_merges()
         symbols = _byte_symbols()

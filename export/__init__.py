@@ -25,7 +25,7 @@ fp16 graphs may hold ONNX Runtime contrib ops from its transformer fusions (CPU 
 providers). int8 graphs are saved after ONNX Runtime's CPU-provider optimisation and hold
 its CPU int8 kernels: run them on the CPU provider. TensorRT plans are built from fp32.
 
-manifest.json (``engine.manifest``, its one definition): ``format_version``, ``model``, ``family``,
+manifest.json (``vqclip.manifest``, its one definition): ``format_version``, ``model``, ``family``,
 ``source`` {path, sha256, kind}, ``opset``, ``created`` (ISO 8601 UTC), ``versions``
 {torch, onnx, onnxruntime, vqclip}, ``config`` (architecture, incl. ``vocab_size`` for
 CLIP) and ``graphs``: a list of {``component``, ``precision``, ``format`` ("onnx" |
@@ -35,13 +35,13 @@ fixed, strings symbolic)}], ``parity`` {max_abs_diff, min_cosine, zero_shot_agre
 
 Library::
 
-    from export import export_model, read_manifest
+    from vqclip.export import export_model, read_manifest
     m = export_model("ViT-B/32", "exports/vit-b-32", ["fp32", "fp16", "int8"], weights="ViT-B-32.pt")
     m = read_manifest("exports/vit-b-32")   # verifies every file's sha256 (ManifestError: re-export)
 """
-from engine.manifest import GraphRecord, Manifest, read_manifest
-from export.api import PRECISIONS, export_model, load_source
-from export.parity import TOLERANCES, ParityReport, ZeroShotProbe
+from vqclip.export.api import PRECISIONS, export_model, load_source
+from vqclip.export.parity import TOLERANCES, ParityReport, ZeroShotProbe
+from vqclip.manifest import GraphRecord, Manifest, read_manifest
 
 __all__ = ["export_model", "load_source", "read_manifest", "Manifest", "GraphRecord", "ParityReport",
            "ZeroShotProbe", "TOLERANCES", "PRECISIONS"]

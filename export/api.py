@@ -14,7 +14,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -27,28 +26,19 @@ import onnx
 import torch
 from torch import nn
 
-from engine.errors import CheckpointError, OutputExistsError, ParityError
-from engine.manifest import GraphRecord, Manifest, graph_filename, read_manifest, sha256_file, write_manifest
-from export.graphs import Component, components_for
-from export.onnx_export import OPSET, check_graph, export_onnx, graph_io
-from export.parity import TOLERANCES, ParityReport, ZeroShotProbe, measure, zero_shot_agreement
-from export.precision import to_fp16, to_int8
+from vqclip._hashing import sha256_file
+from vqclip.errors import CheckpointError, OutputExistsError, ParityError
+from vqclip.export.graphs import Component, components_for
+from vqclip.export.onnx_export import OPSET, check_graph, export_onnx, graph_io
+from vqclip.export.parity import TOLERANCES, ParityReport, ZeroShotProbe, measure, zero_shot_agreement
+from vqclip.export.precision import to_fp16, to_int8
+from vqclip.manifest import GraphRecord, Manifest, graph_filename, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 __all__ = ["export_model", "load_source", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def _state_dict_sha256(model: nn.Module) -> str:
-    # A stable hash of an in-memory model: names, dtypes, shapes and bytes, in key order.
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def load_source(source: str | Path | nn.Module, weights: str | Path | None = None) -> tuple[nn.Module, str, dict]:
@@ -60,46 +50,44 @@ def load_source(source: str | Path | nn.Module, weights: str | Path | None = Non
     - a checkpoint path: a Lightning ``.ckpt`` is read as a taming-transformers VQGAN,
       anything else (OpenAI ``.pt``, OpenCLIP, Hugging Face file or folder) as a CLIP;
       for another layout, give the zoo name and ``weights``;
-    - a CLIP / VQGAN module already built (hashed by its state dict).
+    - a CLIP / VQGAN module (identified by ``vqclip.checkpoints.weights_digest``).
 
     Raises ``UnknownModelError`` for a name the zoo does not know, ``CheckpointError``
     for a zoo model without weights (random weights are never exported) or a checkpoint
     that does not fit its architecture (the loaders name the keys).
     """
-    if isinstance(source, nn.Module):
-        return source.eval(), type(source).__name__.lower(), {"path": None, "sha256": _state_dict_sha256(source),
-                                                              "kind": "state_dict"}
-    import engine.zoo as zoo
-    from engine.zoo import canonical_name, get
+    from vqclip.checkpoints import weights_digest
 
-    path = Path(source)
+    if isinstance(source, nn.Module):
+        return source.eval(), type(source).__name__.lower(), {"path": None, "sha256": weights_digest(source),
+                                                              "kind": "module"}
+    from vqclip.zoo import canonical_name, get
+    from vqclip.zoo.bundled import weights_file
+
+    path = Path(source).expanduser()
     if weights is None and path.exists():
         model = _load_checkpoint(path, None)
-        return model.eval(), path.stem, _file_record(path)
+        return model.eval(), path.stem, _file_record(path, model)
     record = get(str(source))  # UnknownModelError lists the known names
     if weights is None:
         if record.weights is None:
             raise CheckpointError(f"model {record.name!r} has no bundled weights and random weights are never "
                                   f"exported; give its checkpoint: vqclip export {record.name} --weights PATH")
-        weights = Path(record.weights.path)
-        if not weights.is_absolute():
-            weights = Path(zoo.__file__).parent / "weights" / weights  # bundled: engine/zoo/weights
-    model = _load_checkpoint(Path(weights), record)
-    return model.eval(), canonical_name(record.name), _file_record(Path(weights))
+        weights = weights_file(record)
+    model = _load_checkpoint(Path(weights).expanduser(), record)
+    return model.eval(), canonical_name(record.name), _file_record(Path(weights).expanduser(), model)
 
 
-def _file_record(path: Path) -> dict:
-    # A Hugging Face folder is hashed by its weights file, the part that decides the graphs.
-    if path.is_dir():
-        files = [path / n for n in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")]
-        path = next((f for f in files if f.is_file()), path)
-    digest = sha256_file(path) if path.is_file() else None
-    return {"path": str(path.resolve()), "sha256": digest, "kind": "file"}
+def _file_record(path: Path, model: nn.Module) -> dict:
+    """Where the weights came from and their identity (the file's digest, as everywhere)."""
+    from vqclip.checkpoints import weights_digest
+
+    return {"path": str(path.resolve()), "sha256": weights_digest(model), "kind": "file"}
 
 
 def _load_checkpoint(path: Path, record) -> nn.Module:
     """The model in ``path``: CLIP or VQGAN by the record's family, or by the file's kind."""
-    from engine import checkpoints
+    from vqclip import checkpoints
 
     family = record.family if record is not None else None
     if family is None:
@@ -114,7 +102,7 @@ def _versions() -> dict:
     import onnx
     import onnxruntime
 
-    from engine import __version__
+    from vqclip import __version__
 
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "vqclip": __version__}
@@ -195,7 +183,7 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
     if bad:
         raise ValueError(f"unknown precision {bad}; choose from {', '.join(PRECISIONS)}")
     if tensorrt:
-        from export.tensorrt import require_tensorrt
+        from vqclip.export.tensorrt import require_tensorrt
 
         require_tensorrt()
     _refuse_existing(out_dir, force, "export folder")
@@ -235,7 +223,7 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
         shutil.rmtree(tmp, ignore_errors=True)
     manifest = read_manifest(out_dir, verify=False)
     if triton_repo is not None:
-        from export.triton import write_triton_repo
+        from vqclip.export.triton import write_triton_repo
 
         write_triton_repo(manifest, triton_repo, force=force)
     return manifest
@@ -246,7 +234,7 @@ def _refuse_triton_clash(repo: Path, model_name: str, comps: list[Component], pr
     # Checked before exporting, so a clash costs nothing; write_triton_repo checks again.
     from types import SimpleNamespace
 
-    from export.triton import triton_model_name
+    from vqclip.export.triton import triton_model_name
 
     planned = [SimpleNamespace(component=c.name, precision=p, format="onnx")
                for c in comps for p in precisions if p != "int8" or c.int8]
@@ -272,7 +260,7 @@ def _zero_shot(comps: list[Component], tmp: Path, results: list, probe: ZeroShot
 
 
 def _build_plans(comps: list[Component], tmp: Path, precisions: list[str]) -> list[GraphRecord]:
-    from export.tensorrt import build_engine, profile_for
+    from vqclip.export.tensorrt import build_engine, profile_for
 
     out = []
     if "int8" in precisions:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.manifest import TensorSpec  # the manifest's I/O record: one definition
+from vqclip.manifest import TensorSpec  # the manifest's I/O record: one definition
 
 __all__ = ["Component", "ImageEncoder", "ImageEncoderGraph", "TextEncoder", "TextEncoderGraph", "VQGANDecoder",
            "VQGANEncoder", "components_for"]

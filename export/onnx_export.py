@@ -21,8 +21,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from engine.manifest import TensorSpec
-from export.graphs import Component
+from vqclip.export.graphs import Component
+from vqclip.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 

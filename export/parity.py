@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.errors import ParityError
-from export.graphs import Component
+from vqclip.errors import ParityError
+from vqclip.export.graphs import Component
 
 log = logging.getLogger(__name__)
 

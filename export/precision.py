@@ -34,7 +34,7 @@ from pathlib import Path
 
 import onnx
 
-from export.graphs import Component
+from vqclip.export.graphs import Component
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
-from engine.errors import BackendUnavailableError, InputShapeError
-from export.graphs import Component
+from vqclip.errors import BackendUnavailableError, InputShapeError
+from vqclip.export.graphs import Component
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engine.errors import OutputExistsError
-from engine.manifest import GraphRecord, Manifest, TensorSpec
+from vqclip.errors import OutputExistsError
+from vqclip.manifest import GraphRecord, Manifest, TensorSpec
 
 log = logging.getLogger(__name__)
 

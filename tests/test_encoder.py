@@ -1,13 +1,12 @@
-"""engine.encoder: the export cache behind the exported backends."""
+"""vqclip.encoder: the export cache behind the exported backends."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 
-from engine import __version__
-from engine.encoder import open_encoder
-from _runtime_support import tiny_clip
+from vqclip import __version__
+from vqclip.encoder import open_encoder
 
 
 def _only_export(cache):
@@ -16,9 +15,9 @@ def _only_export(cache):
     return folders[0]
 
 
-def test_cached_export_is_reused_then_remade_for_another_vqclip_version(tmp_path, monkeypatch):
+def test_cached_export_is_reused_then_remade_for_another_vqclip_version(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))
-    module = tiny_clip(3)
+    module = tiny.clip(3)
     first = open_encoder(module, "onnxruntime")
     folder = _only_export(tmp_path)
     manifest = folder / "manifest.json"
@@ -39,9 +38,9 @@ def test_cached_export_is_reused_then_remade_for_another_vqclip_version(tmp_path
     np.testing.assert_allclose(again.session.encode_text(ids), first.session.encode_text(ids), atol=1e-6)
 
 
-def test_damaged_cached_graph_is_remade_not_served(tmp_path, monkeypatch):
+def test_damaged_cached_graph_is_remade_not_served(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))
-    module = tiny_clip(4)
+    module = tiny.clip(4)
     first = open_encoder(module, "onnxruntime")
     graph = _only_export(tmp_path) / "text_encoder.onnx"
     data = bytearray(graph.read_bytes())

@@ -1,4 +1,4 @@
-"""engine.kernels against a float64 numpy brute force, on every SIMD path.
+"""vqclip.kernels against a float64 numpy brute force, on every SIMD path.
 
 Index comparisons are tie-aware (as FAISS's tests do): a returned id is right when its
 reference score is within ATOL of the k-th best; every id clearly above the k-th best
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import kernels as K
-from engine.errors import BackendUnavailableError, InputShapeError
+from vqclip import kernels as K
+from vqclip.errors import BackendUnavailableError, InputShapeError, InvalidInputError
 
 ATOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def test_empty_query_batch_gives_empty_result(rng):
 
 @pytest.mark.parametrize("k", [0, -3, 2.5, True, "3"])
 def test_bad_k_is_refused(rng, k):
-    with pytest.raises(InputShapeError, match="k must be"):
+    with pytest.raises(InvalidInputError, match="k must be"):
         K.topk_cosine(np.ones((1, 4)), np.ones((3, 4)), k)
 
 
@@ -315,7 +315,7 @@ def test_rescore_argument_errors(rng):
 
 def test_bad_threads_and_simd_are_refused():
     g = K.Gallery.from_rows(np.ones((3, 4)))
-    with pytest.raises(InputShapeError, match="threads"):
+    with pytest.raises(InvalidInputError, match="threads"):
         g.search(np.ones((1, 4)), 1, threads=0)
     with pytest.raises(BackendUnavailableError, match="neon"):
         g.search(np.ones((1, 4)), 1, simd="neon")
@@ -325,7 +325,7 @@ def test_default_threads_ignore_torch_setting(monkeypatch):
     # torch shares the OpenMP runtime: its set_num_threads must not shrink the kernels' default.
     import torch
 
-    from engine._cpus import available_cpus
+    from vqclip._cpus import available_cpus
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
@@ -453,7 +453,7 @@ def test_info_reports_the_active_path():
 
 _CHILD = """
 import json, numpy as np
-from engine import kernels as K
+from vqclip import kernels as K
 rng = np.random.default_rng(7)
 g, q = rng.standard_normal((700, 37)), rng.standard_normal((5, 37))
 s, i = K.topk_cosine(q, g, 6)
@@ -489,7 +489,7 @@ def test_unknown_environment_path_is_a_clear_error():
 # ----------------------------------------------------------------------- CUDA (optional)
 
 
-@pytest.mark.skipif(not K.cuda_available(), reason="no CUDA GPU (or engine._kernels_cuda not built)")
+@pytest.mark.skipif(not K.cuda_available(), reason="no CUDA GPU (or vqclip._kernels_cuda not built)")
 @pytest.mark.parametrize("b,n,d,k", [(1, 5000, 512, 10), (7, 4099, 66, 100), (33, 100, 31, 120)])
 def test_cuda_matches_float64_reference(rng, b, n, d, k):
     g = K.Gallery.from_rows(rng.standard_normal((n, d)), "float16")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.preprocess import Preprocessor
+from vqclip.preprocess import Preprocessor
 
 
 def _formula(pre: Preprocessor, rgb: np.ndarray) -> np.ndarray:

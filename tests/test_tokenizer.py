@@ -1,4 +1,4 @@
-"""engine.tokenizer against OpenAI's own tokenizer (clip-anytorch), id for id.
+"""vqclip.tokenizer against OpenAI's own tokenizer (clip-anytorch), id for id.
 
 The references are OpenAI's ``SimpleTokenizer`` and ``clip.tokenize`` from the
 clip-anytorch package. Its ``clip/__init__.py`` imports torchvision (not installed, and
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import CheckpointError, InputShapeError, TextTooLongError
-from engine.tokenizer import EOT_TOKEN, SOT_TOKEN, Tokenizer, clean_text, tokenize
+from vqclip.errors import CheckpointError, InputShapeError, TextTooLongError
+from vqclip.tokenizer import EOT_TOKEN, SOT_TOKEN, Tokenizer, clean_text, tokenize
 
 CLIP_SPEC = importlib.util.find_spec("clip")
 pytestmark = pytest.mark.skipif(
@@ -251,7 +251,7 @@ def test_bad_vocab_file_is_a_checkpoint_error(tmp_path):
 
 
 def test_vocabulary_and_licence_ship_in_the_package(openai_tok):
-    data = resources.files("engine").joinpath("data")
+    data = resources.files("vqclip").joinpath("data")
     vocab = data.joinpath("bpe_simple_vocab_16e6.txt.gz").read_bytes()
     ref = (Path(CLIP_SPEC.origin).parent / "bpe_simple_vocab_16e6.txt.gz").read_bytes()
     assert hashlib.sha256(vocab).hexdigest() == hashlib.sha256(ref).hexdigest()
@@ -262,7 +262,7 @@ def test_vocabulary_and_licence_ship_in_the_package(openai_tok):
 
 def test_import_does_no_work():
     code = (
-        "import sys, engine.tokenizer as t; "
+        "import sys, vqclip.tokenizer as t; "
         "assert t._default is None; "
         "assert not {'tokenizers', 'ftfy'} & set(sys.modules), sorted(sys.modules)"
     )
@@ -298,7 +298,7 @@ def test_clean_text_follows_openai():
 
 def test_plain_ascii_shortcut_is_exact():
     """clean_text skips ftfy + unescape for printable ASCII without '&': prove it a no-op."""
-    from engine.tokenizer import _unescape_and_fix
+    from vqclip.tokenizer import _unescape_and_fix
 
     rng = random.Random(1)
     alphabet = [chr(c) for c in range(0x20, 0x7F) if chr(c) != "&"]

@@ -258,7 +258,7 @@ int device_count() {
 }  // namespace
 
 PYBIND11_MODULE(_kernels_cuda, m) {
-    m.doc() = "vqclip CUDA top-k (fp16 gallery); NOT YET RUN ON A GPU. Use engine.kernels.";
+    m.doc() = "vqclip CUDA top-k (fp16 gallery); NOT YET RUN ON A GPU. Use vqclip.kernels.";
     m.def("device_count", &device_count, "Number of CUDA devices visible (0 when none).");
     py::class_<CudaGallery>(m, "CudaGallery")
         .def(py::init<const py::array&, const py::array&>(), py::arg("data"), py::arg("factor"))

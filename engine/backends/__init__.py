@@ -1,8 +1,8 @@
 """Backends: one session interface over torch, ONNX Runtime and TensorRT, chosen by name."""
-from engine.backends._io_spec import GraphSpec
-from engine.backends.base import Backend, BackendInfo
-from engine.backends.factory import BACKENDS, backend_status, open_backend
-from engine.manifest import COMPONENTS, Manifest, TensorSpec, read_manifest
+from vqclip.backends._io_spec import GraphSpec
+from vqclip.backends.base import Backend, BackendInfo
+from vqclip.backends.factory import BACKENDS, backend_status, open_backend, resolve_backend_name
+from vqclip.manifest import COMPONENTS, Manifest, TensorSpec, read_manifest
 
 __all__ = [
     "BACKENDS",
@@ -15,4 +15,5 @@ __all__ = [
     "backend_status",
     "open_backend",
     "read_manifest",
+    "resolve_backend_name",
 ]

@@ -4,7 +4,7 @@ A component (``image_encoder``, ``text_encoder``, ``vqgan_decoder``, ``vqgan_enc
 is described by a ``GraphSpec``: its input and output ``TensorSpec``s (name, dtype, shape
 with symbolic dims such as ``"batch"``), and for exported graphs the file and its sha256.
 The ONNX Runtime and TensorRT backends build them from an export folder's manifest
-(``engine.manifest``, the format's one definition: ``GraphSpec.from_record``); the torch
+(``vqclip.manifest``, the format's one definition: ``GraphSpec.from_record``); the torch
 backend derives them from the module's config, so every backend refuses the same bad
 input with the same message.
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import InputShapeError
-from engine.manifest import GraphRecord, TensorSpec
+from vqclip.errors import InputShapeError
+from vqclip.manifest import GraphRecord, TensorSpec
 
 __all__ = ["GraphSpec", "check_input"]
 

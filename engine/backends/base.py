@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.backends._io_spec import GraphSpec, check_input
-from engine.errors import InputShapeError, UnsupportedOperationError
-from engine.manifest import COMPONENTS
+from vqclip.backends._io_spec import GraphSpec, check_input
+from vqclip.errors import InputShapeError, UnsupportedOperationError
+from vqclip.manifest import COMPONENTS
 
 __all__ = ["Backend", "BackendInfo"]
 
@@ -50,7 +50,7 @@ class BackendInfo:
 
 
 class Backend(abc.ABC):
-    """A loaded model on one device and precision; use ``engine.backends.open_backend``.
+    """A loaded model on one device and precision; use ``vqclip.backends.open_backend``.
 
     All entry points take numpy arrays (a CPU torch tensor is accepted too) with the dtype
     and shape the component's spec states, and return C-contiguous float32 numpy arrays:
@@ -62,8 +62,14 @@ class Backend(abc.ABC):
 
     Wrong dtype or shape, or an empty batch, raises ``InputShapeError``; a component the
     backend does not hold (a text encoder in a VQGAN export, the encoder of a
-    decode-only VQGAN) raises ``UnsupportedOperationError``. Instances are not
-    thread-safe: give each worker thread its own.
+    decode-only VQGAN) raises ``UnsupportedOperationError``.
+
+    Threads: every backend is safe to call from several threads at once (one instance
+    shared by a server's workers). ONNX Runtime's ``InferenceSession.run`` is thread-safe
+    and runs concurrent calls in parallel; torch modules run concurrent forwards in
+    inference mode; the paths that replay per-instance state (CUDA graphs, a compiled
+    graph, a TensorRT execution context) take a lock around each call. Lazily created
+    sessions are created once, under a lock. ``tests/backends/test_threads.py`` checks it.
 
     Example::
 
@@ -175,7 +181,7 @@ class Backend(abc.ABC):
             bound = f"[0, {self._vocab_size})" if self._vocab_size else "non-negative"
             raise InputShapeError(
                 f"text_encoder input ids lie in [{lo}, {hi}]; expected token ids in {bound}: "
-                "tokenize with engine's tokenizer"
+                "tokenize with vqclip.tokenizer"
             )
 
     @staticmethod

@@ -1,6 +1,6 @@
 """Choosing a backend by name: ``open_backend("onnxruntime", "exports/vit-b-32")``.
 
-The backend modules are imported only when chosen, so ``import engine.backends`` never
+The backend modules are imported only when chosen, so ``import vqclip.backends`` never
 pulls in onnxruntime, TensorRT or CUDA.
 """
 from __future__ import annotations
@@ -9,22 +9,24 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from engine.backends.base import Backend
-from engine.errors import BackendUnavailableError, UnknownBackendError
+from vqclip.backends.base import Backend
+from vqclip.errors import BackendUnavailableError, UnknownBackendError
 
-__all__ = ["BACKENDS", "open_backend", "backend_status"]
+__all__ = ["BACKENDS", "open_backend", "backend_status", "resolve_backend_name"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 _CLASSES = {  # name -> (module, class)
-    "torch": ("engine.backends.torch_backend", "TorchBackend"),
-    "onnxruntime": ("engine.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
-    "tensorrt": ("engine.backends.tensorrt_backend", "TensorRTBackend"),
+    "torch": ("vqclip.backends.torch_backend", "TorchBackend"),
+    "onnxruntime": ("vqclip.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "tensorrt": ("vqclip.backends.tensorrt_backend", "TensorRTBackend"),
 }
 
 
-def _resolve(name: str) -> str:
-    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+def resolve_backend_name(name: str) -> str:
+    """The canonical backend name for ``name`` in any case or alias ("Torch", "ORT" -> ...);
+    ``UnknownBackendError`` listing the names otherwise."""
+    key = _ALIASES.get(str(name).strip().lower(), str(name).strip().lower())
     if key not in _CLASSES:
         raise UnknownBackendError(
             f"unknown backend {name!r}; available: {', '.join(BACKENDS)} "
@@ -34,7 +36,7 @@ def _resolve(name: str) -> str:
 
 
 def open_backend(name: str, source: str | Path | None = None, **options: Any) -> Backend:
-    """Open the backend called ``name`` ("torch", "onnxruntime" or "tensorrt"; "ort", "trt").
+    """Open the backend called ``name`` ("torch", "onnxruntime" or "tensorrt"; "ort", "trt"; any case).
 
     ``source`` is the export folder for "onnxruntime" and "tensorrt"; the torch backend
     takes its modules as ``clip=`` / ``vqgan=`` options instead. The other options go to
@@ -46,7 +48,7 @@ def open_backend(name: str, source: str | Path | None = None, **options: Any) ->
 
     Example: ``be = open_backend("onnxruntime", "exports/vit-b-32", precision="int8")``.
     """
-    key = _resolve(name)
+    key = resolve_backend_name(name)
     module_name, cls_name = _CLASSES[key]
     cls = getattr(importlib.import_module(module_name), cls_name)  # imported only when chosen
     if key == "torch":
@@ -73,7 +75,7 @@ def backend_status() -> dict[str, str | None]:
     except ImportError:
         status["onnxruntime"] = "the onnxruntime package is not installed"
     try:
-        from engine.backends.tensorrt_backend import _import_tensorrt_and_cuda
+        from vqclip.backends.tensorrt_backend import _import_tensorrt_and_cuda
 
         _import_tensorrt_and_cuda()
         status["tensorrt"] = None

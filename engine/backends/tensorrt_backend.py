@@ -10,15 +10,16 @@ to the GPU model and TensorRT version that built it; rebuild with ``vqclip expor
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.backends._io_spec import GraphSpec
-from engine.backends.base import Backend, BackendInfo
-from engine.errors import BackendUnavailableError, InputShapeError, ManifestError
-from engine.manifest import Manifest, read_manifest, verify_sha256
+from vqclip.backends._io_spec import GraphSpec
+from vqclip.backends.base import Backend, BackendInfo
+from vqclip.errors import BackendUnavailableError, InputShapeError, ManifestError
+from vqclip.manifest import Manifest, read_manifest, verify_sha256
 
 __all__ = ["TensorRTBackend"]
 
@@ -121,6 +122,7 @@ class TensorRTBackend(Backend):
         self._runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
         self._engines: dict[str, _Engine] = {}
         self._stream = self._torch.cuda.Stream(device=self.device)
+        self._lock = threading.Lock()  # one execution context and stream: one call at a time
 
     def _engine(self, component: str) -> _Engine:
         eng = self._engines.get(component)
@@ -142,6 +144,10 @@ class TensorRTBackend(Backend):
             self._engine(component)
 
     def _run(self, component: str, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._run_locked(component, x)
+
+    def _run_locked(self, component: str, x: np.ndarray) -> np.ndarray:
         torch, trt = self._torch, self._trt
         eng = self._engine(component)
         name = eng.inputs[0]

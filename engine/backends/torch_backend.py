@@ -11,8 +11,10 @@ capture and compilation cost seconds per shape.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -21,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.backends._io_spec import GraphSpec
-from engine.backends.base import Backend, BackendInfo
-from engine.errors import BackendUnavailableError
-from engine.manifest import TensorSpec
+from vqclip.backends._io_spec import GraphSpec
+from vqclip.backends.base import Backend, BackendInfo
+from vqclip.errors import BackendUnavailableError
+from vqclip.manifest import TensorSpec
 
 __all__ = ["TorchBackend", "TORCH_PRECISIONS", "trim_to_eot"]
 
@@ -98,8 +100,8 @@ class TorchBackend(Backend):
     ``precision``: the caller's modules are left untouched (training flag, device, dtype).
 
     Args:
-        clip: a ``engine.models.CLIP``; gives ``image_encoder`` and ``text_encoder``.
-        vqgan: a VQGAN module (``engine.models`` VQGAN: ``config.embed_dim``,
+        clip: a ``vqclip.models.CLIP``; gives ``image_encoder`` and ``text_encoder``.
+        vqgan: a VQGAN module (``vqclip.models`` VQGAN: ``config.embed_dim``,
             ``config.factor``, ``post_quant_conv``, ``decoder`` and optionally ``encoder``,
             ``quant_conv``); gives ``vqgan_decoder`` (quantised z -> image in [-1, 1]) and
             ``vqgan_encoder`` (image -> continuous z), as the exported graphs do.
@@ -154,6 +156,8 @@ class TorchBackend(Backend):
         self.clip = self._own(clip)
         self.vqgan = self._own(vqgan)
         self._fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        # Captured graphs replay into fixed buffers: concurrent calls would share them.
+        self._lock = threading.Lock() if (cuda_graphs or compile) else contextlib.nullcontext()
         self._spec_map = self._build_specs()
         for component in self._spec_map:
             fn = self._forward(component)
@@ -226,9 +230,9 @@ class TorchBackend(Backend):
         if component == "text_encoder":
             x = trim_to_eot(x)  # (B, T' <= T): same embeddings, less work
         t = torch.from_numpy(x).to(self.device, non_blocking=True)
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             y = self._fns[component](t)
-        return y.cpu().numpy()
+            return y.cpu().numpy()
 
     def describe(self) -> BackendInfo:
         return BackendInfo(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoints._torchscript import is_torchscript_archive, read_torchscript_tensors
-from engine.errors import CheckpointError
+from vqclip.checkpoints._torchscript import is_torchscript_archive, read_torchscript_tensors
+from vqclip.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import CheckpointError
+from vqclip.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

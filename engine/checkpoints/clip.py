@@ -4,11 +4,10 @@ One path for every format: read the file safely (``read_tensors``), unwrap a tra
 checkpoint, strip wrapper prefixes, rename Hugging Face keys (``convert_hf_clip``), drop
 OpenAI's metadata entries, pick the architecture (given, from the zoo, from a
 ``config.json`` next to the weights, or inferred from the tensor shapes), then copy the
-tensors key for key into ``engine.models.clip.CLIP`` with a full key and shape check.
+tensors key for key into ``vqclip.models.clip.CLIP`` with a full key and shape check.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -17,15 +16,14 @@ from typing import Mapping
 
 import torch
 
-from engine.checkpoints._io import read_json, read_tensors
-from engine.errors import CheckpointError, UnknownModelError
-from engine.models.clip import CLIP, CLIPConfig
+from vqclip.checkpoints._io import read_json, read_tensors
+from vqclip.checkpoints.identity import remember_source, weights_file_of
+from vqclip.errors import CheckpointError, UnknownModelError
+from vqclip.models.clip import CLIP, CLIPConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_clip", "infer_clip_config", "convert_hf_clip", "convert_openclip", "clip_state_dict", "strict_load"]
-
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "zoo" / "weights"
 
 # Entries of OpenAI's checkpoints that are architecture metadata, not weights
 # (build_model reads nothing from them either: the shapes say the same).
@@ -328,27 +326,14 @@ def _build_loaded(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source: str, 
     return model
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _resolve(source: str | os.PathLike) -> tuple[Path, CLIPConfig | None]:
     """A file to read and, for a zoo name, its config."""
     path = Path(source)
-    if path.is_dir():  # a Hugging Face model folder
-        for name in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
-                     "open_clip_pytorch_model.bin"):
-            if (path / name).is_file():
-                return path / name, None
-        raise CheckpointError(f"folder {str(path)!r} holds no model.safetensors / pytorch_model.bin; "
-                              "give the weights file itself")
+    if path.is_dir():  # a Hugging Face or OpenCLIP model folder
+        return weights_file_of(path), None
     if path.is_file():
         return path, None
-    from engine.zoo import get
+    from vqclip.zoo import get
 
     try:
         rec = get(str(source), family="clip")
@@ -358,9 +343,9 @@ def _resolve(source: str | os.PathLike) -> tuple[Path, CLIPConfig | None]:
     if rec.weights is None:
         raise CheckpointError(f"zoo model {rec.name!r} has no bundled weights; download them yourself and pass "
                               f"the file path, e.g. load_clip('ViT-B-32.pt', config=get({rec.name!r}).config)")
-    from engine.zoo.bundled import weights_file
+    from vqclip.zoo.bundled import weights_file
 
-    wpath = weights_file(rec, WEIGHTS_DIR)  # missing or corrupt: an error naming the file and the recipe
+    wpath = weights_file(rec)  # missing or corrupt: an error naming the file and the recipe
     return wpath, rec.config
 
 
@@ -368,7 +353,7 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | None = None, de
               dtype: torch.dtype = torch.float32) -> CLIP:
     """A ``CLIP`` in eval mode with the weights of ``source``, checked key for key.
 
-    ``source`` is a zoo name with bundled weights (``engine/zoo/weights``), a local
+    ``source`` is a zoo name with bundled weights (``vqclip/zoo/weights``), a local
     weights file, or a Hugging Face model folder. Files: OpenAI ``ViT-*.pt`` TorchScript
     archives (read without executing them), OpenAI / OpenCLIP state dicts and training
     checkpoints (``.pt``/``.bin``/``.safetensors``), Hugging Face ``CLIPModel``
@@ -398,4 +383,6 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | None = None, de
         _check_hf_json(hf_json)
     cfg = config or zoo_config or infer_clip_config(sd)
     log.info("loading CLIP from %s (%d tensors) as %s", path, len(sd), cfg)
-    return _build_loaded(cfg, sd, str(path), device, dtype).eval()
+    model = _build_loaded(cfg, sd, str(path), device, dtype).eval()
+    remember_source(model, path)
+    return model

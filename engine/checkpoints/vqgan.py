@@ -1,4 +1,4 @@
-"""Loading taming-transformers VQGAN checkpoints (Lightning ``.ckpt``) into ``engine.models.vqgan``.
+"""Loading taming-transformers VQGAN checkpoints (Lightning ``.ckpt``) into ``vqclip.models.vqgan``.
 
 The file is read through ``read_tensors`` (``torch.load(weights_only=True)``: no pickled code
 runs). Keys match the model key for key; the training-only ``loss.*`` keys (LPIPS and the
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoints._io import read_tensors
-from engine.errors import CheckpointError
-from engine.models.vqgan import VQGAN, VQGANConfig
-from engine.zoo.registry import get
+from vqclip.checkpoints._io import read_tensors
+from vqclip.checkpoints.identity import remember_source
+from vqclip.errors import CheckpointError
+from vqclip.models.vqgan import VQGAN, VQGANConfig
+from vqclip.zoo import get
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +196,9 @@ def _resolve(source: str | Path) -> tuple[Path, VQGANConfig | None]:
     path = Path(source)
     if path.exists() or not isinstance(source, str):
         return path, None  # a Path is always a file; the reader reports a missing one
-    from engine.errors import UnknownModelError
-    from engine.zoo import get
-    from engine.zoo.bundled import weights_file
+    from vqclip.errors import UnknownModelError
+    from vqclip.zoo import get
+    from vqclip.zoo.bundled import weights_file
 
     try:
         rec = get(str(source), family="vqgan")
@@ -262,4 +263,6 @@ def load_vqgan(path: str | Path, *, config: VQGANConfig | str | None = None, yam
                           strict=True, assign=True)
     del sd
     log.info("loaded VQGAN %s (%s) from %s", config, "decode-only" if decode_only else "full", path)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    remember_source(model, path)
+    return model

@@ -3,7 +3,7 @@
 Parameter names follow OpenAI's ``clip/model.py`` key for key (``visual.conv1``,
 ``visual.transformer.resblocks.N.attn.in_proj_weight``, ``ln_final``, ``text_projection``),
 so an OpenAI state dict loads with a shape check and nothing else. Other layouts
-(Hugging Face, OpenCLIP) are renamed in ``engine.checkpoints``.
+(Hugging Face, OpenCLIP) are renamed in ``vqclip.checkpoints``.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["CLIPConfig", "CLIP", "VisionTransformer"]
 
 @dataclass(frozen=True)
 class CLIPConfig:
-    """Architecture of one CLIP model; named instances live in ``engine.zoo``."""
+    """Architecture of one CLIP model; named instances live in ``vqclip.zoo``."""
 
     embed_dim: int = 512  # size of the joint image/text embedding
     image_size: int = 224  # square input resolution of the image tower

@@ -3,7 +3,7 @@
 Parameter names follow taming-transformers' ``VQModel`` checkpoints key for key
 (``encoder.down.0.block.1.conv1.weight``, ``decoder.up.3.attn.0.q.weight``, ``quant_conv``,
 ``post_quant_conv``, ``quantize.embedding.weight``), so a released ``state_dict`` loads with a
-shape check and nothing else (see ``engine.checkpoints.vqgan``).
+shape check and nothing else (see ``vqclip.checkpoints.vqgan``).
 
 Images are float tensors in [-1, 1], ``(B, C, H, W)``; latents are ``(B, embed_dim, h, w)``
 with ``h = H / factor``; code indices are int64 ``(B, h, w)``. Every block is convolutional
@@ -11,13 +11,13 @@ apart from global self-attention, so any grid size decodes (a 32x18 grid gives 5
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import InputShapeError, UnsupportedOperationError
+from vqclip.errors import InputShapeError, UnsupportedOperationError
 
 __all__ = ["VQGANConfig", "VQGAN", "VectorQuantizer", "Encoder", "Decoder"]
 
@@ -28,7 +28,7 @@ _QUANTIZE_CHUNK = 4096
 
 @dataclass(frozen=True)
 class VQGANConfig:
-    """Architecture of one VQGAN; named instances live in ``engine.zoo`` (``vqgan-f16-16384``).
+    """Architecture of one VQGAN; named instances live in ``vqclip.zoo`` (``vqgan-f16-16384``).
 
     Example: ``VQGANConfig(ch=64, ch_mult=(1, 2), attn_resolutions=(16,), resolution=32,
     z_channels=64, embed_dim=64, n_embed=512)`` is a small f2 model.

@@ -1,4 +1,5 @@
-"""The model registry: named configs, bundled weights and their training recipe."""
-from engine.zoo.registry import ModelRecord, WeightsRecord, canonical_name, get, list_models, register
+"""The zoo: named model configs, the registry, the shapes world and the bundled weights."""
+from vqclip.zoo.records import ModelRecord, WeightsRecord
+from vqclip.zoo.registry import canonical_name, get, list_models, register
 
 __all__ = ["ModelRecord", "WeightsRecord", "canonical_name", "get", "list_models", "register"]

@@ -1,53 +1,54 @@
-"""The built-in named models. Importing this module registers them."""
+"""The built-in named models, as plain data: ``RECORDS`` is read by the registry."""
 from __future__ import annotations
 
-from engine.models.clip import CLIPConfig
-from engine.models.vqgan import VQGANConfig
-from engine.zoo.registry import OPENAI_MEAN, OPENAI_STD, ModelRecord, WeightsRecord, register
+from vqclip.constants import OPENAI_MEAN, OPENAI_STD
+from vqclip.models.clip import CLIPConfig
+from vqclip.models.vqgan import VQGANConfig
+from vqclip.zoo.records import ModelRecord, WeightsRecord
 
 # OpenAI's released CLIP ViTs (the shapes of the files their clip.load downloads).
-VIT_B_32 = register(ModelRecord(
+VIT_B_32 = ModelRecord(
     name="ViT-B-32", family="clip", aliases=("ViT-B/32",),
     config=CLIPConfig(embed_dim=512, image_size=224, vision_patch_size=32, vision_width=768,
                       vision_layers=12, vision_heads=12, text_width=512, text_layers=12, text_heads=8),
     description="OpenAI CLIP ViT-B/32 architecture (weights from a local file)",
-))
-VIT_B_16 = register(ModelRecord(
+)
+VIT_B_16 = ModelRecord(
     name="ViT-B-16", family="clip", aliases=("ViT-B/16",),
     config=CLIPConfig(embed_dim=512, image_size=224, vision_patch_size=16, vision_width=768,
                       vision_layers=12, vision_heads=12, text_width=512, text_layers=12, text_heads=8),
     description="OpenAI CLIP ViT-B/16 architecture (weights from a local file)",
-))
-VIT_L_14 = register(ModelRecord(
+)
+VIT_L_14 = ModelRecord(
     name="ViT-L-14", family="clip", aliases=("ViT-L/14",),
     config=CLIPConfig(embed_dim=768, image_size=224, vision_patch_size=14, vision_width=1024,
                       vision_layers=24, vision_heads=16, text_width=768, text_layers=12, text_heads=12),
     description="OpenAI CLIP ViT-L/14 architecture (weights from a local file)",
-))
-VIT_L_14_336 = register(ModelRecord(
+)
+VIT_L_14_336 = ModelRecord(
     name="ViT-L-14-336", family="clip", aliases=("ViT-L/14@336px", "ViT-L/14@336", "ViT-L-14-336px"),
     config=CLIPConfig(embed_dim=768, image_size=336, vision_patch_size=14, vision_width=1024,
                       vision_layers=24, vision_heads=16, text_width=768, text_layers=12, text_heads=12),
     description="OpenAI CLIP ViT-L/14@336px architecture (weights from a local file)",
-))
+)
 
 # taming-transformers' released ImageNet VQGANs (f16: a 256x256 image is a 16x16 code grid).
-VQGAN_F16_1024 = register(ModelRecord(
+VQGAN_F16_1024 = ModelRecord(
     name="vqgan-f16-1024", family="vqgan", aliases=("vqgan_imagenet_f16_1024",),
     config=VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
                        z_channels=256, embed_dim=256, n_embed=1024, resolution=256),
     description="taming-transformers ImageNet VQGAN f16, 1024 codes (weights from a local .ckpt)",
-))
-VQGAN_F16_16384 = register(ModelRecord(
+)
+VQGAN_F16_16384 = ModelRecord(
     name="vqgan-f16-16384", family="vqgan", aliases=("vqgan_imagenet_f16_16384",),
     config=VQGANConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
                        z_channels=256, embed_dim=256, n_embed=16384, resolution=256),
     description="taming-transformers ImageNet VQGAN f16, 16384 codes (weights from a local .ckpt)",
-))
+)
 
-# The bundled models: trained on the synthetic shapes world by `python -m engine.zoo.train`
-# (engine/zoo/MODEL_CARD.md), shipped as fp16 safetensors in engine/zoo/weights.
-SHAPES_CLIP = register(ModelRecord(
+# The bundled models: trained on the synthetic shapes world by `python -m vqclip.recipe.train`
+# (vqclip/zoo/MODEL_CARD.md), shipped as fp16 safetensors in engine/zoo/weights.
+SHAPES_CLIP = ModelRecord(
     name="shapes-clip", family="clip",
     config=CLIPConfig(embed_dim=128, image_size=64, vision_patch_size=16, vision_width=128, vision_layers=4,
                       vision_heads=2, vision_stem="conv", context_length=16, text_width=128, text_layers=3,
@@ -57,8 +58,8 @@ SHAPES_CLIP = register(ModelRecord(
                           mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic"),
     default_template="{}",  # labels are captions already: "a red circle"
     description="tiny CLIP trained on the synthetic shapes world (bundled; knows 5 shapes x 8 colours only)",
-))
-SHAPES_VQGAN = register(ModelRecord(
+)
+SHAPES_VQGAN = ModelRecord(
     name="shapes-vqgan", family="vqgan",
     # 64 channels at full resolution: GroupNorm(32) over 32 channels normalises each channel
     # alone and erases flat colours (a ch_mult=(1, 2, 2) trial had not learnt mean colours in 100 steps).
@@ -70,4 +71,6 @@ SHAPES_VQGAN = register(ModelRecord(
                           interpolation="bicubic"),
     default_template="{}",
     description="tiny f4 VQGAN trained on the synthetic shapes world (bundled; 64x64 -> 16x16 codes of 512)",
-))
+)
+
+RECORDS: tuple[ModelRecord, ...] = (VIT_B_32, VIT_B_16, VIT_L_14, VIT_L_14_336, VQGAN_F16_1024, VQGAN_F16_16384, SHAPES_CLIP, SHAPES_VQGAN)

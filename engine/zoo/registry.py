@@ -1,45 +1,15 @@
-"""The model registry: named architectures, and where their weights come from.
+"""The model registry: look up a named architecture (and its bundled weights) by name.
 
-Architecture (a config dataclass) and provenance (``WeightsRecord``) are separate
-records: the same ViT-B/32 architecture can be filled from OpenAI's file, an OpenCLIP
-file or a Hugging Face export.
+The records themselves are plain data in ``vqclip.zoo.configs``; this module indexes them
+by their canonical names and aliases, and lets a user register their own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from vqclip.errors import UnknownModelError
+from vqclip.zoo.configs import RECORDS
+from vqclip.zoo.records import ModelRecord
 
-from engine.errors import UnknownModelError
-
-__all__ = ["ModelRecord", "WeightsRecord", "register", "get", "list_models", "canonical_name"]
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class WeightsRecord:
-    """Where a model's weights come from and how its inputs were prepared in training."""
-
-    path: str  # file name inside engine/zoo/weights (bundled) or an absolute path
-    sha256: str | None = None  # checked on load when given
-    mean: tuple[float, float, float] = OPENAI_MEAN  # per-channel pixel mean, RGB in [0, 1]
-    std: tuple[float, float, float] = OPENAI_STD  # per-channel pixel std
-    interpolation: str = "bicubic"  # resize filter used in training
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """One named model: its family, architecture config and (optionally) bundled weights."""
-
-    name: str  # canonical name, "/" spelled "-" (ViT-B-32)
-    family: str  # "clip" or "vqgan"
-    config: Any  # CLIPConfig or VQGANConfig
-    weights: WeightsRecord | None = None  # None: architecture only, weights from a user path
-    default_template: str = "a photo of a {}."  # zero-shot prompt for a bare label
-    description: str = ""
-    aliases: tuple[str, ...] = field(default_factory=tuple)
-
+__all__ = ["register", "get", "list_models", "canonical_name"]
 
 _REGISTRY: dict[str, ModelRecord] = {}
 
@@ -50,6 +20,7 @@ def canonical_name(name: str) -> str:
 
 
 def register(record: ModelRecord) -> ModelRecord:
+    """Add ``record`` under its name and aliases; a name taken by another record is a ``ValueError``."""
     for key in (record.name, *record.aliases):
         k = canonical_name(key)
         if k in _REGISTRY and _REGISTRY[k] is not record:
@@ -60,7 +31,6 @@ def register(record: ModelRecord) -> ModelRecord:
 
 def list_models(family: str | None = None) -> list[str]:
     """Canonical names of the registered models, optionally of one family, sorted."""
-    _load_builtin()
     names = {r.name for r in _REGISTRY.values() if family is None or r.family == family}
     return sorted(names)
 
@@ -71,7 +41,6 @@ def get(name: str, family: str | None = None) -> ModelRecord:
     Raises ``UnknownModelError`` listing the known names when there is no such model, or
     when it is not of ``family``.
     """
-    _load_builtin()
     rec = _REGISTRY.get(canonical_name(name))
     if rec is None or (family is not None and rec.family != family):
         known = ", ".join(list_models(family))
@@ -80,6 +49,5 @@ def get(name: str, family: str | None = None) -> ModelRecord:
     return rec
 
 
-def _load_builtin() -> None:
-    # Importing the config module registers the built-in records (once).
-    from engine.zoo import configs  # noqa: F401
+for _record in RECORDS:
+    register(_record)

@@ -10,7 +10,7 @@ a scene of the held-out splits ("val", "test"), whatever the indices.
 
 Example::
 
-    from engine.zoo import shapes
+    from vqclip.zoo import shapes
     scenes = shapes.sample_scenes("test", 0, 4)            # 4 held-out scenes
     pixels = shapes.render_batch(scenes, size=64)          # (4, 64, 64, 3) uint8
     shapes.caption(scenes[0], template=0).text             # 'a red circle'

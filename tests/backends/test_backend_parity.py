@@ -16,7 +16,7 @@ import onnxruntime
 import pytest
 import torch
 
-from engine.backends import open_backend
+from vqclip.backends import open_backend
 
 BOUNDS = {"fp32": ("max_abs", 1e-4), "fp16": ("min_cos", 0.999), "int8": ("min_cos", 0.99)}
 
@@ -40,7 +40,7 @@ CASES = [  # (backend, precision, options, skip reason or None)
 
 @pytest.fixture(scope="module")
 def exported(tiny_clip, tmp_path_factory):
-    from export import export_model
+    from vqclip.export import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny-clip"
     export_model(tiny_clip, out, ["fp32", "fp16", "int8"], tensorrt=_HAS_TRT, name="tiny-clip")
@@ -93,7 +93,7 @@ def test_session_options_change_speed_not_results(exported, reference, pixels, o
 
 
 def test_warmup_then_bad_input(exported, ids):
-    from engine.errors import InputShapeError
+    from vqclip.errors import InputShapeError
 
     be = open_backend("onnxruntime", exported, precision="int8")
     be.warmup(batch_sizes=(1, 2))

@@ -6,8 +6,8 @@ import importlib.util
 import onnxruntime
 import pytest
 
-from engine.backends import BACKENDS, backend_status, open_backend
-from engine.errors import BackendUnavailableError, ManifestError, UnknownBackendError
+from vqclip.backends import BACKENDS, backend_status, open_backend
+from vqclip.errors import BackendUnavailableError, ManifestError, UnknownBackendError
 
 
 def test_unknown_backend_lists_names():
@@ -54,7 +54,7 @@ def test_unknown_device_and_precision(tiny_clip, tmp_path):
 
 
 def test_cli_lists_backends(capsys):
-    from engine.cli import main
+    from vqclip.cli import main
 
     assert main(["backends"]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from engine.backends import TensorSpec, open_backend, read_manifest
-from engine.backends._io_spec import check_input
-from engine.errors import BackendUnavailableError, InputShapeError, ManifestError, UnsupportedOperationError
+from vqclip.backends import TensorSpec, open_backend, read_manifest
+from vqclip.backends._io_spec import check_input
+from vqclip.errors import BackendUnavailableError, InputShapeError, ManifestError, UnsupportedOperationError
 
 PIXELS = TensorSpec("pixels", "float32", ("batch", 3, 8, 8))
 
@@ -113,8 +113,8 @@ def test_missing_precision_and_component(folder):
 
 def test_vqgan_encoder_needs_multiple_of_factor(tmp_path):
     # The check reads the factor from the output spec ("H/16"); the graph itself is not needed.
-    from engine.backends.base import Backend
-    from engine.backends._io_spec import GraphSpec
+    from vqclip.backends._io_spec import GraphSpec
+    from vqclip.backends.base import Backend
 
     spec = GraphSpec("vqgan_encoder", "fp32",
                      (TensorSpec("image", "float32", ("batch", 3, "H", "W")),),

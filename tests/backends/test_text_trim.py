@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backends import open_backend
-from engine.backends.torch_backend import trim_to_eot
+from vqclip.backends import open_backend
+from vqclip.backends.torch_backend import trim_to_eot
 
 
 def _ids(eots: list[int], T: int = 77, V: int = 49408) -> np.ndarray:

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backends import open_backend
-from engine.errors import BackendUnavailableError, InputShapeError, UnsupportedOperationError
+from vqclip.backends import open_backend
+from vqclip.errors import BackendUnavailableError, InputShapeError, UnsupportedOperationError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to PyTorch")
 

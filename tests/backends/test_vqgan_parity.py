@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.backends import open_backend
-from engine.errors import InputShapeError, UnsupportedOperationError
-from engine.models.vqgan import VQGAN, VQGANConfig
+from vqclip.backends import open_backend
+from vqclip.errors import InputShapeError, UnsupportedOperationError
+from vqclip.models.vqgan import VQGAN, VQGANConfig
 
 # Two levels (factor 2) with attention at the lowest: every block type, exported in seconds.
 SMALL = VQGANConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), z_channels=32,
@@ -28,7 +28,7 @@ def vqgan():
 
 @pytest.fixture(scope="module")
 def exported(vqgan, tmp_path_factory):
-    from export import export_model
+    from vqclip.export import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny-vqgan"
     export_model(vqgan, out, ["fp32"], name="tiny-vqgan")

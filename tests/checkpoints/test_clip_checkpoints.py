@@ -1,4 +1,4 @@
-"""engine.checkpoints: CLIP weights from OpenAI, OpenCLIP and Hugging Face files.
+"""vqclip.checkpoints: CLIP weights from OpenAI, OpenCLIP and Hugging Face files.
 
 Parity is judged against the peers' own code on the same random weights: OpenAI's
 ``clip.model.build_model`` (clip-anytorch) and ``transformers.CLIPModel``. The bound is
@@ -19,12 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoints import convert_hf_clip, convert_openclip, infer_clip_config, load_clip, read_tensors
-from engine.checkpoints import clip as ckpt_clip
-from engine.errors import CheckpointError
-from engine.models.clip import CLIP, CLIPConfig
-from engine.zoo import ModelRecord, WeightsRecord, get, list_models
-from engine.zoo import registry
+from vqclip.checkpoints import convert_hf_clip, convert_openclip, infer_clip_config, load_clip, read_tensors
+from vqclip.errors import CheckpointError
+from vqclip.models.clip import CLIP, CLIPConfig
+from vqclip.zoo import ModelRecord, WeightsRecord, bundled, get, list_models, registry
 
 ATOL = 1e-4  # see the module docstring
 EOT = 49407
@@ -474,9 +472,8 @@ def _register_tiny(monkeypatch, tmp_path, sha256=None):
     save_file(sd, weights_dir / "tiny.safetensors")
     rec = ModelRecord(name="tiny-test", family="clip", config=SMALL,
                       weights=WeightsRecord(path="tiny.safetensors", sha256=sha256))
-    registry._load_builtin()
     monkeypatch.setitem(registry._REGISTRY, "tiny-test", rec)
-    monkeypatch.setattr(ckpt_clip, "WEIGHTS_DIR", weights_dir)
+    monkeypatch.setattr(bundled, "WEIGHTS_DIR", weights_dir)
     return sd, weights_dir / "tiny.safetensors"
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.checkpoints.vqgan import infer_vqgan_config, load_vqgan, read_vqgan_yaml, vqgan_state_dict
-from engine.errors import CheckpointError, UnknownModelError
-from engine.models.clip import CLIP, CLIPConfig
-from engine.models.vqgan import VQGAN, VQGANConfig
-from engine.zoo import get
+from vqclip.checkpoints.vqgan import infer_vqgan_config, load_vqgan, read_vqgan_yaml, vqgan_state_dict
+from vqclip.errors import CheckpointError, UnknownModelError
+from vqclip.models.clip import CLIP, CLIPConfig
+from vqclip.models.vqgan import VQGAN, VQGANConfig
+from vqclip.zoo import get
 
 SMALL = VQGANConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16,), z_channels=64,
                     embed_dim=32, n_embed=128, resolution=64)

@@ -4,11 +4,10 @@ import importlib.util
 import pytest
 import torch
 
-from engine.cli import main
-from engine.errors import (BackendUnavailableError, CheckpointError, OutputExistsError, ParityError,
-                           UnknownModelError)
-from export import TOLERANCES, export_model, read_manifest
-from export.api import _swap_in
+from vqclip.cli import main
+from vqclip.errors import BackendUnavailableError, CheckpointError, OutputExistsError, ParityError, UnknownModelError
+from vqclip.export import TOLERANCES, export_model, read_manifest
+from vqclip.export.api import _swap_in
 
 
 def _leftovers(parent):
@@ -37,17 +36,17 @@ def test_checkpoint_not_matching_the_named_config(tmp_path, vqgan_checkpoint):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unknown_precision(tmp_path, make_tiny_vqgan):
+def test_unknown_precision(tmp_path, tiny):
     with pytest.raises(ValueError, match="unknown precision.*fp32, fp16, int8"):
-        export_model(make_tiny_vqgan(), tmp_path / "out", ["fp8"])
+        export_model(tiny.vqgan(), tmp_path / "out", ["fp8"])
 
 
-def test_existing_folder_refused_before_any_work(tmp_path, capsys, make_tiny_vqgan):
+def test_existing_folder_refused_before_any_work(tmp_path, capsys, tiny):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="already exists; pass --force"):
-        export_model(make_tiny_vqgan(), out)
+        export_model(tiny.vqgan(), out)
     assert main(["export", "vqgan-f16-1024", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and _leftovers(tmp_path) == []
@@ -55,13 +54,13 @@ def test_existing_folder_refused_before_any_work(tmp_path, capsys, make_tiny_vqg
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
                     reason="tensorrt and a CUDA GPU are present, so the missing-TensorRT gate does not apply")
-def test_tensorrt_gate_stops_before_any_work(tmp_path, make_tiny_vqgan):
+def test_tensorrt_gate_stops_before_any_work(tmp_path, tiny):
     with pytest.raises(BackendUnavailableError, match="--tensorrt needs"):
-        export_model(make_tiny_vqgan(), tmp_path / "out", tensorrt=True)
+        export_model(tiny.vqgan(), tmp_path / "out", tensorrt=True)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monkeypatch, make_tiny_vqgan):
+def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monkeypatch, tiny):
     # A real export judged against a bound no graph can meet: the export must fail with the
     # report, and even with force=True the previous folder must survive untouched.
     out = tmp_path / "out"
@@ -70,7 +69,7 @@ def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monk
     monkeypatch.setitem(TOLERANCES, "fp32", {"max_abs_diff": -1.0})
     with pytest.raises(ParityError, match=r"failed validation, nothing written: vqgan_decoder fp32: "
                                           r"max_abs_diff .* > -1"):
-        export_model(make_tiny_vqgan(with_encoder=False), out, force=True)
+        export_model(tiny.vqgan(with_encoder=False), out, force=True)
     assert [p.name for p in out.iterdir()] == ["previous.txt"]
     assert _leftovers(tmp_path) == []
 
@@ -93,23 +92,23 @@ def test_cli_export_from_checkpoint_path(vqgan_export, vqgan_checkpoint):
     m = read_manifest(vqgan_export.directory)
     assert m.family == "vqgan" and m.model == "tiny-vqgan"
     assert m.source["path"] == str(vqgan_checkpoint.resolve())
-    from engine.manifest import sha256_file
+    from vqclip.manifest import sha256_file
 
     assert m.source["sha256"] == sha256_file(vqgan_checkpoint)
 
 
-def test_clip_checkpoint_not_matching_the_named_config(tmp_path, clip_model):
+def test_clip_checkpoint_not_matching_the_named_config(tmp_path, tiny_clip):
     # A tiny CLIP's state dict given as ViT-B/32 weights: refused by the strict loader.
     path = tmp_path / "tiny.pt"
-    torch.save(clip_model.state_dict(), path)
+    torch.save(tiny_clip.state_dict(), path)
     with pytest.raises(CheckpointError):
         export_model("ViT-B/32", tmp_path / "out", weights=path)
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
 
 
-def test_triton_clash_refused_before_any_work(tmp_path, make_tiny_vqgan):
+def test_triton_clash_refused_before_any_work(tmp_path, tiny):
     repo = tmp_path / "repo"
     (repo / "mine_vqgan_decoder").mkdir(parents=True)
     with pytest.raises(OutputExistsError, match="Triton model folder .*mine_vqgan_decoder already exists"):
-        export_model(make_tiny_vqgan(with_encoder=False), tmp_path / "out", triton_repo=repo, name="mine")
+        export_model(tiny.vqgan(with_encoder=False), tmp_path / "out", triton_repo=repo, name="mine")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []

@@ -1,5 +1,5 @@
 """ParityReport judging: each bound, in its direction; unmeasured figures are not judged."""
-from export.parity import TOLERANCES, ParityReport
+from vqclip.export.parity import TOLERANCES, ParityReport
 
 
 def _report(precision, **figures):

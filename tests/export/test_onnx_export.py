@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export.graphs import components_for
-from export.onnx_export import graph_io
+from vqclip.export.graphs import components_for
+from vqclip.export.onnx_export import graph_io
 
 EOT = 49407
 
@@ -36,16 +36,16 @@ def test_clip_graph_io_follows_the_contract(clip_export):
 
 
 @pytest.mark.parametrize("batch", [1, 7])
-def test_image_encoder_matches_torch_at_any_batch(clip_export, clip_model, batch):
+def test_image_encoder_matches_torch_at_any_batch(clip_export, tiny_clip, batch):
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
-    ref = F.normalize(clip_model.encode_image(x), dim=-1).detach().numpy()  # the model's own method
+    ref = F.normalize(tiny_clip.encode_image(x), dim=-1).detach().numpy()  # the model's own method
     got = session(clip_export, "image_encoder").run(None, {"pixels": x.numpy()})[0]
     assert got.shape == (batch, 32) and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised in the graph
     assert np.abs(got - ref).max() <= 1e-4
 
 
-def test_text_encoder_pools_at_eot_wherever_it_sits(clip_export, clip_model):
+def test_text_encoder_pools_at_eot_wherever_it_sits(clip_export, tiny_clip):
     # EOT right after the start token, in the middle, and in the last slot; zero padding
     # after it; the reference is CLIP.encode_text (torch argmax on int64).
     ids = torch.zeros(4, 77, dtype=torch.int64)
@@ -53,7 +53,7 @@ def test_text_encoder_pools_at_eot_wherever_it_sits(clip_export, clip_model):
     for row, pos in enumerate([1, 9, 40, 76]):
         ids[row, 1:pos] = torch.arange(100, 100 + pos - 1)
         ids[row, pos] = EOT
-    ref = F.normalize(clip_model.encode_text(ids), dim=-1).detach().numpy()
+    ref = F.normalize(tiny_clip.encode_text(ids), dim=-1).detach().numpy()
     got = session(clip_export, "text_encoder").run(None, {"input_ids": ids.numpy()})[0]
     assert got.shape == (4, 32) and got.dtype == np.float32
     assert np.abs(got - ref).max() <= 1e-4
@@ -102,9 +102,9 @@ def test_fp16_graph_keeps_fragile_ops_in_fp32(clip_export):
 
 
 @pytest.mark.parametrize("precision,bound", [("fp16", 0.999), ("int8", 0.99)])
-def test_reduced_precision_embeddings_stay_close(clip_export, clip_model, precision, bound):
+def test_reduced_precision_embeddings_stay_close(clip_export, tiny_clip, precision, bound):
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(11))
-    ref = F.normalize(clip_model.encode_image(x), dim=-1).detach().numpy()
+    ref = F.normalize(tiny_clip.encode_image(x), dim=-1).detach().numpy()
     got = session(clip_export, "image_encoder", precision).run(None, {"pixels": x.numpy()})[0]
     assert got.dtype == np.float32  # fp32 I/O whatever the precision inside
     assert (got * ref).sum(1).min() >= bound
@@ -156,16 +156,16 @@ def test_vqgan_fp16_decoder_stays_close(vqgan_export, vqgan_model):
     assert cos.min() >= 0.999
 
 
-def test_text_wrapper_equals_model_method(clip_model):
+def test_text_wrapper_equals_model_method(tiny_clip):
     # The graph's pooling (int32 argmax + gather) is the model's (int64 argmax + index).
-    text = components_for(clip_model)[1]
+    text = components_for(tiny_clip)[1]
     ids = text.parity_inputs()[0]
     with torch.no_grad():
-        torch.testing.assert_close(text.module(ids), F.normalize(clip_model.encode_text(ids), dim=-1))
+        torch.testing.assert_close(text.module(ids), F.normalize(tiny_clip.encode_text(ids), dim=-1))
 
 
 @pytest.mark.parametrize("stem", ["patch", "conv"])
-def test_graph_forms_equal_the_towers(make_tiny_clip, stem):
+def test_graph_forms_equal_the_towers(tiny, stem):
     # The traced forms (patch stem as a MatMul; last block for the pooled token only) are
     # the functions ImageEncoder / TextEncoder compute; only float32 summation order
     # differs (~1e-7 here), while a wrong row, weight slice, token or mask row moves the
@@ -173,10 +173,10 @@ def test_graph_forms_equal_the_towers(make_tiny_clip, stem):
     # and last slots, so the mask row and the pooled token vary per sample.
     from dataclasses import replace
 
-    from engine.models.clip import CLIP
+    from vqclip.models.clip import CLIP
 
     torch.manual_seed(0)
-    model = CLIP(replace(make_tiny_clip().config, vision_stem=stem)).eval()
+    model = CLIP(replace(tiny.clip().config, vision_stem=stem)).eval()
     image, text = components_for(model)
     assert image.traced() is image.graph and text.traced() is text.graph
     ids = text.parity_inputs()[0]

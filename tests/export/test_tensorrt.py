@@ -5,18 +5,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import BackendUnavailableError, InputShapeError
-from export.graphs import components_for
-from export.tensorrt import build_engine, profile_for, require_tensorrt
+from vqclip.errors import BackendUnavailableError, InputShapeError
+from vqclip.export.graphs import components_for
+from vqclip.export.tensorrt import build_engine, profile_for, require_tensorrt
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
-def test_profiles_cover_every_dynamic_dim(make_tiny_clip, make_tiny_vqgan):
-    image, text = components_for(make_tiny_clip())
+def test_profiles_cover_every_dynamic_dim(tiny):
+    image, text = components_for(tiny.clip())
     assert profile_for(image) == {"pixels": ((1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))}
     assert profile_for(text) == {"input_ids": ((1, 77), (8, 77), (32, 77))}
-    dec, enc = components_for(make_tiny_vqgan())
+    dec, enc = components_for(tiny.vqgan())
     assert profile_for(dec) == {"latent": ((1, 16, 1, 1), (8, 16, 16, 16), (32, 16, 32, 32))}
     # The encoder's image side is f * latent side (f = 2 for the tiny model, 16 in the zoo).
     assert profile_for(enc)["image"] == ((1, 3, 2, 2), (8, 3, 32, 32), (32, 3, 64, 64))

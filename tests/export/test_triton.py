@@ -6,10 +6,10 @@ onnx = pytest.importorskip("onnx")
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] (grpcio) is not installed")
 
-from engine.errors import OutputExistsError  # noqa: E402
-from engine.manifest import sha256_file  # noqa: E402
-from export.onnx_export import graph_io  # noqa: E402
-from export.triton import triton_model_name, write_triton_repo  # noqa: E402
+from vqclip.errors import OutputExistsError  # noqa: E402
+from vqclip.export.onnx_export import graph_io  # noqa: E402
+from vqclip.export.triton import triton_model_name, write_triton_repo  # noqa: E402
+from vqclip.manifest import sha256_file  # noqa: E402
 
 _TYPES = {"float32": model_config_pb2.TYPE_FP32, "int64": model_config_pb2.TYPE_INT64}
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from engine.models.clip import CLIP, CLIPConfig
-from engine.zoo import get, list_models
+from vqclip.models.clip import CLIP, CLIPConfig
+from vqclip.zoo import get, list_models
 
 
 @pytest.mark.parametrize("name", list_models("clip"))

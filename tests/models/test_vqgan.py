@@ -10,11 +10,11 @@ reference only in summation order (SDPA vs bmm+softmax attention), about 1e-6 at
 import pytest
 import torch
 
-import engine.models.vqgan as vqgan_module
-from engine.checkpoints.vqgan import load_vqgan
-from engine.errors import InputShapeError, UnsupportedOperationError
-from engine.models.vqgan import VQGAN, VQGANConfig
-from engine.zoo import get, list_models
+import vqclip.models.vqgan as vqgan_module
+from vqclip.checkpoints.vqgan import load_vqgan
+from vqclip.errors import InputShapeError, UnsupportedOperationError
+from vqclip.models.vqgan import VQGAN, VQGANConfig
+from vqclip.zoo import get, list_models
 
 TAMING_MISSING = "taming-transformers not installed (pip install --no-deps taming-transformers==0.0.1)"
 

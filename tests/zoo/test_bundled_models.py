@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoints import infer_clip_config, load_clip, load_vqgan, read_tensors
-from engine.errors import CheckpointError, OutputPathError, UnknownModelError
-from engine.zoo import get, list_models, quality, shapes
-from engine.zoo import registry
-from engine.zoo.bundled import WEIGHTS_DIR, sha256_of, weights_file
-from engine.zoo.shape_judge import load_judge
+from vqclip._hashing import sha256_file
+from vqclip.checkpoints import infer_clip_config, load_clip, load_vqgan, read_tensors
+from vqclip.errors import CheckpointError, OutputPathError, UnknownModelError
+from vqclip.recipe import quality
+from vqclip.zoo import get, list_models, registry, shapes
+from vqclip.zoo.bundled import WEIGHTS_DIR, weights_file
+from vqclip.zoo.judge import load_judge, to_signed
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_registered_with_checked_weights(name):
     assert rec.default_template == "{}"
     assert rec.weights.sha256 and len(rec.weights.sha256) == 64
     path = weights_file(rec)
-    assert path.parent == WEIGHTS_DIR and sha256_of(path) == rec.weights.sha256
+    assert path.parent == WEIGHTS_DIR and sha256_file(path) == rec.weights.sha256
 
 
 def test_bundled_weights_fit_the_size_cap():
@@ -73,7 +74,7 @@ def test_shapes_clip_a_known_image_wins_its_label(clip_model):
 
 def test_shapes_vqgan_reconstruction_floor(vqgan_model, test_set):
     scenes, images = test_set
-    x = quality.vqgan_input(images[:96])
+    x = to_signed(images[:96])
     rec, codes = quality.vqgan_reconstruct(vqgan_model, x)
     assert rec.shape == x.shape and codes.shape == (96, 16, 16)
     assert float(quality.psnr(x, rec).mean()) >= 30.0  # 33.5 dB measured on these 96
@@ -93,7 +94,7 @@ def test_missing_bundled_file_names_it_and_the_recipe(name, loader, monkeypatch,
     rec = get(name)
     moved = replace(rec, weights=replace(rec.weights, path=str(tmp_path / "gone.safetensors")))
     monkeypatch.setitem(registry._REGISTRY, name, moved)
-    with pytest.raises(CheckpointError, match=r"gone\.safetensors.*missing.*python -m engine\.zoo\.train"):
+    with pytest.raises(CheckpointError, match=r"gone\.safetensors.*missing.*python -m vqclip\.recipe\.train"):
         loader(name)
 
 
@@ -106,7 +107,7 @@ def test_corrupt_bundled_file_names_it_and_the_recipe(name, loader, monkeypatch,
         f.seek(bad.stat().st_size // 2)
         f.write(b"\x00\xff" * 8)
     monkeypatch.setitem(registry._REGISTRY, name, replace(rec, weights=replace(rec.weights, path=str(bad))))
-    with pytest.raises(CheckpointError, match=r"bad\.safetensors.*corrupt.*python -m engine\.zoo\.train"):
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors.*corrupt.*python -m vqclip\.recipe\.train"):
         loader(name)
 
 
@@ -129,7 +130,7 @@ def test_unknown_name_lists_the_bundled_models(family, loader):
 
 
 def test_training_recipe_refuses_an_unwritable_output_folder(tmp_path, capsys):
-    from engine.zoo import train
+    from vqclip.recipe import train
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -161,7 +162,7 @@ def test_every_caption_fits_the_clip_context():
 def test_recipe_is_reproducible_from_its_seed(what, extra, tmp_path):
     from safetensors.torch import load_file
 
-    from engine.zoo import train
+    from vqclip.recipe import train
 
     common = ["--cache", str(tmp_path / "cache"), "--train-images", "64", "--steps", "2", "--log-every", "1000",
               "--eval-every", "1000", *extra]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.zoo import shapes
+from vqclip.zoo import shapes
 
 
 def test_same_split_and_index_give_the_same_scene_and_pixels():

@@ -1,0 +1,49 @@
+"""The ``vqclip`` command line: the parser and ``main``. Each subcommand is a thin layer
+over the library, in its own module of this package.
+
+Errors a user can cause (``VqclipError``) print one line on stderr and exit 2; an
+interrupt exits 130. Heavy imports happen inside the subcommands, so ``vqclip --help``
+starts fast.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from vqclip import __version__
+from vqclip.cli import classify, demo, export, index, info, search
+from vqclip.errors import VqclipError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vqclip", description="CLIP and VQGAN inference engine")
+    p.add_argument("--version", action="version", version=f"vqclip {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in (info, export, classify, index, search, demo):
+        group.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except VqclipError as e:
+        print(f"vqclip: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqclip: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (`vqclip models | head`): not an error of ours
+        # Python flushes stdout at exit and would fail again; point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+

@@ -1,0 +1,168 @@
+"""Zero-shot image classification: labels -> prompt embeddings -> ranked labels per image.
+
+Each label is put into every template, the prompts are encoded, each embedding is
+L2-normalised, averaged per label and normalised again (OpenAI's ensembling). The label
+embeddings are cached on disk, keyed by the model's weights digest, the backend, the
+templates and the labels, so a second run with the same labels encodes no text.
+Probabilities are ``softmax(logit_scale * cos)`` over the labels, as CLIP was trained.
+
+Example::
+
+    clf = ZeroShotClassifier(open_encoder(), ["a red circle", "a blue square"])
+    [res] = clf.classify_paths(["circle.png"], top_k=2)
+    res.labels[0].label, res.labels[0].prob   # ("a red circle", 0.97)
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vqclip._files import atomic_write_bytes, cache_root
+from vqclip._validate import check_k
+from vqclip.decode import Timings, decode_batches, read_and_decode
+from vqclip.encoder import Encoder
+from vqclip.errors import InvalidInputError
+from vqclip.jobs.templates import format_prompts, resolve_templates
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Prediction", "ImageResult", "ZeroShotClassifier", "label_embeddings", "check_labels"]
+
+_CACHE_VERSION = 1  # bump when the cached file's layout or the averaging rule changes
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    prob: float  # softmax probability over all labels, in [0, 1]
+
+
+@dataclass
+class ImageResult:
+    """One image's ranked labels (best first), or the reason it could not be read."""
+
+    image: str
+    labels: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        d: dict = {"image": self.image, "labels": [{"label": p.label, "prob": p.prob} for p in self.labels]}
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """Stripped labels; ``InvalidInputError`` for none, a blank one, or a repeated one."""
+    if not labels:
+        raise InvalidInputError("no labels were given; give at least one label to classify into")
+    out = [str(label).strip() for label in labels]
+    blank = [i for i, label in enumerate(out) if not label]
+    if blank:
+        raise InvalidInputError(f"label #{blank[0] + 1} is blank; every label needs some text")
+    seen: set[str] = set()
+    for label in out:
+        if label in seen:
+            raise InvalidInputError(f"label {label!r} is given twice; give each label once")
+        seen.add(label)
+    return out
+
+
+def _cache_key(encoder: Encoder, labels: list[str], templates: list[str]) -> str:
+    spec = {"v": _CACHE_VERSION, "model": encoder.identity.digest, "backend": encoder.backend,
+            "templates": templates, "labels": labels}
+    return hashlib.sha256(json.dumps(spec, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def label_embeddings(encoder: Encoder, labels: Sequence[str], templates: Sequence[str],
+                     cache_dir: str | Path | None = None, use_cache: bool = True) -> tuple[np.ndarray, bool]:
+    """float32 (L, E) unit rows, one per label, and whether they came from the cache.
+
+    ``cache_dir`` defaults to ``<cache_root>/labels``. A cache file that is unreadable or
+    of the wrong shape is ignored (with a warning) and rewritten; writes are atomic.
+    """
+    labels, templates = list(labels), list(templates)
+    key = _cache_key(encoder, labels, templates)
+    path = Path(cache_dir) if cache_dir is not None else cache_root() / "labels"
+    path = path / f"{key[:40]}.npy"
+    if use_cache and path.is_file():
+        try:
+            emb = np.load(path, allow_pickle=False)
+            if emb.dtype == np.float32 and emb.ndim == 2 and emb.shape[0] == len(labels):
+                log.info("label embeddings from cache %s", path)
+                return emb, True
+            log.warning("ignoring label cache %s: shape %s does not match %d labels", path, emb.shape, len(labels))
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable label cache %s (%s); recomputing", path, e)
+    prompts = format_prompts(labels, templates)
+    emb = encoder.encode_texts(prompts)  # (L*T, E), unit rows
+    emb = emb.reshape(len(labels), len(templates), -1).mean(axis=1)  # (L, E)
+    emb = (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    if use_cache:
+        buf = io.BytesIO()
+        np.save(buf, emb, allow_pickle=False)
+        try:
+            atomic_write_bytes(path, buf.getvalue())
+        except OSError as e:  # a read-only cache must not stop classification
+            log.warning("could not write label cache %s (%s)", path, e)
+    return emb, False
+
+
+class ZeroShotClassifier:
+    """Classifies images into a fixed set of labels with one encoder.
+
+    ``templates``: ``None``/"default", "single", "ensemble", "short", a file path, or a
+    list of templates (see ``vqclip.jobs.templates``). The label embeddings are computed (or
+    read from the cache) once, here. ``text_from_cache`` tells which happened.
+    """
+
+    def __init__(self, encoder: Encoder, labels: Sequence[str], templates: str | Sequence[str] | None = None,
+                 cache_dir: str | Path | None = None, use_cache: bool = True):
+        self.encoder = encoder
+        self.labels = check_labels(labels)
+        self.templates = resolve_templates(templates, encoder.default_template)
+        self.text_embeddings, self.text_from_cache = label_embeddings(
+            encoder, self.labels, self.templates, cache_dir, use_cache)
+
+    def probabilities(self, image_embeddings: np.ndarray) -> np.ndarray:
+        """float32 (B, E) unit rows -> float32 (B, L) probabilities (rows sum to 1)."""
+        logits = self.encoder.logit_scale * (image_embeddings @ self.text_embeddings.T)  # (B, L)
+        logits = logits - logits.max(axis=1, keepdims=True)  # stable softmax
+        p = np.exp(logits)
+        return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def _rank(self, probs: np.ndarray, top_k: int) -> list[list[Prediction]]:
+        k = min(top_k, len(self.labels))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the earlier label first
+        return [[Prediction(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+    def classify_pixels(self, pixels: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+        """float32 (B, 3, S, S) preprocessed images -> per image the top-k labels, best first.
+
+        ``top_k`` larger than the number of labels gives all labels; ``top_k < 1`` raises.
+        """
+        check_k(top_k, "top-k")
+        return self._rank(self.probabilities(self.encoder.encode_image(pixels)), top_k)
+
+    def classify_paths(self, paths: Sequence[str], top_k: int = 5, batch_size: int = 32,
+                       workers: int | None = None, timings: Timings | None = None) -> list[ImageResult]:
+        """Classify image files, in order. A file that cannot be read or decoded gets an
+        ``ImageResult`` with ``error`` set and no labels; the others are still classified."""
+        check_k(top_k, "top-k")
+        results: dict[int, ImageResult] = {}
+        timings = timings if timings is not None else Timings()
+        for idx, _, px, bad in decode_batches(list(enumerate(paths)), lambda it: read_and_decode(it[1]),
+                                              self.encoder.preprocess, batch_size, workers, timings):
+            for (i, p), reason in bad:
+                results[i] = ImageResult(str(p), error=reason)
+            if px is not None:
+                for (i, p), preds in zip(idx, self.classify_pixels(px, top_k)):
+                    results[i] = ImageResult(str(p), preds)
+        return [results[i] for i in range(len(paths))]

@@ -1,0 +1,162 @@
+"""The runtime subcommands end to end, in process, on the bundled shapes-clip (the default
+model) and rendered scenes of its world: classify, index build/update/info, search, the
+demo, and each bad input giving one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from vqclip.cli import main
+from vqclip.errors import CheckpointError
+
+
+def _scenes(n):
+    from vqclip.zoo import shapes
+
+    return shapes.sample_scenes("test", 100, n)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A cache of its own, and 5 rendered held-out scenes (2 in a subfolder), named by class."""
+    from vqclip.checkpoints import load_clip
+    from vqclip.zoo import shapes
+
+    try:
+        load_clip("shapes-clip")
+    except CheckpointError as e:
+        pytest.skip(f"bundled shapes-clip weights missing: {e}")
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "images"
+    truth = {}
+    for i, (scene, px) in enumerate(zip(_scenes(5), shapes.render_batch(_scenes(5), size=64))):
+        p = src / ("sub" if i % 2 else "") / f"img{i}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(px).save(p)
+        truth[str(p)] = shapes.label(scene.colour, scene.shape)
+    return tmp_path, truth, src
+
+
+def _all_labels():
+    from vqclip.zoo import shapes
+
+    return [shapes.label(c, s) for c, s in shapes.all_labels()]
+
+
+def _one_line_error(capsys, rc, match):
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("vqclip: error: ") and err.count("\n") == 1, err
+    assert match in err
+
+
+def test_classify_json_and_bad_images(images, env, capsys):
+    tmp, truth, src = env
+    bad = images.truncated(tmp / "bad.png")
+    rc = main(["classify", str(src / "img0.png"), str(src / "sub" / "*.png"), str(bad),
+               "--labels", *_all_labels(), "--top-k", "2", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 1  # one image could not be read
+    assert f"skipped {bad}" in err and "truncated" in err
+    doc = json.loads(out)
+    assert [d["image"] for d in doc] == [str(src / "img0.png"), str(src / "sub" / "img1.png"),
+                                         str(src / "sub" / "img3.png")]
+    for d in doc:
+        assert len(d["labels"]) == 2 and d["labels"][0]["prob"] >= d["labels"][1]["prob"]
+        assert d["labels"][0]["label"] == truth[d["image"]]  # the bundled model knows its world
+    # The table, from the cache this time (same model, templates and labels).
+    rc = main(["classify", str(src / "img0.png"), "--labels", *_all_labels()])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.splitlines()[0] == str(src / "img0.png")
+    assert out.splitlines()[1].endswith(truth[str(src / "img0.png")]) and "%" in out
+
+
+def test_classify_bad_input(env, capsys, tmp_path):
+    _, _, src = env
+    img = str(src / "img0.png")
+    _one_line_error(capsys, main(["classify", img]), "no labels")
+    _one_line_error(capsys, main(["classify", img, "--labels", "x", "--top-k", "0"]), "--top-k must be at least 1")
+    latin = tmp_path / "labels.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    _one_line_error(capsys, main(["classify", img, "--labels-file", str(latin)]), "not UTF-8")
+    _one_line_error(capsys, main(["classify", img, "--labels", "x", "--templates", str(tmp_path / "none.txt")]),
+                    "neither a built-in set")
+    _one_line_error(capsys, main(["classify", img, "--model", "no-such-model", "--labels", "x"]),
+                    "unknown clip model")
+
+
+def test_index_build_update_search(images, env, capsys):
+    tmp, truth, src = env
+    idx = str(tmp / "idx")
+    (src / "readme.txt").write_text("not an image")
+    (src / "zero.png").write_bytes(b"")
+    rc = main(["index", "build", str(src), "--out", idx, "--storage", "int8", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "5 entries: 5 added" in out and "1 non-images and 1 unreadable" in out
+    assert "zero.png" in err
+
+    query = truth[str(src / "img0.png")]
+    assert main(["search", idx, query, "--k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and set(hits[0]) == {"path", "score"}
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert truth[hits[0]["path"]] == query  # the scene of the queried class comes first
+
+    assert main(["search", idx, "--image", str(src / "sub" / "img3.png"), "-k", "1"]) == 0
+    score, path = capsys.readouterr().out.split()
+    assert path == str(src / "sub" / "img3.png") and float(score) > 0.98  # int8 rounding only
+
+    images.png(src / "new.png", 50)
+    assert main(["index", "update", idx, "--no-progress"]) == 0
+    assert "6 entries: 1 added" in capsys.readouterr().out
+    assert main(["index", "info", idx, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["entries"], info["storage"], info["embed_dim"], info["skipped"]) == (6, "int8", 128, 1)
+    assert info["model"] == "shapes-clip"
+
+
+def test_search_bad_input(env, capsys):
+    tmp, _, src = env
+    idx = str(tmp / "idx")
+    assert main(["index", "build", str(src), "--out", idx, "--no-progress"]) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, main(["search", idx, "   "]), "only whitespace")
+    _one_line_error(capsys, main(["search", idx, "circle", "--k", "0"]), "--k must be at least 1")
+    _one_line_error(capsys, main(["search", str(tmp / "missing"), "circle"]), "does not exist")
+    _one_line_error(capsys, main(["search", idx]), "either a TEXT query or --image")
+    _one_line_error(capsys, main(["index", "update", str(tmp / "missing")]), "does not exist")
+    _one_line_error(capsys, main(["index", "build", str(src), "--out", idx]), "already holds an index")
+
+
+def test_index_of_another_model_is_refused(tiny, env, capsys):
+    tmp, _, src = env
+    model = tiny.checkpoint(tmp / "tiny.safetensors")
+    idx = str(tmp / "idx")
+    assert main(["index", "build", str(src), "--out", idx, "--model", str(model), "--no-progress"]) == 0
+    capsys.readouterr()
+    tiny.checkpoint(model, seed=1)  # the model file now holds other weights
+    _one_line_error(capsys, main(["search", idx, "circle"]), "was built with")
+
+
+def test_demo_writes_its_report_and_reruns(env, capsys):
+    # torch only, so no ONNX export runs here (the export has its own tests; the demo's
+    # backend table compares every backend with torch when it runs for real).
+    from vqclip.jobs.demo import run_demo
+
+    tmp, _, _ = env
+    out = tmp / "demo"
+    for _ in range(2):  # a second run into the same folder replaces the first run's output
+        assert run_demo(out, samples=8, backend="torch", echo=print) == 0
+    text = capsys.readouterr().out
+    assert "torch fp32" in text and "<- fastest, used below" in text and str(out / "index.html") in text
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["classified"]) == 8 and len(doc["search"]) == 3
+    assert doc["backends"][0]["accuracy"] >= 0.75  # shapes-clip on its own world (model card: ~97%)
+    assert all(len(q["hits"]) == 3 and q["hits"][0]["match"] for q in doc["search"])
+    assert len(list((out / "images").glob("demo_*.png"))) == 8
+    page = (out / "index.html").read_text()
+    assert page.count("<img src='images/demo_") == 8 + 9  # every sample + 3 hits per query
+    (out / "index" / "header.json").unlink()  # no longer the demo's own index: left alone
+    _one_line_error(capsys, main(["demo", "--out", str(out)]), "is not a demo index")
