@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vqclip.decode import decode_batches, load_image
-from vqclip.preprocess import Preprocessor
+from vqclip.decode import decode_batches
+from vqclip.preprocess import Preprocessor, load_image
 from vqclip.tokenizer import Tokenizer
 
 WORDS = (

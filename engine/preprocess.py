@@ -1,10 +1,17 @@
-"""CLIP's image preprocessing, at parity with OpenAI's pipeline.
+"""Image decoding and CLIP's image preprocessing, at parity with OpenAI's pipeline.
 
-``Preprocessor`` turns RGB images into the image encoder's input, float32 ``[B, 3, S, S]``:
-resize the short side to ``S`` with PIL's bicubic filter (the long side is
-``int(S * long / short)``), centre crop ``S x S`` at OpenAI's offset
-``int(round((h - S) / 2))``, scale to [0, 1], normalise with the model's mean/std.
-Decoding (EXIF, RGB, the pixel limit) is ``vqclip.decode.load_image``'s job.
+Two jobs, in the order data flows:
+
+- ``load_image`` decodes a path, bytes, file-like object or ``PIL.Image`` into an RGB
+  image: EXIF orientation applied, any mode converted with ``Image.convert("RGB")`` as
+  OpenAI's ``_convert_image_to_rgb`` does (transparency is dropped, not composited), a
+  pixel-count limit checked from the header before any pixel is decoded, and every
+  failure raised as ``ImageDecodeError``. (Many files at once, in parallel with the
+  encoder: ``vqclip.decode``.)
+- ``Preprocessor`` turns RGB images into the image encoder's input, float32
+  ``[B, 3, S, S]``: resize the short side to ``S`` with PIL's bicubic filter (the long
+  side is ``int(S * long / short)``), centre crop ``S x S`` at OpenAI's offset
+  ``int(round((h - S) / 2))``, scale to [0, 1], normalise with the model's mean/std.
 
 Two places where Hugging Face's ``CLIPImageProcessor`` (transformers 5.x, PIL backend)
 is not OpenAI's pipeline, found by ``tests/test_preprocess.py``; vqclip follows OpenAI,
@@ -23,17 +30,132 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import os
+import struct
 from collections.abc import Sequence
+from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vqclip.constants import OPENAI_MEAN, OPENAI_STD
-from vqclip.decode import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from vqclip.errors import ImageDecodeError, InputShapeError
 
-__all__ = ["Preprocessor", "INTERPOLATIONS"]
+__all__ = ["ImageSource", "Preprocessor", "load_image", "DEFAULT_MAX_PIXELS", "INTERPOLATIONS"]
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
+
+# Pillow's own warning threshold (Image.MAX_IMAGE_PIXELS as shipped): 2^30 / 4 / 3 pixels,
+# the size whose decoded RGB needs 256 MiB. CLIP sees a 224-336 px crop, so a larger
+# image buys nothing and lets one request take gigabytes when decoded in parallel;
+# callers who need more pass max_pixels (Pillow itself refuses above twice its limit).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+# What Pillow raises on corrupt data, by plugin: OSError (truncated, decoder errors),
+# SyntaxError (bad headers), ValueError / struct.error (bad fields), EOFError (short
+# reads), DecompressionBombError (over Pillow's global limit).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+def _describe(src: object) -> str:
+    """A short name for a source, for error messages."""
+    if isinstance(src, (str, os.PathLike)):
+        return repr(os.fspath(src))
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, Image.Image):
+        return f"<PIL image {src.mode} {src.size[0]}x{src.size[1]}>"
+    name = getattr(src, "name", None)
+    return repr(name) if isinstance(name, str) else f"<{type(src).__name__}>"
+
+
+def _check_size(im: Image.Image, what: str, max_pixels: int) -> None:
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"image {what} is {w}x{h} pixels, expected at least 1x1; pass a non-empty image")
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            f"image {what} is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,}; "
+            f"downscale it first or pass a larger max_pixels"
+        )
+
+
+def _to_rgb(im: Image.Image, copy: bool = True) -> Image.Image:
+    """EXIF-upright RGB version of a decoded image.
+
+    With ``copy=False`` an upright RGB input is returned as is (the preprocessing path,
+    which only reads it); otherwise the result is never the input object.
+    """
+    if im.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+        im = ImageOps.exif_transpose(im)  # a new image, orientation tag removed
+    elif im.mode == "RGB":
+        return im.copy() if copy else im
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, copy: bool = True) -> Image.Image:
+    """Decode ``src`` into an upright RGB ``PIL.Image``.
+
+    Args:
+        src: a file path, the encoded bytes, a binary file-like object (read from its
+            current position), or a ``PIL.Image`` (not modified; a converted copy is
+            returned). Any format and mode Pillow reads: L, LA, P (with transparency),
+            RGBA, CMYK, I;16, 1, ... become RGB by ``Image.convert("RGB")``; animated
+            images give their first frame.
+        max_pixels: refuse images with more pixels than this, judged from the header
+            before any pixel is decoded (a decompression-bomb guard).
+        copy: False lets an upright RGB ``PIL.Image`` through uncopied (for callers that
+            only read it, as preprocessing does).
+
+    Returns: an RGB image, EXIF orientation applied (``ImageOps.exif_transpose``); a new
+    one unless ``copy`` is False and the input was already upright RGB.
+
+    Raises:
+        ImageDecodeError: the file cannot be read, is not an image, is truncated or
+            corrupt, has zero width or height, or has more than ``max_pixels`` pixels.
+        InputShapeError: ``src`` is of a type that is none of the above.
+
+    Example: ``load_image("photo.jpg").mode`` -> ``"RGB"``.
+    """
+    what = _describe(src)
+    if isinstance(src, Image.Image):
+        _check_size(src, what, max_pixels)
+        try:
+            return _to_rgb(src, copy)
+        except _DECODE_ERRORS as e:
+            raise ImageDecodeError(f"image {what} cannot be converted to RGB ({e}); pass an RGB image") from e
+
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        fp: object = io.BytesIO(src)
+    elif isinstance(src, (str, os.PathLike)) or hasattr(src, "read"):
+        fp = src
+    else:
+        raise InputShapeError(
+            f"image source is {type(src).__name__}, expected a path, bytes, a binary file "
+            f"object or a PIL.Image; for an array use PIL.Image.fromarray first"
+        )
+    try:
+        with Image.open(fp) as im:  # reads the header only
+            _check_size(im, what, max_pixels)
+            im.load()
+            return _to_rgb(im)
+    except FileNotFoundError as e:
+        raise ImageDecodeError(f"image {what} does not exist; check the path") from e
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(
+            f"image {what} is not an image Pillow can read (unknown format, corrupt or "
+            f"zero-sized header); pass a JPEG, PNG, WebP, GIF, BMP or TIFF file"
+        ) from e
+    except _DECODE_ERRORS as e:
+        raise ImageDecodeError(
+            f"image {what} cannot be decoded ({type(e).__name__}: {e}); the file is "
+            f"truncated, corrupt or unreadable, re-export or re-download it"
+        ) from e
+
+
+
 
 INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,  # OpenAI CLIP, OpenCLIP defaults
@@ -138,7 +260,7 @@ class Preprocessor:
         """Images -> float32 ``[B, 3, S, S]``, normalised, in input order.
 
         Accepts one source or a list of them (anything ``load_image`` takes); each is
-        decoded with ``vqclip.decode.load_image`` (decode many in parallel with
+        decoded with ``load_image`` (decode many in parallel with
         ``vqclip.decode.decode_batches``). An empty list gives shape ``(0, 3, S, S)``.
 
         Raises ``ImageDecodeError`` naming the position of the first bad image.

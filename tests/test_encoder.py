@@ -1,12 +1,38 @@
-"""vqclip.encoder: the export cache behind the exported backends."""
+"""vqclip.encoder: the export cache behind the exported backends, names and identities."""
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import numpy as np
+import pytest
 
 from vqclip import __version__
-from vqclip.encoder import open_encoder
+from vqclip.encoder import _quiet_exporter, open_encoder
+from vqclip.errors import UnknownBackendError
+
+
+@pytest.fixture(scope="module")
+def exported_cache(tmp_path_factory, tiny_clip):
+    """A cache holding the one export of the tiny CLIP that every test here starts from."""
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VQCLIP_CACHE", str(cache))
+    try:
+        open_encoder(tiny_clip, "onnxruntime")
+    finally:
+        mp.undo()
+    return cache
+
+
+@pytest.fixture
+def cache(exported_cache, tmp_path, monkeypatch):
+    """A private copy of the exported cache (tests damage it), set as VQCLIP_CACHE."""
+    dst = tmp_path / "cache"
+    shutil.copytree(exported_cache, dst)
+    monkeypatch.setenv("VQCLIP_CACHE", str(dst))
+    return dst
 
 
 def _only_export(cache):
@@ -15,39 +41,59 @@ def _only_export(cache):
     return folders[0]
 
 
-def test_cached_export_is_reused_then_remade_for_another_vqclip_version(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))
-    module = tiny.clip(3)
-    first = open_encoder(module, "onnxruntime")
-    folder = _only_export(tmp_path)
+def _ids():
+    ids = np.zeros((1, 77), dtype=np.int64)
+    ids[0, :3] = [49406, 320, 49407]
+    return ids
+
+
+def test_cached_export_is_reused_then_remade_for_another_vqclip_version(tiny_clip, cache):
+    folder = _only_export(cache)
     manifest = folder / "manifest.json"
     made = manifest.stat().st_mtime_ns
-
-    open_encoder(module, "onnxruntime")  # same weights, same vqclip: the cache answers
+    first = open_encoder(tiny_clip, "onnxruntime")  # same weights, same vqclip: the cache answers
     assert manifest.stat().st_mtime_ns == made
 
     data = json.loads(manifest.read_text())
     data["versions"]["vqclip"] = "0.0.1"  # as if an older vqclip had exported it
     manifest.write_text(json.dumps(data))
-    again = open_encoder(module, "onnxruntime")
-    assert _only_export(tmp_path) == folder
+    again = open_encoder(tiny_clip, "onnxruntime")
+    assert _only_export(cache) == folder
     assert json.loads(manifest.read_text())["versions"]["vqclip"] == __version__
-
-    ids = np.zeros((1, 77), dtype=np.int64)
-    ids[0, :3] = [49406, 320, 49407]
-    np.testing.assert_allclose(again.session.encode_text(ids), first.session.encode_text(ids), atol=1e-6)
+    np.testing.assert_allclose(again.session.encode_text(_ids()), first.session.encode_text(_ids()), atol=1e-6)
 
 
-def test_damaged_cached_graph_is_remade_not_served(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path))
-    module = tiny.clip(4)
-    first = open_encoder(module, "onnxruntime")
-    graph = _only_export(tmp_path) / "text_encoder.onnx"
+def test_damaged_cached_graph_is_remade_not_served(tiny_clip, cache):
+    first = open_encoder(tiny_clip, "onnxruntime")
+    want = first.session.encode_text(_ids())
+    graph = _only_export(cache) / "text_encoder.onnx"
     data = bytearray(graph.read_bytes())
     data[-1] ^= 0xFF  # one flipped byte: the sha256 no longer matches the manifest
     graph.write_bytes(bytes(data))
 
-    again = open_encoder(module, "onnxruntime")  # checked before the backend loads it
-    ids = np.zeros((1, 77), dtype=np.int64)
-    ids[0, :3] = [49406, 320, 49407]
-    np.testing.assert_allclose(again.session.encode_text(ids), first.session.encode_text(ids), atol=1e-6)
+    again = open_encoder(tiny_clip, "onnxruntime")  # checked before the backend loads it
+    np.testing.assert_allclose(again.session.encode_text(_ids()), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["Torch", "PYTORCH", "OnnxRuntime", "ORT"])
+def test_backend_names_are_case_insensitive(tiny_clip, cache, name):
+    enc = open_encoder(tiny_clip, name)
+    assert enc.backend in ("torch-fp32", "onnxruntime-fp32")
+    assert len(list((cache / "exports").iterdir())) == 1  # no second export for another spelling
+
+
+def test_unknown_backend_fails_before_any_model_loads():
+    with pytest.raises(UnknownBackendError, match="available: torch, onnxruntime, tensorrt"):
+        open_encoder("no-such-model", "openvino")
+
+
+def test_export_on_demand_quietens_only_the_exporter(caplog):
+    caplog.set_level(logging.INFO, logger="torch.onnx")  # the suite quietens it: start from INFO
+    with caplog.at_level(logging.INFO):
+        with _quiet_exporter():
+            logging.getLogger("torch.onnx").warning("exporter chatter")
+            logging.getLogger("myapp").warning("the application's own warning")
+            logging.getLogger().info("a root record")
+        logging.getLogger("torch.onnx").warning("after the export")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["the application's own warning", "a root record", "after the export"]

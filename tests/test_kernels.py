@@ -339,6 +339,30 @@ def test_default_threads_ignore_torch_setting(monkeypatch):
     assert K.resolve_threads(2) == 2
 
 
+@pytest.mark.parametrize("env", [{"OMP_THREAD_LIMIT": "1"}, {"OMP_DYNAMIC": "true", "OMP_THREAD_LIMIT": "2"}])
+def test_a_smaller_team_than_asked_still_scans_every_row(env):
+    # OpenMP may give fewer threads than asked: every row must still be scanned and merged.
+    code = """
+import json, numpy as np
+from vqclip import kernels as K
+rng = np.random.default_rng(0)
+g = rng.standard_normal((40000, 16)).astype(np.float32)
+q = rng.standard_normal((3, 16)).astype(np.float32)
+out = {}
+for b in (1, 3):
+    s, i = K.topk_cosine(q[:b], g, 5, threads=8)
+    gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+    ref = np.argsort(-(q[:b] / np.linalg.norm(q[:b], axis=1, keepdims=True)) @ gn.T, axis=1)[:, :5]
+    out[b] = [i.tolist(), ref.tolist()]
+print(json.dumps(out))
+"""
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    for got, ref in json.loads(res.stdout).values():
+        assert got == ref
+
+
 def test_large_batch_of_queries(rng):
     g = rng.standard_normal((257, 24)).astype(np.float32)
     q = rng.standard_normal((4096, 24)).astype(np.float32)

@@ -28,7 +28,7 @@ HF_WEIGHT_FILES = (
     "open_clip_pytorch_model.bin",
 )
 
-_SOURCE_ATTR = "_vqclip_weights_source"  # (path, size, mtime_ns) of the file a loader read
+_SOURCE_ATTR = "_vqclip_weights_source"  # the file a loader read, and the tensors as they were then
 
 
 def weights_file_of(folder: str | os.PathLike) -> Path:
@@ -41,10 +41,16 @@ def weights_file_of(folder: str | os.PathLike) -> Path:
                           "give the weights file itself")
 
 
+def _tensor_state(module: Any) -> tuple:
+    """Where each tensor lives and how often it was changed in place: cheap, and it moves
+    when a weight is edited (``add_``, an optimiser step) or replaced."""
+    return tuple((t.data_ptr(), t._version) for t in module.state_dict(keep_vars=True).values())
+
+
 def remember_source(module: Any, path: str | os.PathLike) -> None:
     """Record on ``module`` the file its weights were read from (loaders call this)."""
     st = Path(path).stat()
-    setattr(module, _SOURCE_ATTR, (str(Path(path).resolve()), st.st_size, st.st_mtime_ns))
+    setattr(module, _SOURCE_ATTR, (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, _tensor_state(module)))
 
 
 def weights_digest(source: Any) -> str:
@@ -52,8 +58,8 @@ def weights_digest(source: Any) -> str:
 
     ``source``: a zoo name with bundled weights, a weights file, a model folder, or a
     module. A module remembers the file a vqclip loader read it from and gets that file's
-    digest while the file is unchanged; otherwise (built in memory, or the file changed
-    since) the digest of its tensors. Raises ``CheckpointError`` for a name that is
+    digest while neither the file nor the module's tensors have changed; otherwise (built
+    in memory, edited, or the file rewritten since) the digest of its tensors. Raises ``CheckpointError`` for a name that is
     neither a path nor a zoo model with weights.
     """
     if isinstance(source, (str, os.PathLike)):
@@ -74,8 +80,8 @@ def weights_digest(source: Any) -> str:
         except OSError as e:
             raise CheckpointError(f"cannot read {str(path)!r} to identify its weights ({e.strerror})") from e
     recorded = getattr(source, _SOURCE_ATTR, None)
-    if recorded is not None:
-        path, size, mtime = recorded
+    if recorded is not None and recorded[3] == _tensor_state(source):
+        path, size, mtime, _ = recorded
         try:
             st = os.stat(path)
             if (st.st_size, st.st_mtime_ns) == (size, mtime):

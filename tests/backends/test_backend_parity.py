@@ -39,11 +39,14 @@ CASES = [  # (backend, precision, options, skip reason or None)
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_clip, tmp_path_factory):
+def exported(tiny_clip, tiny_clip_export, tmp_path_factory):
+    """The suite's shared export, or one with TensorRT plans where TensorRT runs."""
+    if not _HAS_TRT:
+        return tiny_clip_export
     from vqclip.export import export_model
 
     out = tmp_path_factory.mktemp("export") / "tiny-clip"
-    export_model(tiny_clip, out, ["fp32", "fp16", "int8"], tensorrt=_HAS_TRT, name="tiny-clip")
+    export_model(tiny_clip, out, ["fp32", "fp16", "int8"], tensorrt=True, name="tiny-clip")
     return out
 
 

@@ -148,6 +148,7 @@ def _random_openai_weights(cfg: CLIPConfig) -> dict:
 _VIT_L_14_SHALLOW = dataclasses.replace(get("ViT-L/14").config, vision_layers=2, text_layers=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [get("ViT-B/32").config, _VIT_L_14_SHALLOW], ids=["ViT-B-32", "ViT-L-14-shallow"])
 def test_parity_with_openai_build_model(cfg, tmp_path):
     m = _openai_model_module()
@@ -237,6 +238,7 @@ def test_requested_dtype_is_applied(tmp_path):
 
 # ---------------------------------------------------------------- parity with Hugging Face
 
+@pytest.mark.slow
 def test_parity_with_hf_clipmodel_vit_b32(tmp_path):
     transformers = pytest.importorskip("transformers")
     hf_cfg = transformers.CLIPConfig()  # ViT-B/32 shapes; eos_token_id 49407 -> pools at the first EOT

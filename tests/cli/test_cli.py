@@ -140,6 +140,7 @@ def test_index_of_another_model_is_refused(tiny, env, capsys):
     _one_line_error(capsys, main(["search", idx, "circle"]), "was built with")
 
 
+@pytest.mark.slow
 def test_demo_writes_its_report_and_reruns(env, capsys):
     # torch only, so no ONNX export runs here (the export has its own tests; the demo's
     # backend table compares every backend with torch when it runs for real).

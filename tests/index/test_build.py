@@ -238,6 +238,7 @@ def _assert_complete(tiny, idx: Path, src: Path, n: int) -> None:
             np.testing.assert_allclose(st.vectors[e.row].astype(np.float32), ref, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_sigkill_during_build_then_update_loses_and_duplicates_nothing(tiny, images, tmp_path):
     n = 24
     src = _folder(images, tmp_path, n)

@@ -122,3 +122,15 @@ def test_refusals(tiny, built, tmp_path):
     with Index.open(tmp_path / "e", encoder=tiny.encoder()) as idx:
         with pytest.raises(SearchIndexError, match="holds no images"):
             idx.search(text="circle", k=1)
+
+
+def test_an_index_built_by_name_opens_with_the_loaded_module(tmp_path, images):
+    from vqclip.checkpoints import load_clip
+    from vqclip.encoder import open_encoder
+
+    src = tmp_path / "images"
+    for i in range(3):
+        images.png(src / f"img{i}.png", i)
+    build_index(src, tmp_path / "idx", open_encoder("shapes-clip"), progress=False)
+    with Index.open(tmp_path / "idx", model=load_clip("shapes-clip")) as idx:
+        assert len(idx.search(text="a red circle", k=2)) == 2

@@ -108,6 +108,7 @@ def _compare(ref, model, x):
     return idx
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [(16, 16), (18, 32), (5, 7), (1, 1)], ids=lambda g: f"{g[0]}x{g[1]}")
 def test_small_config_matches_taming_on_grids(small, grid):
     ref, model = small
@@ -122,6 +123,7 @@ def test_small_config_matches_taming_on_grids(small, grid):
         torch.testing.assert_close(model.decode_indices(idx), ref.decode_indices(idx), rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 def test_full_f16_16384_checkpoint_matches_taming_at_small_grids(tmp_path):
     """The acceptance path: taming's modules -> a Lightning-layout .ckpt -> load_vqgan -> same outputs."""
     cfg = get("vqgan-f16-16384").config

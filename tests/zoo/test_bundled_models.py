@@ -72,6 +72,7 @@ def test_shapes_clip_a_known_image_wins_its_label(clip_model):
     assert shapes.all_labels()[int(logits.argmax())] == ("yellow", "star")
 
 
+@pytest.mark.slow
 def test_shapes_vqgan_reconstruction_floor(vqgan_model, test_set):
     scenes, images = test_set
     x = to_signed(images[:96])
