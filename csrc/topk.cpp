@@ -3,10 +3,9 @@
 //
 // Threads (OpenMP when the build found it): each thread scans a contiguous slice of the
 // gallery with its own selectors for every query, merged at the end, so the gallery is
-// read once, by all cores together, and each block is converted/packed by one thread.
-// (Splitting the queries instead, tried for many queries, reads and packs the whole
-// gallery once per thread: 2-4% more CPU with the GEMM-form tile kernel, and twice the
-// DRAM traffic.) Extra memory is O(threads x b x k + block), never the b x n scores.
+// read once, by all cores together, and each block is converted/packed by one thread
+// (splitting the queries would read the gallery once per thread: benchmarks/RESULTS.md).
+// Extra memory is O(threads x b x k + block), never the b x n scores.
 #include "topk.h"
 
 #include <algorithm>
@@ -31,14 +30,12 @@ constexpr int64_t kTileMinQueries = 4;
 constexpr int64_t kQueryGroup = 256;
 // Gallery block sizes (float32 bytes) for the direct and the tile path.
 constexpr int64_t kDirectBlockBytes = int64_t(128) << 10;
-// Tile path, measured (N=100k, D=512, one thread): 64 KiB to 512 KiB all within 3%.
+// Tile path: block size hardly matters between 64 and 512 KiB (benchmarks/RESULTS.md).
 constexpr int64_t kTileBlockBytes = int64_t(128) << 10;
 // Selection keeps a buffer of up to 2k hits, cut back to the best k with nth_element
-// when full; the k-th score then filters what enters. Measured against a binary heap
-// (one query, 200k rows, d=16, CPU time, 2-core AMD EPYC, loaded machine): similar on
-// random scores for k = 10..1000 (0.5-1.3 ms either way), and 1.5x (k=10) to 3.8x
-// (k=1000) faster than the heap on ascending scores, where every row enters. So the
-// buffer is used for every k; k = 1 is a plain running arg-max.
+// when full; the k-th score then filters what enters. It never loses to a binary heap
+// and wins where every row enters (ascending scores; benchmarks/RESULTS.md), so it is
+// used for every k; k = 1 is a plain running arg-max.
 
 struct Hit {
     float score;

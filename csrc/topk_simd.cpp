@@ -25,7 +25,7 @@
 #include <utility>
 
 // VQCLIP_PORTABLE_ONLY builds the scalar path alone, as on ARM: a way to check the
-// portable build on an x86 machine (see the report of issue 4).
+// portable build on an x86 machine.
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
     !defined(VQCLIP_PORTABLE_ONLY)
 #define VQ_X86 1
@@ -146,7 +146,7 @@ void pack_queries_plain(const float* q, int64_t nq, int64_t d, float* dst) {
 
 // The GEMM-form kernels split nq queries into ceil(nq / NR) tiles of near-equal size
 // (16 -> 8 + 8 rather than 12 + 4: a narrow tile has too few FMA chains to hide the FMA
-// latency; AVX2, B=16, N=100k, one thread: 25.6 -> 21.7 ms CPU, AVX-512 unchanged).
+// latency; benchmarks/RESULTS.md).
 // Tile t holds queries [query_tile_start(t), query_tile_start(t + 1)).
 inline int64_t query_tiles(int64_t nq, int64_t nr_max) { return (nq + nr_max - 1) / nr_max; }
 inline int64_t query_tile_start(int64_t t, int64_t nq, int64_t tiles) { return nq * t / tiles; }
@@ -172,8 +172,7 @@ using PanelKernel = void (*)(const float* qt, const float* panel, int64_t d, flo
 
 // Runs the GEMM-form micro-kernels (kernels[nr - 1] for a tile of nr queries) over all
 // query tiles x 16-row panels. The next block (`ahead`) is prefetched a share per call,
-// spread over the call's FMAs, so that its DRAM reads overlap this block's arithmetic
-// (B=16, N=200k, D=512, 2 threads, AVX-512: 44-58 ms CPU vs 62-80 ms without).
+// spread over the call's FMAs, so that its DRAM reads overlap this block's arithmetic.
 template <size_t NR>
 void run_panel_kernels(const std::array<PanelKernel, NR>& kernels, const float* qp, int64_t nq,
                        const float* gp, int64_t ng, int64_t d, float* scores, int64_t lds,
@@ -477,8 +476,7 @@ VQ_AVX512 inline float tree_sum16(__m512 v) {
 
 // The direct (few-query) path: one row at a time, four FMA chains over interleaved
 // 16-wide pieces. Reading each row front to back keeps the hardware prefetcher on one
-// stream: interleaving 4 or 16 rows, tried first, ran 1.2-3x slower from DRAM
-// (400k x 512 rows, one core: float32 18.8 vs 12.6-15.0 GB/s, int8 17.8 vs 5.5-7.8).
+// stream (interleaved rows were slower from DRAM: benchmarks/RESULTS.md).
 template <typename T>
 VQ_AVX512 float dot4_avx512(const float* __restrict q, const T* __restrict row, int64_t d) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
@@ -522,11 +520,7 @@ VQ_AVX512 void dot_rows_avx512(const float* q, const void* rows, Storage st, int
 // broadcast query value folds into the FMA's memory operand. Each accumulator lane is
 // one sequential FMA chain over j for one (query, row) pair, so a score does not depend
 // on the tile position, the block, the segment or the thread split, and no horizontal
-// sums are needed. It replaces a dot-product tile (4 queries x 4 rows, 8 loads per 16
-// FMAs, a 16 x 16 transpose-add at the end): single-thread, N=100k, D=512, B=256, CPU
-// time on the loaded 2-core EPYC (Zen 4, ~116 GFLOP/s peak per core): 90 -> 100-107
-// GFLOP/s. Measured alternatives, all within that noise: 16 x 14, 16 x 8, 32 x 6, 32 x 7,
-// 32 x 12, 48 x 8; 16 x 12 kept as the simplest.
+// sums are needed. 16 x 12 is the simplest of the shapes that tied (benchmarks/RESULTS.md).
 constexpr int64_t kPanel = 16;
 constexpr int kTileQ = 12;
 

@@ -11,11 +11,9 @@ The vocabulary is OpenAI's merges file shipped in ``engine/data`` (MIT, see
    the Rust pre-tokenizer keeps two OpenAI quirks exact: which characters count as
    whitespace is the ``regex`` module's Unicode rule, and a literal ``<|endoftext|>``
    typed into the text becomes the special token only where OpenAI's alternation order
-   makes it one (not after other symbols, as in ``"!<|endoftext|>"``). The same
-   pattern in the Rust pre-tokenizer (Oniguruma) was measured and rejected: its
-   Unicode tables are older than the ``regex`` module's (17,480 code points assigned
-   since, such as U+0558, split differently) and it case-folds property classes
-   (U+0345, which OpenAI's split drops, became a letter).
+   makes it one (not after other symbols, as in ``"!<|endoftext|>"``). The Rust
+   pre-tokenizer's regex engine splits some characters differently (older Unicode
+   tables, case-folded property classes; benchmarks/RESULTS.md), so it is not used here.
 3. Byte-level mapping and BPE merges, in Rust (Hugging Face ``tokenizers``), with the
    ``</w>`` end-of-word suffix. Hugging Face's own ``CLIPTokenizerFast`` is not used: it
    replaces ftfy with NFC normalisation and differs from OpenAI on some inputs

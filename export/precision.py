@@ -14,11 +14,9 @@
   int8 dynamic quantisation is a CPU precision: that is where its kernels are fast. The
   CLIP graphs are traced so that every weight product is a MatMul with an initializer
   (``export.graphs.ImageEncoderGraph``: the patch stem too), so all of them are quantised.
-  Not used: ONNX Runtime's fused ``Attention`` / ``QAttention`` (onnxscript's
-  ``optimize_for_ort`` fuses them, with SkipLayerNormalization, on a q/k/v-split form of
-  the block) were not faster for ViT-B/32 (50 tokens) on the 2-core CPU this project
-  benchmarks on, where the MatMuls dominate; ``benchmarks/bench_export.py`` times ONNX
-  Runtime's own transformer fusions against the saved graph.
+  Not used: ONNX Runtime's fused ``Attention`` / ``QAttention``, which were not faster
+  where the MatMuls dominate (benchmarks/RESULTS.md; ``benchmarks/bench_export.py`` times
+  ONNX Runtime's own transformer fusions against the saved graph).
 
 Example::
 

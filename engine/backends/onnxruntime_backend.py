@@ -6,14 +6,11 @@ neither has been run in this project's own tests, which have no GPU). fp32, fp16
 graphs run alike: the fp16 and int8 graphs keep float32 inputs and outputs.
 
 Session defaults are chosen for a small, shared CPU (``benchmarks/bench_encoders.py
---sweep`` measures them): one intra-op thread per CPU this process may use; idle threads
-sleep rather than spin (on a 2-core machine shared with other work, spinning made the
-ViT-B/32 int8 image encoder 2.3x slower at batch 1, 289 vs 125 ms p50, and fp32 1.2x;
-spinning only wins on cores nothing else wants); a single inter-op thread with sequential
-execution (an encoder is one chain of ops, so parallel branches have nothing to overlap);
-all graph optimisations ("basic" was never faster, and 1.3x slower for fp32 at batch 1);
-and the memory arena and pattern planner on (off was slower in 3 of the 4 fp32/int8 x
-batch 1/16 cases, up to 1.35x, and 7% faster in one, within this machine's noise).
+--sweep`` measures them; benchmarks/RESULTS.md has the figures): one intra-op thread per
+CPU this process may use; idle threads sleep rather than spin (spinning threads take the
+cores the rest of the process needs); a single inter-op thread with sequential execution
+(an encoder is one chain of ops); all graph optimisations; the memory arena and pattern
+planner on.
 """
 from __future__ import annotations
 
@@ -70,7 +67,7 @@ class OnnxRuntimeBackend(Backend):
         dynamic_block_base: > 0 splits each parallel loop into shrinking blocks that
             threads claim as they come free (ORT's ``session.dynamic_block_base``), which
             keeps one descheduled thread from stalling the op on a shared CPU; 0: ORT's
-            static split (the sweep measured no gain from 4 on this project's machine).
+            static split.
         verify: check each graph's sha256 against the manifest before loading it.
         provider_options: per-provider option dicts, e.g. ``{"CUDAExecutionProvider":
             {"device_id": 1}}``.

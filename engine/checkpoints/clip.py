@@ -311,7 +311,7 @@ def _build_loaded(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source: str, 
                   dtype: torch.dtype) -> CLIP:
     """CLIP(cfg) holding ``sd``, without a random init that the checkpoint would overwrite.
 
-    Built on the meta device (no memory, no init: ViT-B/32 loads ~5x faster), then the
+    Built on the meta device (no memory, no random init to overwrite), then the
     checkpoint's tensors, cast once, become the parameters.
     """
     with torch.device("meta"):

@@ -6,15 +6,11 @@ fused cosine + top-k kernel over every row. One ``Index`` serves many threads at
 the rows are read-only, each thread gets its own SQLite connection, and the encoder and
 kernel calls share no mutable state.
 
-Where a text query's time goes (1M x 512 fp16 rows, 2 cores, ViT-B/32's text tower;
-``benchmarks/bench_runtime.py``, results/runtime_search_cpu2.json): the text encoder
-(21 ms on ONNX Runtime int8, 39 ms on torch, 49 ms on ONNX Runtime fp32, p50) and the
-kernel (33-39 ms), each on every core, one after the other; tokenising, normalising and
-the SQLite lookup of the k paths are each under a millisecond. Fastest end to end:
-``backend="onnxruntime", precision="int8"`` (62 ms p50). Serving back-to-back queries,
-set ``OMP_WAIT_POLICY=PASSIVE`` in the environment: otherwise the kernel's OpenMP
-threads spin-wait after each call on the cores the next query's encoder needs (ONNX
-Runtime fp32 queries: 141 ms p50 by default, 79 ms with it; results/runtime_search_cpu2*.json).
+A query's time is the text (or image) encoder and the kernel, one after the other, each
+on every core (``benchmarks/bench_runtime.py`` times each stage): the fastest CPU
+configuration is ``backend="onnxruntime", precision="int8"``. Serving back-to-back
+queries, set ``OMP_WAIT_POLICY=PASSIVE`` in the environment: otherwise the kernel's
+OpenMP threads spin-wait after each call on the cores the next query's encoder needs.
 
 Example::
 
