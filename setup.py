@@ -121,7 +121,7 @@ ext_modules, cmdclass = kernel_extensions()
 
 setup(
     name="vqclip",
-    version="0.1.0",
+    version="0.2.0",
     description="An optimised inference engine for CLIP and VQGAN",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

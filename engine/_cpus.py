@@ -1,9 +1,12 @@
-"""How many CPUs this process may use: the one answer the kernels and the backends share."""
+"""How many CPUs this process may use, and which instruction sets they have: the answers
+the kernels, the backends and the export manifest share."""
 from __future__ import annotations
 
+import functools
 import os
+import platform
 
-__all__ = ["available_cpus"]
+__all__ = ["available_cpus", "cpu_features", "simd_class", "int8_gemm_path"]
 
 
 def available_cpus() -> int:
@@ -12,3 +15,46 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> frozenset[str]:
+    """The CPU's feature flags as the kernel reports them (Linux ``/proc/cpuinfo``); empty
+    where they cannot be read. Example: ``"avx512_vnni" in cpu_features()``."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def simd_class() -> str:
+    """This CPU's class for the figures vqclip records: "avx512-vnni", "avx512", "avx2",
+    "x86-64", or the machine name elsewhere ("aarch64")."""
+    f = cpu_features()
+    if "avx512f" in f:
+        return "avx512-vnni" if "avx512_vnni" in f else "avx512"
+    if "avx2" in f:
+        return "avx2"
+    machine = platform.machine().lower()
+    return "x86-64" if machine in ("x86_64", "amd64") else machine
+
+
+def int8_gemm_path() -> str:
+    """How ONNX Runtime's x86 int8 GEMM (uint8 activations x int8 weights) runs here.
+
+    With VNNI (AVX512-VNNI or AVX-VNNI) its dot products accumulate in int32 and cannot
+    saturate; without it, VPMADDUBSW sums pairs of products in int16, which saturates for
+    full-range int8 weights (what ``vqclip.export`` avoids by quantising weights to uint8).
+    """
+    f = cpu_features()
+    if "avx512_vnni" in f:
+        return "vnni (avx512_vnni)"
+    if "avx_vnni" in f:
+        return "vnni (avx_vnni)"
+    if "avx2" in f:
+        return "avx2 vpmaddubsw (int16 pair sums)"
+    return "generic" if f else "unknown"

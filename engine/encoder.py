@@ -220,6 +220,8 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
                 for g in manifest.graphs:
                     if g.precision == precision:
                         verify_sha256(folder / g.file, g.sha256)
+                        if g.selftest:
+                            verify_sha256(folder / g.selftest["file"], g.selftest["sha256"])
                 return folder
             log.info("re-exporting %s: the cached export was made by vqclip %s, this is %s",
                      name, made_by, __version__)

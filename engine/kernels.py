@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vqclip._cpus import available_cpus
+from vqclip._cpus import available_cpus, int8_gemm_path, simd_class
 from vqclip._validate import check_count, check_k
 from vqclip.errors import BackendUnavailableError, InputShapeError
 
@@ -119,12 +119,16 @@ def info() -> dict[str, Any]:
 
     Returns a dict: ``simd`` (the active path), ``best`` (what the CPU allows),
     ``compiled`` and ``supported`` (lists of paths), ``openmp`` (bool), ``max_threads``
-    (the default thread count, from OMP_NUM_THREADS or the core count).
+    (the default thread count, from OMP_NUM_THREADS or the core count), ``cpu_class``
+    ("avx512-vnni", "avx512", "avx2", ...) and ``int8_gemm`` (how ONNX Runtime's int8 GEMM
+    runs here: VNNI, or AVX2's int16 pair sums; see ``vqclip._cpus.int8_gemm_path``).
 
     Example: ``info()["simd"]`` -> ``'avx512'``.
     """
     out = dict(_ext().info())
     out["simd"] = _default_simd()
+    out["cpu_class"] = simd_class()
+    out["int8_gemm"] = int8_gemm_path()
     return out
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "Manifest",
     "TensorSpec",
     "graph_filename",
+    "selftest_filename",
     "read_manifest",
     "verify_sha256",
     "write_manifest",
@@ -75,6 +76,15 @@ def graph_filename(component: str, precision: str, fmt: str = "onnx") -> str:
     if fmt == "onnx":
         return f"{component}.onnx" if precision == "fp32" else f"{component}.{precision}.onnx"
     return f"{component}.{precision}.plan"
+
+
+def selftest_filename(component: str, precision: str) -> str:
+    """The self-test file of a graph: a few fixed inputs and the PyTorch module's outputs
+    for them (``.npz``), kept beside reduced-precision graphs whose kernels differ by CPU.
+
+    ``("text_encoder", "int8")`` -> ``text_encoder.int8.selftest.npz``.
+    """
+    return f"{component}.{precision}.selftest.npz"
 
 
 def _parse_filename(file_name: str) -> tuple[str, str, str]:
@@ -148,6 +158,9 @@ class GraphRecord:
     outputs: tuple[TensorSpec, ...]
     parity: dict = field(default_factory=dict)  # ParityReport.to_dict(); {} for plans (not run at export)
     notes: dict = field(default_factory=dict)  # e.g. fusions applied, TensorRT profiles
+    # {"file", "sha256", "min_cosine", "n"}: fixed inputs and reference outputs a backend
+    # checks the graph against on the CPU it runs on (int8 graphs); {} when there is none.
+    selftest: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inputs, self.outputs = tuple(self.inputs), tuple(self.outputs)  # callers may pass lists
@@ -174,6 +187,7 @@ class GraphRecord:
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
             parity=dict(d.get("parity") or {}),
             notes=dict(d.get("notes") or {}),
+            selftest=dict(d.get("selftest") or {}),
         )
 
 
@@ -189,6 +203,9 @@ class Manifest:
     versions: dict  # package -> version: torch, onnx, onnxruntime, vqclip
     config: dict  # the architecture config, as a dict (CLIP's holds vocab_size)
     graphs: list[GraphRecord] = field(default_factory=list)
+    # Where parity was measured: {"machine", "cpu_class", "int8_gemm", "flags"} (vqclip._cpus);
+    # int8 kernels differ between CPU classes, so a reader compares it with its own.
+    measured_on: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     directory: Path | None = field(default=None, compare=False)  # where it was read from; not saved
 
@@ -284,10 +301,13 @@ def read_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     except TypeError as e:  # a missing or unknown top-level field
         raise ManifestError(f"{path}: malformed manifest ({e}); re-export the model") from e
     for g in manifest.graphs:
-        file = manifest.path(g)
-        if not file.is_file():
-            raise ManifestError(f"{directory}: {g.file} is listed in the manifest but missing; re-export the model")
-        if verify:
-            verify_sha256(file, g.sha256)
+        for name, digest in ((g.file, g.sha256), (g.selftest.get("file"), g.selftest.get("sha256"))):
+            if name is None:
+                continue
+            file = directory / name
+            if not file.is_file():
+                raise ManifestError(f"{directory}: {name} is listed in the manifest but missing; re-export the model")
+            if verify:
+                verify_sha256(file, str(digest))
     log.debug("manifest %s: %d graphs", path, len(graphs))
     return manifest

@@ -30,7 +30,7 @@ from vqclip._hashing import sha256_file
 from vqclip.errors import CheckpointError, OutputExistsError, ParityError
 from vqclip.export.graphs import Component, components_for
 from vqclip.export.onnx_export import OPSET, check_graph, export_onnx, graph_io
-from vqclip.export.parity import TOLERANCES, ParityReport, ZeroShotProbe, measure, zero_shot_agreement
+from vqclip.export.parity import TOLERANCES, ParityReport, ZeroShotProbe, measure, write_selftest, zero_shot_agreement
 from vqclip.export.precision import to_fp16, to_int8
 from vqclip.manifest import GraphRecord, Manifest, graph_filename, read_manifest, write_manifest
 
@@ -108,6 +108,16 @@ def _versions() -> dict:
             "vqclip": __version__}
 
 
+def _this_machine() -> dict:
+    """The CPU the parity figures are measured on (int8 kernels differ by CPU class)."""
+    import platform
+
+    from vqclip._cpus import cpu_features, int8_gemm_path, simd_class
+
+    isa = sorted(f for f in cpu_features() if f.startswith(("avx", "amx", "fma", "f16c", "sse4")))
+    return {"machine": platform.machine(), "cpu_class": simd_class(), "int8_gemm": int8_gemm_path(), "flags": isa}
+
+
 def _export_component(comp: Component, tmp: Path, precisions: list[str],
                       opset: int) -> list[tuple[GraphRecord, ParityReport]]:
     """fp32 graph, then the other precisions from it; each checked and measured, not yet judged."""
@@ -130,13 +140,15 @@ def _export_component(comp: Component, tmp: Path, precisions: list[str],
                          comp.name)
                 continue
             to_int8(fp32, path)
-            notes["quantisation"] = "dynamic, int8 weights of MatMul/Gemm, CPU-optimised"
+            notes["quantisation"] = "dynamic, 7-bit int8 weights of MatMul/Gemm (no AVX2 saturation), CPU-optimised"
         if precision != "fp32":
             check_graph(path, comp)  # the I/O contract holds at every precision
         report = measure(comp, precision, path)
         inputs, outputs = graph_io(onnx.load(str(path), load_external_data=False))
         rec = GraphRecord(comp.name, precision, "onnx", path.name, sha256_file(path), inputs, outputs,
                           notes=notes)
+        if precision == "int8":  # its kernels differ by CPU class: a backend re-checks it where it runs
+            rec.selftest = write_selftest(comp, precision, tmp)
         out.append((rec, report))
     return out
 
@@ -214,7 +226,8 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
             records += _build_plans(comps, tmp, wanted)
         manifest = Manifest(model=model_name, family=family, source=source_record, opset=opset,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                            versions=_versions(), config=model.config.to_dict(), graphs=records)
+                            versions=_versions(), config=model.config.to_dict(), graphs=records,
+                            measured_on=_this_machine())
         manifest.config = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.config.items()}
         write_manifest(manifest, tmp)
         _swap_in(tmp, out_dir, force)

@@ -33,7 +33,10 @@ from vqclip.export.graphs import Component
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TOLERANCES", "ParityReport", "ZeroShotProbe", "measure", "zero_shot_agreement"]
+__all__ = ["TOLERANCES", "ParityReport", "ZeroShotProbe", "measure", "zero_shot_agreement", "write_selftest",
+           "SELFTEST_SAMPLES"]
+
+SELFTEST_SAMPLES = 3  # inputs in a graph's self-test: enough to catch a broken kernel, small on disk
 
 # precision -> (max abs diff bound or None, min cosine bound or None, min zero-shot agreement)
 TOLERANCES: dict[str, dict[str, float]] = {
@@ -132,3 +135,27 @@ def zero_shot_agreement(image: Component, text: Component, image_path: Path, tex
     got_txt = _run(text_path, text, (probe.label_ids,))  # (K, E)
     got = (got_img @ got_txt.T).argmax(1)
     return float((got == ref).mean())
+
+
+def write_selftest(component: Component, precision: str, directory: Path) -> dict:
+    """Write ``{component}.{precision}.selftest.npz`` into ``directory``: the first
+    ``SELFTEST_SAMPLES`` parity inputs and the PyTorch module's outputs for them; return its
+    manifest record ``{"file", "sha256", "min_cosine", "n"}``.
+
+    Float inputs are stored as float16 and the reference is computed from those rounded
+    values, so the file stays small (ViT-B/32: ~1 MB) and the comparison exact. A backend
+    runs the graph on them where it is opened (``vqclip.backends``), so a graph whose
+    kernels misbehave on that CPU is refused instead of giving wrong embeddings.
+    """
+    from vqclip._hashing import sha256_file
+    from vqclip.manifest import selftest_filename
+
+    (x,) = (t[:SELFTEST_SAMPLES] for t in component.parity_inputs())
+    stored = x.half() if x.is_floating_point() else x
+    with torch.no_grad():
+        ref = component.module(stored.float() if x.is_floating_point() else stored).float().numpy()
+    path = directory / selftest_filename(component.name, precision)
+    with open(path, "wb") as f:
+        np.savez(f, inputs=stored.numpy(), outputs=ref)
+    return {"file": path.name, "sha256": sha256_file(path), "min_cosine": TOLERANCES[precision]["min_cosine"],
+            "n": len(ref)}

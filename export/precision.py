@@ -8,9 +8,14 @@
   after the last MatMul), whose sum of squares overflows fp16 for large activations.
   The fused contrib ops run on ONNX Runtime's CPU and CUDA providers, not in TensorRT,
   which builds from the fp32 graph instead.
-- int8: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations
-  quantised per batch at run time) on MatMul/Gemm, then ONNX Runtime's offline
-  optimisation at the extended level for the CPU provider, saved, so a session skips it.
+- int8: ``onnxruntime.quantization.quantize_dynamic`` (int8 weights in the 7-bit range,
+  activations quantised per batch at run time) on MatMul/Gemm, then ONNX Runtime's
+  offline optimisation at the extended level for the CPU provider, saved, so a session
+  skips it. The 7-bit weights (``reduce_range``) are what keep the graph right on every
+  x86 CPU: without VNNI, ORT's uint8 x int8 GEMM sums pairs of products in int16
+  (VPMADDUBSW), which saturates for full-range weights (2 x 255 x 127 > 32767) but not
+  for 7-bit ones (2 x 255 x 64 < 32767); with VNNI the same graph runs at full speed.
+  uint8 weights would also hold, but run off the VNNI path (benchmarks/bench_int8_formats.py).
   int8 dynamic quantisation is a CPU precision: that is where its kernels are fast. The
   CLIP graphs are traced so that every weight product is a MatMul with an initializer
   (``export.graphs.ImageEncoderGraph``: the patch stem too), so all of them are quantised.
@@ -181,8 +186,9 @@ def _drop_fp16_round_trips(model: onnx.ModelProto) -> int:
 def to_int8(src: Path, dst: Path) -> None:
     """Write the dynamically quantised int8 graph of ``src`` to ``dst``, CPU-optimised.
 
-    Weights of MatMul/Gemm become int8 (symmetric, per tensor), activations are
-    quantised per batch at run time; everything else stays fp32.
+    Weights of MatMul/Gemm become int8 in [-64, 63] (symmetric, per tensor; the reduced
+    range keeps AVX2's int16 pair sums from saturating), activations are quantised per
+    batch at run time; everything else stays fp32.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -193,7 +199,8 @@ def to_int8(src: Path, dst: Path) -> None:
     root, note = logging.getLogger(), _DropMessage("pre-processing before quantization")
     root.addFilter(note)
     try:
-        quantize_dynamic(src, raw, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        quantize_dynamic(src, raw, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+                         reduce_range=True)
         ort_optimize(raw, dst)
     finally:
         root.removeFilter(note)

@@ -469,6 +469,18 @@ def test_stream_sum(rng):
         assert K.stream_sum(a, simd=p) == pytest.approx(float(a.astype(np.float64).sum()), abs=1e-2)
 
 
+def test_info_reports_the_cpu_class_and_the_int8_gemm_path(monkeypatch):
+    from vqclip import _cpus
+
+    i = K.info()
+    assert i["cpu_class"] == _cpus.simd_class() and i["int8_gemm"] == _cpus.int8_gemm_path()
+    for flags, cls, gemm in [({"avx2", "fma"}, "avx2", "avx2 vpmaddubsw"), ({"avx2", "avx512f"}, "avx512", "avx2"),
+                             ({"avx2", "avx512f", "avx512_vnni"}, "avx512-vnni", "vnni (avx512_vnni)"),
+                             ({"avx2", "avx_vnni"}, "avx2", "vnni (avx_vnni)")]:
+        monkeypatch.setattr(_cpus, "cpu_features", lambda f=flags: frozenset(f))
+        assert _cpus.simd_class() == cls and _cpus.int8_gemm_path().startswith(gemm)
+
+
 def test_info_reports_the_active_path():
     i = K.info()
     assert i["simd"] in i["supported"] and "scalar" in i["supported"]

@@ -37,13 +37,14 @@ class GraphSpec:
     path: Path | None = None  # the graph or engine file; None for in-process modules
     sha256: str | None = None  # the file's recorded hash, checked on load
     parity: dict[str, Any] = field(default_factory=dict)  # figures measured at export
+    selftest: dict[str, Any] = field(default_factory=dict)  # the manifest's self-test record, if any
 
     @classmethod
     def from_record(cls, record: GraphRecord, directory: Path) -> "GraphSpec":
         """The spec of a manifest's graph record, its file resolved inside ``directory``."""
         return cls(component=record.component, precision=record.precision, inputs=tuple(record.inputs),
                    outputs=tuple(record.outputs), path=directory / record.file, sha256=record.sha256,
-                   parity=dict(record.parity))
+                   parity=dict(record.parity), selftest=dict(record.selftest))
 
 
 def check_input(x: Any, spec: TensorSpec, component: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from vqclip._cpus import available_cpus
+from vqclip._cpus import available_cpus, int8_gemm_path
 from vqclip.backends._io_spec import GraphSpec
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError, ManifestError
@@ -30,6 +30,9 @@ from vqclip.manifest import Manifest, read_manifest, verify_sha256
 __all__ = ["OnnxRuntimeBackend"]
 
 log = logging.getLogger(__name__)
+
+# Min cosine of each int8 graph's self-test on this CPU, by (graph, self-test) sha256: run once per process.
+_SELF_TESTED: dict[tuple, float] = {}
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 _DEVICE_PROVIDERS = {  # device -> providers in priority order (CPU last catches unsupported ops)
@@ -185,9 +188,44 @@ class OnnxRuntimeBackend(Backend):
                 f"{sess.get_providers()}); check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs"
             )
         self._check_io(spec, sess)
+        if spec.precision == "int8":
+            self._self_test(spec, sess)
         self._sessions[component] = sess
         log.info("loaded %s (%s) with %s", spec.path.name, self.precision, sess.get_providers())
         return sess
+
+    def _self_test(self, spec: GraphSpec, sess: Any) -> None:
+        """Run an int8 graph on its recorded inputs, once per graph and process, and refuse
+        it when its outputs are off on this CPU (int8 GEMM kernels differ by CPU class)."""
+        st, here = spec.selftest, int8_gemm_path()
+        key = (spec.sha256 or str(spec.path), st.get("sha256"))
+        cos = _SELF_TESTED.get(key)
+        made_on = self.manifest.measured_on.get("int8_gemm", "an unrecorded CPU")
+        redo = "re-export it on this machine (vqclip export MODEL --precision int8 --force) or use precision fp32"
+        if not st:
+            if not here.startswith("vnni"):
+                raise BackendUnavailableError(
+                    f"{spec.path.name} was exported by an older vqclip without an int8 self-test, and this CPU's "
+                    f"int8 GEMM ({here}) can saturate on such graphs; {redo}")
+            return
+        path = spec.path.parent / st["file"]
+        if self.verify:  # as the graph itself was: a small file, hashed at each load
+            verify_sha256(path, st["sha256"])
+        if cos is None:
+            with np.load(path, allow_pickle=False) as data:
+                x = np.ascontiguousarray(data["inputs"], dtype=spec.inputs[0].dtype)
+                want = data["outputs"].astype(np.float64)
+            (got,) = sess.run([spec.outputs[0].name], {spec.inputs[0].name: x})
+            got = got.astype(np.float64).reshape(len(got), -1)
+            want = want.reshape(len(want), -1)
+            cos = float(((got * want).sum(1) / np.maximum(
+                np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-300)).min())
+            _SELF_TESTED[key] = cos
+            log.info("%s self-test on this CPU (%s): min cosine %.5f", spec.path.name, here, cos)
+        if cos < float(st["min_cosine"]):
+            raise BackendUnavailableError(
+                f"{spec.path.name} fails its int8 self-test on this CPU: cosine {cos:.4f} against its recorded "
+                f"outputs, bound {st['min_cosine']} (int8 GEMM here: {here}; validated on: {made_on}); {redo}")
 
     def _load_errors(self) -> tuple[type[BaseException], ...]:
         # ORT's own exception types (they derive from Exception only) for a graph that

@@ -17,10 +17,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_backends(args: argparse.Namespace) -> int:
     from vqclip.backends import BACKENDS, backend_status
+    from vqclip.errors import BackendUnavailableError
 
     status = backend_status()
     for name in BACKENDS:
         print(f"{name:<12} {'available' if status[name] is None else 'unavailable: ' + status[name]}")
+    try:
+        from vqclip.kernels import info
+
+        k = info()
+        threads = f"{k['max_threads']} threads" + (" (OpenMP)" if k["openmp"] else " (no OpenMP)")
+        print(f"{'kernels':<12} SIMD path {k['simd']} (best here: {k['best']}), {threads}; CPU class {k['cpu_class']}")
+        print(f"{'int8 GEMM':<12} {k['int8_gemm']} (ONNX Runtime's int8 graphs; each is self-tested when opened)")
+    except BackendUnavailableError as e:
+        print(f"{'kernels':<12} unavailable: {e}")
     return 0
 
 

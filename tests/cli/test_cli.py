@@ -161,3 +161,13 @@ def test_demo_writes_its_report_and_reruns(env, capsys):
     assert page.count("<img src='images/demo_") == 8 + 9  # every sample + 3 hits per query
     (out / "index" / "header.json").unlink()  # no longer the demo's own index: left alone
     _one_line_error(capsys, main(["demo", "--out", str(out)]), "is not a demo index")
+
+
+def test_backends_says_which_simd_and_int8_gemm_paths_run_here(capsys):
+    from vqclip import kernels
+
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    k = kernels.info()
+    assert f"SIMD path {k['simd']}" in out and f"CPU class {k['cpu_class']}" in out
+    assert f"int8 GEMM    {k['int8_gemm']}" in out
