@@ -119,6 +119,11 @@ def _packages() -> list[str]:
 
 ext_modules, cmdclass = kernel_extensions()
 
+# `vqclip serve`: request.form(max_part_size) needs starlette >= 0.40 (fastapi >= 0.115.3);
+# abandon_on_cancel needs anyio >= 4.1.
+SERVER = ["fastapi>=0.115.3", "uvicorn[standard]>=0.30", "python-multipart>=0.0.18", "prometheus-client>=0.17",
+          "anyio>=4.1"]
+
 setup(
     name="vqclip",
     version="0.2.0",
@@ -148,9 +153,11 @@ setup(
     extras_require={
         # The reference packages the parity tests compare against. clip-anytorch and
         # taming-transformers are installed with --no-deps (see README), not listed here.
-        "test": ["pytest>=8", "transformers>=4.40", "tritonclient[grpc]>=2.40", "psutil>=5.9"],
+        "test": ["pytest>=8", "transformers>=4.40", "tritonclient[grpc]>=2.40", "psutil>=5.9", *SERVER,
+                 "httpx>=0.27",  # FastAPI's TestClient and the load-run clients
+                 "playwright>=1.40"],  # drives Debian's Chromium in the page tests (no browser download)
         "bench": ["faiss-cpu>=1.8", "transformers>=4.40", "psutil>=5.9"],
-        "server": [],
+        "server": SERVER,
         "gpu": ["onnxruntime-gpu>=1.17"],
         "trt": ["tensorrt>=10.0"],
     },

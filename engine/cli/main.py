@@ -13,7 +13,7 @@ import os
 import sys
 
 from vqclip import __version__
-from vqclip.cli import classify, demo, export, index, info, search
+from vqclip.cli import classify, demo, export, index, info, search, serve
 from vqclip.errors import VqclipError
 
 __all__ = ["main", "build_parser"]
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vqclip {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (info, export, classify, index, search, demo):
+    for group in (info, export, classify, index, search, demo, serve):
         group.add_parser(sub)
     return p
 
