@@ -145,6 +145,7 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
     from vqclip.backends import open_backend, resolve_backend_name
     from vqclip.checkpoints import load_clip, weights_digest
     from vqclip.models.clip import CLIP
+    from vqclip.zoo import record_with_weights
 
     backend = resolve_backend_name(backend)  # an unknown name fails before any model loads
     model = DEFAULT_CLIP if model is None else model
@@ -153,7 +154,7 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
     else:
         module = load_clip(Path(model).expanduser() if Path(str(model)).expanduser().exists() else str(model))
     digest = weights_digest(module)
-    record = _record_with_weights(digest)
+    record = record_with_weights(digest, "clip")
     if record is not None:
         name = record.name
     elif isinstance(model, CLIP):
@@ -179,17 +180,6 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
         context_length=cfg.context_length, backend=f"{backend}-{precision}",
         interpolation=weights.interpolation if weights else "bicubic",
     )
-
-
-def _record_with_weights(digest: str) -> Any:
-    """The zoo record whose bundled weights have this digest, or None."""
-    from vqclip.zoo import get, list_models
-
-    for name in list_models("clip"):
-        rec = get(name)
-        if rec.weights is not None and rec.weights.sha256 == digest:
-            return rec
-    return None
 
 
 def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:

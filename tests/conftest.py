@@ -11,19 +11,25 @@ tests need.
 """
 from __future__ import annotations
 
-import logging
-import struct
-import zlib
-from pathlib import Path
-from types import SimpleNamespace
+import os
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# As the CLI does: idle OpenMP threads sleep, so a busy neighbour on a small shared machine
+# does not slow the suite tenfold (benchmarks/RESULTS.md). Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from vqclip.models.clip import CLIP, CLIPConfig
-from vqclip.models.vqgan import VQGAN, VQGANConfig
+import logging  # noqa: E402
+import struct  # noqa: E402
+import zlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vqclip.models.clip import CLIP, CLIPConfig  # noqa: E402
+from vqclip.models.vqgan import VQGAN, VQGANConfig  # noqa: E402
 
 TINY_CLIP = CLIPConfig(embed_dim=32, image_size=32, vision_patch_size=8, vision_width=64, vision_layers=2,
                        vision_heads=2, context_length=77, text_width=64, text_layers=2, text_heads=2)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from vqclip import __version__
-from vqclip.cli import classify, demo, export, index, info, search, serve
+from vqclip.cli import classify, demo, export, generate, index, info, search, serve
 from vqclip.errors import VqclipError
 
 __all__ = ["main", "build_parser"]
@@ -24,12 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vqclip {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (info, export, classify, index, search, demo, serve):
+    for group in (info, export, classify, index, search, generate, demo, serve):
         group.add_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads sleep instead of spinning: a spinning team on a machine with
+    # another busy process slows torch and the kernels by an order of magnitude
+    # (benchmarks/RESULTS.md). Read when OpenMP loads, i.e. before torch is imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

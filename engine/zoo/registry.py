@@ -9,7 +9,7 @@ from vqclip.errors import UnknownModelError
 from vqclip.zoo.configs import RECORDS
 from vqclip.zoo.records import ModelRecord
 
-__all__ = ["register", "get", "list_models", "canonical_name"]
+__all__ = ["register", "get", "list_models", "canonical_name", "record_with_weights"]
 
 _REGISTRY: dict[str, ModelRecord] = {}
 
@@ -47,6 +47,15 @@ def get(name: str, family: str | None = None) -> ModelRecord:
         kind = f"{family} model" if family else "model"
         raise UnknownModelError(f"unknown {kind} {name!r}; available: {known}")
     return rec
+
+
+def record_with_weights(sha256: str, family: str | None = None) -> ModelRecord | None:
+    """The record whose bundled weights have this digest (its preprocessing and default
+    prompt then apply to a module loaded from them), or None."""
+    for rec in {id(r): r for r in _REGISTRY.values()}.values():
+        if rec.weights is not None and rec.weights.sha256 == sha256 and (family is None or rec.family == family):
+            return rec
+    return None
 
 
 for _record in RECORDS:

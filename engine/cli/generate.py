@@ -1,0 +1,224 @@
+"""``vqclip generate``: CLIP-guided VQGAN image generation (``vqclip.jobs.generate``).
+
+Several prompts and seeds run as one batch. Ctrl-C or SIGTERM stops cleanly: the latest
+image of every job is written (atomically) before the command exits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from vqclip.cli._common import positive_int
+from vqclip.errors import InvalidInputError
+
+__all__ = ["add_parser"]
+
+AUGMENTS = ("affine", "perspective", "jitter", "erasing", "noise")
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def _size(values: list[int]) -> tuple[int, int] | None:
+    if not values:
+        return None
+    if len(values) > 2:
+        raise InvalidInputError(f"--size takes one side (square) or width and height, got {len(values)} numbers")
+    return (values[0], values[-1])
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate images from text prompts (VQGAN+CLIP), batched",
+                       description="CLIP-guided VQGAN generation. Each PROMPT is one job ('text:weight:stop|...', "
+                                   "'^' separates the sets of a story); all jobs and seeds step as one batch.")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="e.g. 'a red star' or 'a red star:1|blurry:-0.5'")
+    p.add_argument("--image-prompts", nargs="+", default=[], metavar="IMG[:W]", help="images whose embedding to aim at")
+    p.add_argument("--noise-prompts", nargs="+", default=[], metavar="SEED:W", help="seeded random embeddings")
+    p.add_argument("--clip", metavar="NAME|PATH", help="CLIP model (default: the bundled shapes-clip)")
+    p.add_argument("--vqgan", metavar="NAME|PATH", help="VQGAN model (default: the bundled shapes-vqgan)")
+    p.add_argument("--size", nargs="+", type=int, default=[], metavar="PX", help="side, or width height (default: "
+                   "the VQGAN's native size); multiples of the VQGAN's factor")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (default 200)")
+    p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=None, metavar="SEED",
+                   help="one job per prompt and seed (default: one random seed, recorded)")
+    p.add_argument("--out", default="vqclip-generate", metavar="DIR", help="output folder (default ./vqclip-generate)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--optimiser", default=None, help="adam (default), adamw, adamax, adagrad, rmsprop, radam")
+    o.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1)")
+    o.add_argument("--lr-drops", nargs="+", type=float, default=None, metavar="FRACTION",
+                   help="fractions of the run where the learning rate drops 10x, e.g. 0.75")
+    o.add_argument("--auto-stop", type=positive_int, default=None, metavar="N",
+                   help="stop a job when its loss has not improved for N steps")
+    o.add_argument("--init", default=None, help="random (codes), plain, noise, gradient or image")
+    o.add_argument("--init-image", metavar="PATH", help="start from this image (sets --init image)")
+    o.add_argument("--init-colour", default=None, metavar="COLOUR", help="colour for --init plain (default grey)")
+    o.add_argument("--init-weight", type=float, default=None, help="z regulariser weight (default 0: off)")
+    o.add_argument("--init-mode", default=None, help="decay (VQGAN-CLIP's) or init (stay near the init image)")
+    c = p.add_argument_group("cutouts")
+    c.add_argument("--cutn", type=int, default=None, help="cutouts per image per step (default 32)")
+    c.add_argument("--cut-method", default=None, help="pooled (VQGAN-CLIP's default) or crops (random squares)")
+    c.add_argument("--cut-pow", type=float, default=None, help="crop size exponent for --cut-method crops")
+    c.add_argument("--augments", nargs="*", default=None, metavar="AUG",
+                   help=f"augmentations to use, from {', '.join(AUGMENTS)} (none: --augments with no names)")
+    c.add_argument("--cut-batches", type=positive_int, default=None, metavar="K",
+                   help="run the cutouts in K micro-batches, accumulating gradients (less memory)")
+    r = p.add_argument_group("extra losses (pixray)")
+    r.add_argument("--smoothness", type=float, default=None, help="total-variation weight")
+    r.add_argument("--symmetry", type=float, default=None, help="left-right symmetry weight")
+    r.add_argument("--saturation", type=float, default=None, help="colourfulness weight")
+    r.add_argument("--palette", nargs="+", default=None, metavar="COLOUR", help="'#rrggbb', 'r,g,b' or a name")
+    r.add_argument("--palette-weight", type=float, default=None, help="weight of the palette term")
+    x = p.add_argument_group("outputs and modes")
+    x.add_argument("--save-every", type=_nonneg_int, default=None, metavar="N", help="write a PNG every N steps")
+    x.add_argument("--video", action="store_true", help="also write the frames as an MP4 (or a GIF)")
+    x.add_argument("--story-every", type=_nonneg_int, default=None, metavar="N", help="steps per '^' prompt set")
+    x.add_argument("--zoom-every", type=_nonneg_int, default=None, metavar="N",
+                   help="zoom mode: zoom/shift/rotate and re-encode every N steps")
+    x.add_argument("--zoom-scale", type=float, default=None)
+    x.add_argument("--zoom-shift", nargs=2, type=int, default=None, metavar=("X", "Y"))
+    x.add_argument("--zoom-rotate", type=float, default=None, metavar="DEGREES")
+    x.add_argument("--checkpoint-every", type=_nonneg_int, default=0, metavar="N",
+                   help="save z and the optimiser state every N steps (resume with --resume)")
+    x.add_argument("--resume", metavar="CKPT", help="continue a run from its .ckpt")
+    x.add_argument("--truncate", action="store_true", help="cut prompts longer than CLIP's context instead of refusing")
+    d = p.add_argument_group("device")
+    d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    d.add_argument("--precision", default=None, help="fp32 (default), bf16, fp16 or auto (bf16 where the CPU has it)")
+    d.add_argument("--deterministic", action="store_true",
+                   help="on CUDA, use deterministic kernels where they exist and name the ones that do not")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON line per finished job")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _settings(args: argparse.Namespace):
+    from vqclip.jobs.generate import CutoutSpec, GenerateSettings
+
+    s, cut = GenerateSettings(), CutoutSpec()
+    cut_changes = {k: v for k, v in (("cutn", args.cutn), ("method", args.cut_method), ("cut_pow", args.cut_pow))
+                   if v is not None}
+    if args.augments is not None:
+        unknown = sorted(set(args.augments) - set(AUGMENTS))
+        if unknown:
+            raise InvalidInputError(f"unknown augmentation {unknown[0]!r}; choose from {', '.join(AUGMENTS)}")
+        on = set(args.augments)
+        cut_changes |= {"degrees": cut.degrees if "affine" in on else 0.0,
+                        "translate": cut.translate if "affine" in on else 0.0,
+                        "shear": cut.shear if "affine" in on else 0.0,
+                        "perspective": cut.perspective if "perspective" in on else 0.0,
+                        "jitter": cut.jitter if "jitter" in on else 0.0,
+                        "erasing": cut.erasing if "erasing" in on else (0.0, 0.0),
+                        "noise": cut.noise if "noise" in on else 0.0}
+    if cut_changes:
+        from dataclasses import replace
+
+        cut = replace(cut, **cut_changes)
+    changes = {"size": _size(args.size), "steps": args.steps, "optimiser": args.optimiser, "lr": args.lr,
+               "lr_drops": tuple(args.lr_drops) if args.lr_drops else None, "auto_stop": args.auto_stop,
+               "init": "image" if args.init_image else args.init, "init_image": args.init_image,
+               "init_colour": args.init_colour, "init_weight": args.init_weight, "init_mode": args.init_mode,
+               "smoothness": args.smoothness, "symmetry": args.symmetry, "saturation": args.saturation,
+               "palette": tuple(args.palette) if args.palette else None, "palette_weight": args.palette_weight,
+               "save_every": args.save_every, "story_every": args.story_every, "zoom_every": args.zoom_every,
+               "zoom_scale": args.zoom_scale, "zoom_shift": tuple(args.zoom_shift) if args.zoom_shift else None,
+               "zoom_rotate": args.zoom_rotate, "precision": args.precision, "cut_batches": args.cut_batches}
+    return s.with_(cutouts=cut, truncate=args.truncate, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _noise_prompts(specs: list[str]) -> list[tuple[int, float]]:
+    out = []
+    for spec in specs:
+        seed, _, weight = spec.partition(":")
+        try:
+            out.append((int(seed), float(weight) if weight else 1.0))
+        except ValueError:
+            raise InvalidInputError(f"noise prompt {spec!r}: write SEED[:WEIGHT], e.g. 42:0.5") from None
+    return out
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so the run stops through the same path as Ctrl-C."""
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from vqclip.jobs.generate import Generator
+    from vqclip.jobs.generate.prompts import parse_prompts
+
+    if not args.prompts and not args.image_prompts and not args.noise_prompts and not args.resume:
+        raise InvalidInputError("no prompts were given; e.g. vqclip generate 'a red star'")
+    settings = _settings(args)
+    noise = _noise_prompts(args.noise_prompts)
+    jobs_prompts = [parse_prompts(p, args.image_prompts, noise) for p in args.prompts] or \
+        ([parse_prompts(None, args.image_prompts, noise)] if not args.resume else [])
+    gen = Generator(args.clip, args.vqgan, device=args.device)
+    if args.deterministic:
+        _deterministic(gen)
+    if args.resume:
+        gen.resume(args.resume, video=args.video, checkpoint_every=args.checkpoint_every)
+    for sets in jobs_prompts:
+        for seed in args.seeds or [None]:
+            gen.add_job(sets, settings.with_(seed=seed), out_dir=args.out, video=args.video,
+                        checkpoint_every=args.checkpoint_every)
+    jobs = list(gen.jobs)
+    total = sum(j.settings.steps - j.step for j in jobs)
+    bar = None
+    if not args.no_progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="step", desc=f"{len(jobs)} job{'s' * (len(jobs) > 1)}", file=sys.stderr)
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    t0, finished = time.perf_counter(), []
+    try:
+        for event in gen.run():
+            if bar is not None:
+                bar.update(1)
+                shown = {k[:24]: f"{v:.3f}" for k, v in list(event.losses.items())[:3]}
+                bar.set_postfix(step=event.step, **shown, rate=f"{event.steps_per_s:.1f}/s")
+            if event.status != "running":
+                finished.append(event)
+                _report(args, event)
+    except (KeyboardInterrupt, _Terminated):
+        saved = gen.interrupt()
+        print(f"vqclip: interrupted; the latest images are written: {', '.join(s for s in saved if s.endswith('.png'))}",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
+    if not args.json:
+        print(f"{len(finished)} image{'s' * (len(finished) != 1)} in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace, event) -> None:
+    png = next((s for s in event.saved if s.endswith(".png")), None)
+    if args.json:
+        print(json.dumps({"job": event.job_id, "status": event.status, "step": event.step, "loss": event.loss,
+                          "files": event.saved}))
+    else:
+        print(f"{png}  ({event.status} at step {event.step}, loss {event.loss:.4f})")
+
+
+def _deterministic(gen) -> None:
+    import torch
+
+    if gen.device.type != "cuda":
+        return  # CPU kernels are deterministic already: the same seed gives the same bits
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    print("vqclip: --deterministic on CUDA: grid_sampler_2d_backward (the cutout warp) has no deterministic CUDA "
+          "kernel, so runs can still differ in the last bits", file=sys.stderr)

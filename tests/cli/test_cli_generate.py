@@ -1,0 +1,77 @@
+"""``vqclip generate`` as a user runs it: files written, bad input in one line, and a
+SIGTERM or Ctrl-C mid-run leaving the latest image whole."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from vqclip.cli import main
+from vqclip.jobs.generate.outputs import read_png_settings
+
+
+def test_several_prompts_and_seeds_in_one_batch(tmp_path, capsys):
+    rc = main(["generate", "a red star", "a blue circle", "--seeds", "1", "2", "--steps", "3", "--cutn", "4",
+               "--out", str(tmp_path), "--json", "--no-progress"])
+    assert rc == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4 and {line["status"] for line in lines} == {"done"}
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["a-blue-circle-1.png", "a-blue-circle-2.png", "a-red-star-1.png", "a-red-star-2.png"]
+    assert read_png_settings(tmp_path / "a-red-star-2.png")["seed"] == 2
+
+
+@pytest.mark.parametrize("args,match", [
+    ([], "no prompts were given"),
+    (["x", "--steps", "0"], "steps must be a whole number >= 1"),
+    (["x", "--cutn", "0"], "cutn must be a whole number >= 1"),
+    (["x:heavy"], "weight 'heavy' is not a number"),
+    (["x", "--size", "30"], "30 is not a multiple of 4"),
+    (["x", "--palette", "nope", "--palette-weight", "1"], "colour 'nope' does not parse"),
+    (["x", "--augments", "blur"], "unknown augmentation 'blur'"),
+    (["x", "--device", "cuda"], "needs a CUDA GPU"),
+    (["x", "--init-image", "/nonexistent.png"], "does not exist"),
+    (["x", "--noise-prompts", "seven"], "noise prompt 'seven'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, match):
+    if "--device" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA GPU is present")
+    argv = ["generate", *args, "--out", str(tmp_path / "out"), "--no-progress"]
+    rc = main(argv if "--steps" in args else argv + ["--steps", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("vqclip: error:") and match in err and "\n" not in err
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["generate", "x", "--steps", "1", "--out", str(tmp_path / "f"), "--no-progress"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_leaves_the_latest_image_whole(tmp_path, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "vqclip.cli", "generate", "a red star", "--steps", "100000",
+                             "--seeds", "1", "--save-every", "1", "--cutn", "2", "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("a-red-star-1-*.png")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; the latest images are written" in err
+    final = out / "a-red-star-1.png"
+    rec = read_png_settings(final)
+    assert rec["status"] == "interrupted" and rec["step"] >= 1
+    Image.open(final).verify()  # a whole PNG
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
