@@ -4,9 +4,12 @@ Each ``Batcher`` owns a queue and one worker thread (the backend call runs off t
 loop). The worker forms a batch as soon as it is free, with Triton's
 ``max_queue_delay`` semantics: it takes what is queued, and waits for more only until the
 *first* queued request has waited ``max_wait_s`` or ``max_batch`` items are there (the
-timer starts at the first request, not when the worker wakes). A request whose caller
-went away (client disconnected, deadline passed) is dropped before it is computed, and
-each caller gets exactly its own result back.
+timer starts at the first request, not when the worker wakes). One refinement: it waits
+only while more requests are on their way, i.e. announced by handlers still reading or
+decoding them (``announce``); with none on the way a wait could only add latency (a lone
+client would pay ``max_wait_s`` on every call). A request whose caller went away (client
+disconnected, deadline passed) is dropped before it is computed, and each caller gets
+exactly its own result back.
 
 Priorities: a ``WorkGate`` counts the interactive work queued or running; background work
 (generation steps, or a batcher made with ``Priority.BACKGROUND``) waits for it to reach
@@ -17,7 +20,9 @@ Example::
 
     gate = WorkGate()
     texts = Batcher("text", lambda payloads: [enc.encode_text(p) for p in payloads], gate=gate)
-    rows = await texts.submit(ids, size=len(ids), deadline=time.monotonic() + 30)
+    with texts.announce() as coming:            # at the start of the request's handler
+        ids = tokenize(await read_texts(request))
+        rows = await texts.submit(ids, len(ids), time.monotonic() + 30, coming)
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Priority", "WorkGate", "Batcher", "Overloaded", "run_concatenated"]
+__all__ = ["Priority", "WorkGate", "Batcher", "Announcement", "Overloaded", "run_concatenated"]
 
 
 class Priority(enum.Enum):
@@ -105,6 +110,27 @@ class _Pending:
     dropped: str | None = None  # why the caller went away (disconnected, deadline): skip it
 
 
+class Announcement:
+    """A request on its way to a batcher: counted as coming until it is queued or withdrawn."""
+
+    def __init__(self, batcher: "Batcher"):
+        self._batcher = batcher
+        self.live = True
+        batcher._arrivals(+1)
+
+    def withdraw(self) -> None:
+        """No longer coming (queued, refused, or failed before it was queued); idempotent."""
+        if self.live:
+            self.live = False
+            self._batcher._arrivals(-1)
+
+    def __enter__(self) -> "Announcement":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.withdraw()
+
+
 def _deliver(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
     if fut.done():
         return
@@ -140,6 +166,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # items in the queue
+        self._coming = 0  # announced requests not yet queued
         self._closing = False
         self._seconds_per_item = 0.01  # running estimate, for Retry-After
         self._thread = threading.Thread(target=self._work, name=f"vqclip-batch-{name}", daemon=True)
@@ -150,12 +177,24 @@ class Batcher:
         """Items waiting (not yet taken into a batch)."""
         return self._queued
 
+    def announce(self) -> Announcement:
+        """Say a request is on its way (use as a context manager around reading and decoding
+        it, and pass it to ``submit``): while any is, the worker waits for it, up to ``max_wait_s``."""
+        return Announcement(self)
+
+    def _arrivals(self, n: int) -> None:
+        with self._cond:
+            self._coming += n
+            if n < 0:
+                self._cond.notify()
+
     def retry_after_s(self) -> float:
         """A client's fair wait before retrying: the time to work off the queue, at least 1 s."""
         return max(1.0, math.ceil(self._queued * self._seconds_per_item))
 
-    async def submit(self, payload: Any, size: int, deadline: float) -> Any:
-        """Queue ``payload`` (``size`` items) and wait for its result.
+    async def submit(self, payload: Any, size: int, deadline: float, announced: Announcement | None = None) -> Any:
+        """Queue ``payload`` (``size`` items) and wait for its result; ``announced`` is the
+        request's ``announce()``, withdrawn here as it joins the queue.
 
         Raises ``Overloaded`` when the queue is full, the deadline passes (the request is
         then dropped if not yet computed) or the batcher is closing; re-raises what ``run``
@@ -164,6 +203,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         req = _Pending(payload, size, deadline, loop.create_future(), loop)
         with self._cond:
+            if announced is not None and announced.live:  # under the lock: never seen as neither coming nor queued
+                announced.live = False
+                self._coming -= 1
             if self._closing:
                 raise Overloaded("the server is shutting down; retry on another replica", 1.0, "shutdown")
             if self._queued and self._queued + size > self.max_queue:
@@ -210,7 +252,7 @@ class Batcher:
                     return None
                 self._cond.wait()
             start_by = self._queue[0].enqueued + self.max_wait_s  # the timer runs from the first request
-            while self._queued < self.max_batch and not self._closing:
+            while self._queued < self.max_batch and self._coming > 0 and not self._closing:
                 left = start_by - time.monotonic()
                 if left <= 0:
                     break

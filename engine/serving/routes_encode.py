@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from vqclip._validate import check_k
 from vqclip.jobs.classify import check_labels
 from vqclip.jobs.templates import resolve_templates
-from vqclip.serving.batcher import Overloaded
+from vqclip.serving.batcher import Announcement, Overloaded
 from vqclip.serving.inputs import check_count, decode_base64, decode_images, read_form, read_json
 from vqclip.serving.responses import EMBEDDING_TYPES, ApiError, embeddings_response, wanted_format
 from vqclip.serving.schemas import (
@@ -84,12 +84,13 @@ def embed_router(state: "ServerState") -> APIRouter:
     async def embed_text(request: Request) -> Response:
         """L2-normalised text embeddings, one row per text, in order."""
         deadline = state.deadline(request)
-        req = await read_json(request, EmbedTextRequest)
-        check_count(len(req.texts), state.config.max_items, "texts")
-        _check_texts(req.texts, state.config.max_text_chars, "texts")
-        fmt = wanted_format(request, req.format)
-        ids = tokenize(req.texts, context_length=slot.encoder.context_length, truncate=req.truncate)
-        emb = await state.guard(request, slot.text.submit(ids, len(ids), deadline))
+        with slot.text.announce() as coming:
+            req = await read_json(request, EmbedTextRequest)
+            check_count(len(req.texts), state.config.max_items, "texts")
+            _check_texts(req.texts, state.config.max_text_chars, "texts")
+            fmt = wanted_format(request, req.format)
+            ids = tokenize(req.texts, context_length=slot.encoder.context_length, truncate=req.truncate)
+            emb = await state.guard(request, slot.text.submit(ids, len(ids), deadline, coming))
         return embeddings_response(emb, fmt, meta)
 
     @r.post("/image", response_model=None, responses=_EMBED_DOC,
@@ -97,9 +98,10 @@ def embed_router(state: "ServerState") -> APIRouter:
     async def embed_image(request: Request) -> Response:
         """L2-normalised image embeddings, one row per image: base64 JSON images, then multipart uploads."""
         deadline = state.deadline(request)
-        req, pixels = await state.guard(request, _image_pixels(state, request, EmbedImageRequest))
-        fmt = wanted_format(request, req.format)
-        emb = await state.guard(request, slot.image.submit(pixels, len(pixels), deadline))
+        with slot.image.announce() as coming:
+            req, pixels = await state.guard(request, _image_pixels(state, request, EmbedImageRequest))
+            fmt = wanted_format(request, req.format)
+            emb = await state.guard(request, slot.image.submit(pixels, len(pixels), deadline, coming))
         return embeddings_response(emb, fmt, meta)
 
     return r
@@ -124,6 +126,10 @@ def classify_router(state: "ServerState") -> APIRouter:
     async def classify(request: Request) -> ClassifyResponse:
         """Zero-shot classification: each image's top-k labels with softmax probabilities."""
         deadline = state.deadline(request)
+        with slot.image.announce() as coming:
+            return await _classify(request, deadline, coming)
+
+    async def _classify(request: Request, deadline: float, coming: Announcement) -> ClassifyResponse:
         req, pixels = await state.guard(request, _image_pixels(state, request, ClassifyRequest))
         check_k(req.top_k, "top_k")
         check_count(len(req.labels), cfg.max_labels, "labels")
@@ -141,7 +147,7 @@ def classify_router(state: "ServerState") -> APIRouter:
         except asyncio.TimeoutError:
             raise Overloaded("the label embeddings were not ready within the request's deadline; retry (they "
                              "are being cached)", 1.0, "deadline") from None
-        emb = await state.guard(request, slot.image.submit(pixels, len(pixels), deadline))
+        emb = await state.guard(request, slot.image.submit(pixels, len(pixels), deadline, coming))
         return ClassifyResponse(model=slot.encoder.identity.name,
                                 results=top_labels(clf.probabilities(emb), clf.labels, req.top_k))
 

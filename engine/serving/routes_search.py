@@ -17,6 +17,7 @@ from fastapi.responses import Response
 
 from vqclip._validate import check_k
 from vqclip.serving.files import entry_path, media_type, read_inside
+from vqclip.serving.batcher import Announcement
 from vqclip.serving.inputs import decode_base64, decode_images, read_form
 from vqclip.serving.responses import ApiError
 from vqclip.serving.routes_encode import ERRORS_DOC, request_body_doc
@@ -54,6 +55,11 @@ def router(state: "ServerState") -> APIRouter:
         deadline = state.deadline(request)
         req, uploads = await read_form(request, SearchRequest, "image", 1, cfg.max_body_bytes)
         li = loaded(req.index)
+        with li.search.announce() as coming:
+            return await _search(request, req, uploads, li, deadline, coming)
+
+    async def _search(request: Request, req: SearchRequest, uploads: list[bytes], li: LoadedIndex, deadline: float,
+                      coming: Announcement) -> SearchResponse:
         k = check_k(req.k) if req.k is not None else min(_DEFAULT_K, cfg.max_k)
         if k > cfg.max_k:
             raise ApiError(400, f"k={k} is more than the limit of {cfg.max_k}")
@@ -71,10 +77,11 @@ def router(state: "ServerState") -> APIRouter:
             ids = tokenize([text], context_length=slot.encoder.context_length, truncate=req.truncate)
             query = await state.guard(request, slot.text.submit(ids, 1, deadline))
         else:
-            pixels = await state.guard(request, decode_images(images, slot.encoder, cfg.max_image_pixels,
-                                                              state.decode_limiter, "image"))
-            query = await state.guard(request, slot.image.submit(pixels, 1, deadline))
-        [hits] = await state.guard(request, li.search.submit((query, k), 1, deadline))
+            with slot.image.announce() as image_coming:
+                pixels = await state.guard(request, decode_images(images, slot.encoder, cfg.max_image_pixels,
+                                                                  state.decode_limiter, "image"))
+                query = await state.guard(request, slot.image.submit(pixels, 1, deadline, image_coming))
+        [hits] = await state.guard(request, li.search.submit((query, k), 1, deadline, coming))
         root = li.root
         base = f"/v1/indexes/{li.name}/rows"
         return SearchResponse(index=li.name, model=slot.encoder.identity.name, hits=[

@@ -3,7 +3,6 @@ real ``vqclip serve`` process (the bundled shapes-clip and a shapes index) on lo
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -15,15 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the server tests need the 'server' extra (fastapi)")
-pytest.importorskip("httpx", reason="the server tests need httpx (FastAPI's TestClient)")
-
-from fastapi.testclient import TestClient  # noqa: E402
-
-from vqclip.serving.app import create_app  # noqa: E402
-from vqclip.serving.config import ServerConfig  # noqa: E402
-from vqclip.serving.metrics import Metrics  # noqa: E402
-from vqclip.serving.runtime import Runtime  # noqa: E402
+# The server's packages (the 'server' extra) and httpx are imported inside the fixtures, so
+# that test modules can skip with the reason (pytest.importorskip) where they are missing.
 
 
 class Gate:
@@ -42,12 +34,17 @@ class Gate:
 
 
 class GatedBackend:
-    """Wraps a backend so that a test can block its calls (``gate``) and count them."""
+    """Wraps a backend so that a test can block its calls (``hold``) and count them."""
 
     def __init__(self, backend) -> None:
         self._backend = backend
         self.gate: Gate | None = None
         self.calls: list[tuple[str, int]] = []
+
+    def hold(self) -> Gate:
+        """Block every later call until the returned gate is opened."""
+        self.gate = Gate()
+        return self.gate
 
     def describe(self) -> str:
         return self._backend.describe()
@@ -109,7 +106,13 @@ def tiny_index(tmp_path_factory, tiny, images):
 def make_client(tiny):
     """``make_client(indexes=..., encoder=..., **config)`` -> a ready TestClient on the tiny CLIP;
     ``client.backend`` is the encoder's ``GatedBackend``. Closed at the end of the test."""
+    from fastapi.testclient import TestClient
+
     from vqclip.index import Index
+    from vqclip.serving.app import create_app
+    from vqclip.serving.config import ServerConfig
+    from vqclip.serving.metrics import Metrics
+    from vqclip.serving.runtime import Runtime
 
     stack = contextlib.ExitStack()
 
@@ -134,14 +137,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: list[str], env: dict | None = None, timeout: float = 120.0) -> SimpleNamespace:
+def _start_server(args: list[str], timeout: float = 120.0) -> SimpleNamespace:
     """``vqclip serve ARGS`` on a free loopback port, once /readyz answers 200."""
     import httpx
 
     port = free_port()
     cmd = [sys.executable, "-m", "vqclip.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
-    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
@@ -156,7 +158,7 @@ def start_server(args: list[str], env: dict | None = None, timeout: float = 120.
         time.sleep(0.1)
 
 
-def stop_server(server: SimpleNamespace, timeout: float = 30.0) -> tuple[int, str]:
+def _stop_server(server: SimpleNamespace, timeout: float = 30.0) -> tuple[int, str]:
     """SIGTERM, then the exit code and output (killed, and a failure, if it does not exit).
 
     A graceful stop ends with uvicorn re-raising the signal it caught, so the status of a
@@ -182,10 +184,29 @@ def shapes_index(shapes_images) -> Path:
     return out
 
 
+@pytest.fixture
+def server_process():
+    """``start(args)`` -> a ready ``vqclip serve ARGS`` process (``.url``, ``.proc``, ``.stop()`` ->
+    (status, output)); any still running at the end of the test is killed."""
+    started: list[SimpleNamespace] = []
+
+    def start(args: list[str]) -> SimpleNamespace:
+        server = _start_server(args)
+        server.stop = lambda: _stop_server(server)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+
+
 @pytest.fixture(scope="session")
 def live_server(shapes_index):
     """One real ``vqclip serve`` (shapes-clip on torch, the shapes index as ``shapes``)."""
-    server = start_server(["--model", "shapes-clip", "--index", f"shapes={shapes_index}"])
+    server = _start_server(["--model", "shapes-clip", "--index", f"shapes={shapes_index}"])
     yield server
-    code, out = stop_server(server)
+    code, out = _stop_server(server)
     assert code == -signal.SIGTERM, out

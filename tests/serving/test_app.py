@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vqclip.index import Index
-from vqclip.jobs.classify import ZeroShotClassifier
-from vqclip.preprocess import load_image
-from vqclip.serving.routes_encode import top_labels
+pytest.importorskip("fastapi", reason="the server tests need the 'server' extra (fastapi)")
+pytest.importorskip("httpx", reason="the server tests need httpx (FastAPI's TestClient)")
+
+from vqclip.index import Index  # noqa: E402
+from vqclip.jobs.classify import ZeroShotClassifier  # noqa: E402
+from vqclip.preprocess import load_image  # noqa: E402
+from vqclip.serving.routes_encode import top_labels  # noqa: E402
 
 TOL = 1e-5  # batched and single calls of the torch backend differ by float rounding only
 

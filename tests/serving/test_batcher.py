@@ -35,19 +35,22 @@ def deadline(s: float = 10.0) -> float:
     return time.monotonic() + s
 
 
-async def gather_submits(b: Batcher, payloads: list, size: int = 1):
-    return await asyncio.gather(*(b.submit(p, size, deadline()) for p in payloads))
-
-
 def test_concurrent_requests_become_one_call_and_each_gets_its_own_result():
     rec = Recorder()
-    b = Batcher("t", rec, max_batch=8, max_wait_s=0.05)
+    b = Batcher("t", rec, max_batch=8, max_wait_s=5.0)
+
+    async def main():
+        coming = [b.announce() for _ in range(8)]  # eight handlers reading their requests
+        return await asyncio.gather(*(b.submit(p, 1, deadline(), a) for p, a in zip(range(8), coming)))
+
+    t = time.monotonic()
     try:
-        out = asyncio.run(gather_submits(b, list(range(8))))
+        out = asyncio.run(main())
     finally:
         b.close()
     assert out == [p * 10 for p in range(8)]
-    assert [len(x) for x in rec.batches] == [8]  # full at 8: no wait for the timer
+    assert [len(x) for x in rec.batches] == [8]
+    assert time.monotonic() - t < 2.0  # full at 8: no wait for the timer
 
 
 def test_max_batch_bounds_a_batch_and_the_rest_runs_next():
@@ -78,10 +81,12 @@ def test_the_wait_timer_starts_at_the_first_request():
 
     async def main():
         t0 = time.monotonic()
-        a = asyncio.ensure_future(b.submit(1, 1, deadline()))
+        first, second, never = b.announce(), b.announce(), b.announce()
+        a = asyncio.ensure_future(b.submit(1, 1, deadline(), first))
         await asyncio.sleep(wait * 0.5)
-        c = asyncio.ensure_future(b.submit(2, 1, deadline()))
-        await asyncio.gather(a, c)
+        c = asyncio.ensure_future(b.submit(2, 1, deadline(), second))
+        await asyncio.gather(a, c)  # the third never comes: the timer, not it, ends the wait
+        never.withdraw()
         return t0
 
     try:
@@ -91,6 +96,22 @@ def test_the_wait_timer_starts_at_the_first_request():
     assert [len(x) for x in rec.batches] == [2]  # the second joined the first's batch
     started = rec.started[0] - t0
     assert wait * 0.9 <= started < wait * 1.6  # at the first request's wait, not the second's (1.5 x wait)
+
+
+def test_a_lone_request_does_not_wait_for_company_that_is_not_coming():
+    rec = Recorder()
+    b = Batcher("t", rec, max_batch=100, max_wait_s=5.0)
+
+    async def main():
+        with b.announce() as me:
+            return await b.submit(3, 1, deadline(), me)
+
+    t = time.monotonic()
+    try:
+        assert asyncio.run(main()) == 30
+    finally:
+        b.close()
+    assert time.monotonic() - t < 1.0  # nothing else was announced: no 5 s wait
 
 
 def test_a_request_larger_than_max_batch_runs_alone():

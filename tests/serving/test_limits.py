@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from vqclip.serving.config import ServerConfig, ServerSetupError, load_config
-from vqclip.serving.limits import ApiKeys, RateLimiter
-from vqclip.serving.responses import ApiError
+pytest.importorskip("fastapi", reason="the server tests need the 'server' extra (fastapi)")
+pytest.importorskip("httpx", reason="the server tests need httpx (FastAPI's TestClient)")
 
-from .conftest import Gate
+from vqclip.serving.config import ServerConfig, ServerSetupError, load_config  # noqa: E402
+from vqclip.serving.limits import ApiKeys, RateLimiter  # noqa: E402
+from vqclip.serving.responses import ApiError  # noqa: E402
 
 KEY = "k" * 24
 
@@ -122,7 +123,7 @@ def _wait_until(cond, timeout=10.0):
 
 def test_a_full_queue_answers_503_with_retry_after(make_client):
     c = make_client(max_queue=2, max_batch=1, max_wait_ms=0)
-    gate = c.backend.gate = Gate()
+    gate = c.backend.hold()
     queue = c.app.state.vqclip.runtime.main.text
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         busy = _send_in_thread(pool, c, ["busy"])
@@ -141,7 +142,7 @@ def test_a_full_queue_answers_503_with_retry_after(make_client):
 
 def test_a_passed_deadline_answers_503_and_the_work_is_never_done(make_client):
     c = make_client(max_batch=1, max_wait_ms=0)
-    gate = c.backend.gate = Gate()
+    gate = c.backend.hold()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         busy = _send_in_thread(pool, c, ["busy"])
         assert gate.entered.wait(10)
@@ -160,7 +161,7 @@ def test_a_passed_deadline_answers_503_and_the_work_is_never_done(make_client):
 def test_a_client_that_disconnects_mid_request_is_dropped_before_compute(make_client):
     c = make_client(max_batch=1, max_wait_ms=0)
     app = c.app
-    gate = c.backend.gate = Gate()
+    gate = c.backend.hold()
     body = b'{"texts": ["gone", "gone", "gone"]}'
     sent: list[dict] = []
 
