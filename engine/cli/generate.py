@@ -101,24 +101,24 @@ def add_parser(sub) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _settings(args: argparse.Namespace):
-    from vqclip.jobs.generate import CutoutSpec, GenerateSettings
+def _settings(args: argparse.Namespace, base):
+    from vqclip.jobs.generate import CutoutSpec
 
-    s, cut = GenerateSettings(), CutoutSpec()
+    s, cut = base, base.cutouts
     cut_changes = {k: v for k, v in (("cutn", args.cutn), ("method", args.cut_method), ("cut_pow", args.cut_pow))
                    if v is not None}
     if args.augments is not None:
         unknown = sorted(set(args.augments) - set(AUGMENTS))
         if unknown:
             raise InvalidInputError(f"unknown augmentation {unknown[0]!r}; choose from {', '.join(AUGMENTS)}")
-        on = set(args.augments)
-        cut_changes |= {"degrees": cut.degrees if "affine" in on else 0.0,
-                        "translate": cut.translate if "affine" in on else 0.0,
-                        "shear": cut.shear if "affine" in on else 0.0,
-                        "perspective": cut.perspective if "perspective" in on else 0.0,
-                        "jitter": cut.jitter if "jitter" in on else 0.0,
-                        "erasing": cut.erasing if "erasing" in on else (0.0, 0.0),
-                        "noise": cut.noise if "noise" in on else 0.0}
+        on, full = set(args.augments), CutoutSpec()  # named augmentations at their usual strength
+        cut_changes |= {"degrees": full.degrees if "affine" in on else 0.0,
+                        "translate": full.translate if "affine" in on else 0.0,
+                        "shear": full.shear if "affine" in on else 0.0,
+                        "perspective": full.perspective if "perspective" in on else 0.0,
+                        "jitter": full.jitter if "jitter" in on else 0.0,
+                        "erasing": full.erasing if "erasing" in on else (0.0, 0.0),
+                        "noise": full.noise if "noise" in on else 0.0}
     if cut_changes:
         from dataclasses import replace
 
@@ -156,11 +156,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.prompts and not args.image_prompts and not args.noise_prompts and not args.resume:
         raise InvalidInputError("no prompts were given; e.g. vqclip generate 'a red star'")
-    settings = _settings(args)
     noise = _noise_prompts(args.noise_prompts)
     jobs_prompts = [parse_prompts(p, args.image_prompts, noise) for p in args.prompts] or \
         ([parse_prompts(None, args.image_prompts, noise)] if not args.resume else [])
     gen = Generator(args.clip, args.vqgan, device=args.device)
+    settings = _settings(args, gen.default_settings())
     if args.deterministic:
         _deterministic(gen)
     if args.resume:

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "SPLITS", "TEMPLATES", "Scene", "Caption",
-    "sample_scene", "sample_scenes", "render", "render_batch", "caption", "random_caption",
+    "sample_scene", "sample_scenes", "render", "render_batch", "caption", "caption_text", "random_caption",
     "label", "all_labels",
 ]
 
@@ -260,7 +260,7 @@ def caption(scene: Scene, template: int) -> Caption:
     size = scene.size_word
     if "{z}" in fmt and size is None:
         fmt = fmt.replace("{z} ", "")
-    text = _articles(fmt.format(c=scene.colour, s=scene.shape, z=size, b=scene.background))
+    text = caption_text(fmt, colour=scene.colour, shape=scene.shape, size=size, background=scene.background)
     return Caption(
         text=text,
         colour=scene.colour if "{c}" in fmt else None,
@@ -268,6 +268,12 @@ def caption(scene: Scene, template: int) -> Caption:
         size=size if "{z}" in fmt else None,
         background=scene.background if "{b}" in fmt else None,
     )
+
+
+def caption_text(fmt: str, *, colour: str, shape: str, size: str | None = None, background: str = "") -> str:
+    """A template (``TEMPLATES``' fields {c} {s} {z} {b}) filled in, with English articles:
+    ``caption_text("a {c} {s}", colour="orange", shape="star")`` -> "an orange star"."""
+    return _articles(fmt.format(c=colour, s=shape, z=size, b=background))
 
 
 def _articles(text: str) -> str:

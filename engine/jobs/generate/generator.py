@@ -159,6 +159,12 @@ class Generator:
         self.jobs: list[Job] = []
 
     # ------------------------------------------------------------------ jobs
+    def default_settings(self) -> GenerateSettings:
+        """The settings a job starts from with these models (a tuned preset for the bundled pair)."""
+        from vqclip.jobs.generate.settings import preset_for
+
+        return preset_for(self.names["clip"], self.names["vqgan"])
+
     def add_job(self, prompts: str | list[tuple[Prompt, ...]], settings: GenerateSettings | None = None, *,
                 out_dir: str | Path | None = None, name: str | None = None, video: bool = False,
                 checkpoint_every: int = 0, preview_every: int = 0, job_id: str | None = None) -> Job:
@@ -171,7 +177,7 @@ class Generator:
         """
         from vqclip.jobs.generate.outputs import prepare_folder
 
-        settings = (settings or GenerateSettings()).checked(self.factor)
+        settings = (settings or self.default_settings()).checked(self.factor)
         sets = parse_prompts(prompts) if isinstance(prompts, str) else list(prompts)
         if not sets:
             raise InvalidInputError("no prompts were given; give a text prompt such as 'a red star'")

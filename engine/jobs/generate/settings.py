@@ -19,7 +19,7 @@ from typing import Any
 from vqclip.errors import InvalidInputError
 from vqclip.jobs.generate.cutouts import CutoutSpec
 
-__all__ = ["GenerateSettings", "OPTIMISERS", "INITS", "INIT_MODES", "PRECISIONS", "parse_colour"]
+__all__ = ["GenerateSettings", "OPTIMISERS", "INITS", "INIT_MODES", "PRECISIONS", "parse_colour", "preset_for"]
 
 OPTIMISERS = ("adam", "adamw", "adamax", "adagrad", "rmsprop", "radam")
 INITS = ("random", "plain", "noise", "gradient", "image")
@@ -159,3 +159,14 @@ class GenerateSettings:
 
     def with_(self, **changes: Any) -> "GenerateSettings":
         return replace(self, **changes)
+
+
+# Settings chosen for model pairs on a validation prompt list (benchmarks/bench_generate.py
+# quality --list val; the table of choices is in benchmarks/RESULTS.md). Other pairs start
+# from GenerateSettings(), VQGAN-CLIP's defaults.
+PRESETS: dict[tuple[str, str], GenerateSettings] = {}
+
+
+def preset_for(clip: str, vqgan: str) -> GenerateSettings:
+    """The tuned starting settings for this (clip, vqgan) zoo pair, else the defaults."""
+    return PRESETS.get((clip, vqgan), GenerateSettings())
