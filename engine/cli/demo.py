@@ -17,10 +17,13 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", default=None, metavar="NAME",
                    help="force a backend (default: the fastest that loads here)")
     p.add_argument("--seed", type=int, default=0, help="sample seed")
+    p.add_argument("--generate-steps", type=int, default=None, metavar="N",
+                   help="steps of the generation part (default: the bundled models' preset; 0 skips it)")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from vqclip.jobs.demo import run_demo
 
-    return run_demo(args.out, samples=args.samples, backend=args.backend, seed=args.seed, echo=print)
+    return run_demo(args.out, samples=args.samples, backend=args.backend, seed=args.seed, echo=print,
+                    generate_steps=args.generate_steps)

@@ -3,7 +3,9 @@
 Renders held-out scenes of the shapes world, exports the bundled CLIP to ONNX (cached),
 classifies the samples on every backend that loads here and keeps the fastest that
 agrees with the torch reference, builds a search index of the samples and answers three
-text queries, then writes the images, ``results.json`` and an ``index.html`` to one folder.
+text queries, generates a few images from text prompts (VQGAN+CLIP, one batch) and judges
+them with checkers that did not guide them, then writes the images, ``results.json`` and an
+``index.html`` to one folder.
 
 Example::
 
@@ -33,6 +35,8 @@ __all__ = ["run_demo"]
 _RENDER_SIZE = 96  # pixels per side of the saved samples (the model resizes to its input)
 _AGREEMENT_FLOOR = 0.95  # a faster backend must give torch's top-1 label this often to be picked
 _QUERIES = 3
+# Generation prompts the demo runs as one batch (from the shapes world; judged independently).
+_GENERATE = ("a red star", "a blue circle on a white background", "a yellow square", "a green triangle")
 
 
 @dataclass
@@ -79,11 +83,12 @@ def _prepare_out(out: Path) -> None:
 
 
 def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | None = None, seed: int = 0,
-             model: Any = None, echo: Callable[[str], None] = log.info) -> int:
+             model: Any = None, echo: Callable[[str], None] = log.info, generate_steps: int | None = None) -> int:
     """Run the demo into ``out``; returns the process exit code (0).
 
     ``model`` defaults to the bundled ``shapes-clip``; ``backend`` forces one backend
-    (still compared with torch); ``seed`` picks which held-out scenes are rendered.
+    (still compared with torch); ``seed`` picks which held-out scenes are rendered;
+    ``generate_steps`` overrides the generation preset's step count (0: no generation).
     """
     from PIL import Image
 
@@ -110,7 +115,7 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
         paths.append(p)
         truth.append(shapes.label(scene.colour, scene.shape))
     labels = [shapes.label(c, s) for c, s in shapes.all_labels()]
-    echo(f"[1/4] rendered {samples} held-out scenes of the shapes world to {out / 'images'} "
+    echo(f"[1/5] rendered {samples} held-out scenes of the shapes world to {out / 'images'} "
          f"({time.perf_counter() - t0:.1f} s)")
 
     # 2. backends: open (exporting to ONNX once), classify, time
@@ -146,7 +151,7 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
             r.agreement = float(np.mean([a == b for a, b in zip(r.top1, ref)]))
     usable = [r for r in runs if r.top1 is not None and r.agreement >= _AGREEMENT_FLOOR]
     best = max(usable, key=lambda r: r.images_per_s)
-    echo(f"[2/4] zero-shot classification of the {samples} samples into {len(labels)} labels "
+    echo(f"[2/5] zero-shot classification of the {samples} samples into {len(labels)} labels "
          f"({enc0.identity}, prompts as the model's captions say them):")
     echo(f"      {'backend':<18} {'images/s':>9} {'top-1 acc':>9} {'agrees w/ torch':>15}")
     for r in runs:
@@ -160,7 +165,7 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
     # 3. index
     t0 = time.perf_counter()
     report = build_index(out / "images", out / "index", best.encoder, storage="fp16", progress=False)
-    echo(f"[3/4] indexed {report.total} images into {out / 'index'} with {best.name} in "
+    echo(f"[3/5] indexed {report.total} images into {out / 'index'} with {best.name} in "
          f"{time.perf_counter() - t0:.1f} s (fp16 rows, SQLite entries)")
 
     # 4. queries: the first distinct true labels among the samples
@@ -168,7 +173,7 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
     by_path = {str(p.resolve()): t for p, t in zip(paths, truth)}
     answers = []
     with Index.open(out / "index", encoder=best.encoder) as idx:
-        echo("[4/4] text search (top 3, cosine score; + marks an image of the queried class):")
+        echo("[4/5] text search (top 3, cosine score; + marks an image of the queried class):")
         for q in queries:
             hits = idx.search(text=q, k=3)
             answers.append({"query": q, "hits": [
@@ -176,6 +181,9 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
                 for h in hits]})
             echo(f"      {q!r}: " + ", ".join(f"{'+' if a['match'] else '-'}{Path(a['path']).name} {a['score']:.3f}"
                                              for a in answers[-1]["hits"]))
+
+    generated = _generate(out, echo, generate_steps) if generate_steps != 0 else {"steps": 0, "seconds": 0,
+                                                                                  "images": []}
 
     results = {
         "model": str(enc0.identity), "samples": samples, "labels": labels,
@@ -185,6 +193,7 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
         "classified": [{"image": str(p), "truth": t, "predicted": best.top1[i]}
                        for i, (p, t) in enumerate(zip(paths, truth))],
         "search": answers,
+        "generation": generated,
     }
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2) + "\n").encode("utf-8"))
     atomic_write_bytes(out / "index.html", _html(results, out).encode("utf-8"))
@@ -193,8 +202,39 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
     echo("      your own photos     vqclip index build ~/Pictures --out pics.idx && vqclip search pics.idx 'a dog'")
     echo("      export              vqclip export ViT-B-32 --weights ViT-B-32.pt --out exports/vit-b-32 "
          "--precision fp16 int8")
+    echo("      generate            vqclip generate 'a purple cross' 'an orange circle' --seeds 1 2 --video")
     echo("      benchmarks          python benchmarks/bench_runtime.py")
     return 0
+
+
+def _generate(out: Path, echo: Callable[[str], None], steps: int | None) -> dict:
+    """Step 5: the demo's prompts as one batch on the bundled models, judged independently."""
+    from vqclip.jobs.generate import Generator
+    from vqclip.jobs.generate.evaluate import Judges
+
+    t0 = time.perf_counter()
+    gen = Generator()
+    settings = gen.default_settings().with_(save_every=0)
+    settings = settings.with_(steps=steps) if steps else settings
+    folder = out / "generated"
+    if folder.is_dir():  # the demo's own results from an earlier run
+        for p in folder.glob("*.png"):
+            p.unlink()
+    jobs = [gen.add_job(p, settings.with_(seed=i), out_dir=folder) for i, p in enumerate(_GENERATE)]
+    list(gen.run())
+    items = [{"text": p, "colour": p.split()[1], "shape": p.split()[2]} for p in _GENERATE]
+    verdicts = Judges(gen.clip)(np.stack([j.result for j in jobs]), items, gen.mean, gen.std)
+    secs = time.perf_counter() - t0
+    echo(f"[5/5] generated {len(jobs)} images as one batch ({settings.steps} steps, {secs:.0f} s); "
+         "judged by the shape judge and the pixels' colour, which did not guide them:")
+    rows = []
+    for job, v in zip(jobs, verdicts):
+        ok = "+" if v["colour_ok"] and v["shape_ok"] else "-"
+        echo(f"      {ok} {job.prompt_text!r}: reads as {v['judge_colour']} {v['judge_shape']}")
+        rows.append({"prompt": job.prompt_text, "image": str(folder / f"{job.name}.png"), "seed": job.seed,
+                     "judged_colour": v["judge_colour"], "judged_shape": v["judge_shape"],
+                     "ok": bool(v["colour_ok"] and v["shape_ok"])})
+    return {"steps": settings.steps, "seconds": secs, "images": rows}
 
 
 def _html(results: dict, out: Path) -> str:
@@ -223,6 +263,10 @@ def _html(results: dict, out: Path) -> str:
             f"<figure class='{'ok' if h['match'] else 'bad'}'><img src='{rel(h['path'])}'>"
             f"<figcaption>{h['score']:.3f}</figcaption></figure>" for h in q["hits"]) + "</div>"
         for q in results["search"])
+    generated = "".join(
+        f"<figure class='{'ok' if g['ok'] else 'bad'}'><img src='{rel(g['image'])}'>"
+        f"<figcaption>{e(g['prompt'])}<br><small>reads as: {e(str(g['judged_colour']))} "
+        f"{e(g['judged_shape'])}</small></figcaption></figure>" for g in results["generation"]["images"])
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>vqclip demo</title><style>
 body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse}}
@@ -235,5 +279,8 @@ figure.ok{{border-color:#3a3}} figure.bad{{border-color:#c33}} img{{width:96px;h
 {rows}</table>
 <h2>Zero-shot classification</h2><div class="grid">{cards}</div>
 <h2>Text search (top 3)</h2>{queries}
+<h2>Generation (VQGAN+CLIP, {results['generation']['steps']} steps, one batch)</h2>
+<p>Judged by the bundled shape judge and the colour of the pixels, neither of which guided the generation.</p>
+<div class="grid">{generated}</div>
 </body></html>
 """

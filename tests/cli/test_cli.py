@@ -4,6 +4,7 @@ demo, and each bad input giving one line on stderr and a non-zero exit."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -149,7 +150,7 @@ def test_demo_writes_its_report_and_reruns(env, capsys):
     tmp, _, _ = env
     out = tmp / "demo"
     for _ in range(2):  # a second run into the same folder replaces the first run's output
-        assert run_demo(out, samples=8, backend="torch", echo=print) == 0
+        assert run_demo(out, samples=8, backend="torch", echo=print, generate_steps=2) == 0
     text = capsys.readouterr().out
     assert "torch fp32" in text and "<- fastest, used below" in text and str(out / "index.html") in text
     doc = json.loads((out / "results.json").read_text())
@@ -159,6 +160,9 @@ def test_demo_writes_its_report_and_reruns(env, capsys):
     assert len(list((out / "images").glob("demo_*.png"))) == 8
     page = (out / "index.html").read_text()
     assert page.count("<img src='images/demo_") == 8 + 9  # every sample + 3 hits per query
+    gen = doc["generation"]
+    assert gen["steps"] == 2 and len(gen["images"]) == 4 and page.count("<img src='generated/") == 4
+    assert all((out / "generated" / Path(g["image"]).name).is_file() for g in gen["images"])
     (out / "index" / "header.json").unlink()  # no longer the demo's own index: left alone
     _one_line_error(capsys, main(["demo", "--out", str(out)]), "is not a demo index")
 
