@@ -5,18 +5,27 @@ import argparse
 import glob
 import os
 
-__all__ = ["positive_int", "add_model_args", "expand_images"]
+__all__ = ["positive_int", "nonneg_int", "add_model_args", "expand_images"]
 
 
-def positive_int(text: str) -> int:
-    """argparse type for sizes (batch, workers): an integer >= 1."""
+def _whole(text: str, low: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type for sizes (batch, workers): an integer >= 1."""
+    return _whole(text, 1)
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type for counts where 0 means off (save every N steps, seeds): an integer >= 0."""
+    return _whole(text, 0)
 
 
 def add_model_args(p: argparse.ArgumentParser, model: bool = True) -> None:

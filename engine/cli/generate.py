@@ -11,22 +11,12 @@ import signal
 import sys
 import time
 
-from vqclip.cli._common import positive_int
+from vqclip.cli._common import nonneg_int, positive_int
 from vqclip.errors import InvalidInputError
 
 __all__ = ["add_parser"]
 
 AUGMENTS = ("affine", "perspective", "jitter", "erasing", "noise")
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
 
 
 def _size(values: list[int]) -> tuple[int, int] | None:
@@ -49,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--size", nargs="+", type=int, default=[], metavar="PX", help="side, or width height (default: "
                    "the VQGAN's native size); multiples of the VQGAN's factor")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (default 200)")
-    p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=None, metavar="SEED",
+    p.add_argument("--seeds", nargs="+", type=nonneg_int, default=None, metavar="SEED",
                    help="one job per prompt and seed (default: one random seed, recorded)")
     p.add_argument("--out", default="vqclip-generate", metavar="DIR", help="output folder (default ./vqclip-generate)")
     o = p.add_argument_group("optimisation")
@@ -79,15 +69,15 @@ def add_parser(sub) -> None:
     r.add_argument("--palette", nargs="+", default=None, metavar="COLOUR", help="'#rrggbb', 'r,g,b' or a name")
     r.add_argument("--palette-weight", type=float, default=None, help="weight of the palette term")
     x = p.add_argument_group("outputs and modes")
-    x.add_argument("--save-every", type=_nonneg_int, default=None, metavar="N", help="write a PNG every N steps")
+    x.add_argument("--save-every", type=nonneg_int, default=None, metavar="N", help="write a PNG every N steps")
     x.add_argument("--video", action="store_true", help="also write the frames as an MP4 (or a GIF)")
-    x.add_argument("--story-every", type=_nonneg_int, default=None, metavar="N", help="steps per '^' prompt set")
-    x.add_argument("--zoom-every", type=_nonneg_int, default=None, metavar="N",
+    x.add_argument("--story-every", type=nonneg_int, default=None, metavar="N", help="steps per '^' prompt set")
+    x.add_argument("--zoom-every", type=nonneg_int, default=None, metavar="N",
                    help="zoom mode: zoom/shift/rotate and re-encode every N steps")
     x.add_argument("--zoom-scale", type=float, default=None)
     x.add_argument("--zoom-shift", nargs=2, type=int, default=None, metavar=("X", "Y"))
     x.add_argument("--zoom-rotate", type=float, default=None, metavar="DEGREES")
-    x.add_argument("--checkpoint-every", type=_nonneg_int, default=0, metavar="N",
+    x.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="N",
                    help="save z and the optimiser state every N steps (resume with --resume)")
     x.add_argument("--resume", metavar="CKPT", help="continue a run from its .ckpt")
     x.add_argument("--truncate", action="store_true", help="cut prompts longer than CLIP's context instead of refusing")
