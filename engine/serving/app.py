@@ -83,7 +83,10 @@ class ServerState:
 
     async def guard(self, request: Request, work: Awaitable[T]) -> T:
         """Await ``work`` unless the client disconnects first; then cancel it (queued batcher
-        items are dropped before they are computed) and answer 499."""
+        items are dropped before they are computed) and answer 499.
+
+        Only once the body has been read: the disconnect watch takes messages from the same
+        ``receive`` and would swallow body chunks still to come."""
         task = asyncio.ensure_future(work)
         watch = asyncio.ensure_future(_disconnected(request))
         try:

@@ -36,9 +36,8 @@ class Metrics:
                                ["queue", "reason"], registry=r)
         self.ready = Gauge("vqclip_ready", "1 when models are loaded and warmed up", registry=r)
 
-    def batcher_hooks(self, queue: str, depth: Callable[[], float]) -> dict[str, Callable[..., None]]:
-        """The ``on_batch`` / ``on_drop`` callbacks of a batcher named ``queue``; its depth is read on scrape."""
-        self.queue_depth.labels(queue).set_function(depth)
+    def batcher_hooks(self, queue: str) -> dict[str, Callable[..., None]]:
+        """The ``on_batch`` / ``on_drop`` callbacks of a batcher named ``queue``."""
         size, seconds = self.batch_size.labels(queue), self.batch_seconds.labels(queue)
 
         def on_batch(items: int, s: float) -> None:
@@ -46,6 +45,10 @@ class Metrics:
             seconds.observe(s)
 
         return {"on_batch": on_batch, "on_drop": lambda reason: self.dropped.labels(queue, reason).inc()}
+
+    def watch_depth(self, queue: str, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as the queue's depth, read at each scrape."""
+        self.queue_depth.labels(queue).set_function(depth)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -67,12 +67,15 @@ def _check_texts(texts: list[str], max_chars: int, what: str) -> None:
 
 
 async def _image_pixels(state: "ServerState", request: Request, model: type) -> tuple[Any, np.ndarray]:
-    """Read a JSON or multipart images request and decode its images (JSON base64 first, then uploads)."""
+    """Read a JSON or multipart images request, then decode its images (JSON base64 first, then
+    uploads); only the decoding is given up when the client disconnects (``guard`` must not
+    listen for a disconnect while the body is still being read)."""
     cfg = state.config
     req, uploads = await read_form(request, model, "images", cfg.max_items, cfg.max_body_bytes)
     check_count(len(req.images) + len(uploads), cfg.max_items, "images")
     blobs = decode_base64(req.images, "images") + uploads
-    return req, await decode_images(blobs, state.encoder, cfg.max_image_pixels, state.decode_limiter)
+    return req, await state.guard(request, decode_images(blobs, state.encoder, cfg.max_image_pixels,
+                                                         state.decode_limiter))
 
 
 def embed_router(state: "ServerState") -> APIRouter:
@@ -99,7 +102,7 @@ def embed_router(state: "ServerState") -> APIRouter:
         """L2-normalised image embeddings, one row per image: base64 JSON images, then multipart uploads."""
         deadline = state.deadline(request)
         with slot.image.announce() as coming:
-            req, pixels = await state.guard(request, _image_pixels(state, request, EmbedImageRequest))
+            req, pixels = await _image_pixels(state, request, EmbedImageRequest)
             fmt = wanted_format(request, req.format)
             emb = await state.guard(request, slot.image.submit(pixels, len(pixels), deadline, coming))
         return embeddings_response(emb, fmt, meta)
@@ -130,7 +133,7 @@ def classify_router(state: "ServerState") -> APIRouter:
             return await _classify(request, deadline, coming)
 
     async def _classify(request: Request, deadline: float, coming: Announcement) -> ClassifyResponse:
-        req, pixels = await state.guard(request, _image_pixels(state, request, ClassifyRequest))
+        req, pixels = await _image_pixels(state, request, ClassifyRequest)
         check_k(req.top_k, "top_k")
         check_count(len(req.labels), cfg.max_labels, "labels")
         labels = check_labels(req.labels)

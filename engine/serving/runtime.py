@@ -125,10 +125,9 @@ class Runtime:
         return cls(config, encoder, indexes, metrics)
 
     def _batcher(self, name: str, run) -> Batcher:
-        b: Batcher | None = None
-        hooks = self.metrics.batcher_hooks(name, lambda: b.queued if b is not None else 0)
         b = Batcher(name, run, max_batch=self.config.max_batch, max_wait_s=self.config.max_wait_ms / 1000,
-                    max_queue=self.config.max_queue, gate=self.gate, **hooks)
+                    max_queue=self.config.max_queue, gate=self.gate, **self.metrics.batcher_hooks(name))
+        self.metrics.watch_depth(name, lambda: b.queued)
         return b
 
     def _slot(self, encoder: Encoder) -> ModelSlot:
