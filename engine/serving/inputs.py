@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from vqclip.encoder import Encoder
 from vqclip.errors import ImageDecodeError
 from vqclip.preprocess import load_image
-from vqclip.serving.responses import ApiError
+from vqclip.serving.responses import ApiError, first_problem
 
 __all__ = ["read_json", "read_form", "decode_base64", "decode_images", "deadline_for", "check_count"]
 
@@ -41,9 +41,7 @@ def _validate(model: type[M], data: Any, raw: bool) -> M:
         errors = e.errors()
         if errors and errors[0].get("type") == "json_invalid":
             raise ApiError(400, f"the body is not valid JSON: {errors[0].get('msg')}", "malformed_json") from None
-        where = ".".join(str(p) for p in errors[0].get("loc", ())) or "body"
-        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise ApiError(422, f"{where}: {errors[0].get('msg')}{more}", "validation_error") from None
+        raise ApiError(422, first_problem(errors), "validation_error") from None
 
 
 async def read_json(request: Request, model: type[M]) -> M:

@@ -29,8 +29,8 @@ from vqclip.serving.batcher import Overloaded
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ApiError", "error_response", "install_error_handlers", "wanted_format", "embeddings_response",
-           "EMBEDDING_TYPES"]
+__all__ = ["ApiError", "error_response", "install_error_handlers", "first_problem", "wanted_format",
+           "embeddings_response", "EMBEDDING_TYPES"]
 
 # Content types of binary embeddings (Accept header or ?format=): rows of little-endian floats.
 EMBEDDING_TYPES = {"float32": "application/x-vqclip-float32", "float16": "application/x-vqclip-float16"}
@@ -78,7 +78,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
-        return error_response(422, "validation_error", _first_problem(e.errors()))
+        return error_response(422, "validation_error", first_problem(e.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, e: HTTPException) -> JSONResponse:
@@ -90,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", f"internal error ({type(e).__name__}); see the server log")
 
 
-def _first_problem(errors: Any) -> str:
+def first_problem(errors: Any) -> str:
     """One line from pydantic's error list: where and what."""
     errors = list(errors)
     if not errors:

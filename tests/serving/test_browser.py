@@ -99,3 +99,27 @@ def test_a_refusal_is_shown_as_an_error_line(page):
     page.click("#search-button")
     expect(page.locator("#error")).to_contain_text("tokens", timeout=20_000)
     assert "Search failed" in page.inner_text("#error")
+
+
+def test_with_api_keys_the_page_asks_for_one_then_works(tmp_path, server_process, shapes_index):
+    key = "page-key-" + "x" * 16
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"browser:{key}\n")
+    keys.chmod(0o600)
+    server = server_process(["--model", "shapes-clip", "--index", f"shapes={shapes_index}", "--api-key-file", str(keys)])
+    with playwright_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                   headless=True, args=FLAGS)
+        page = ctx.new_page()
+        page.goto(server.url + "/")
+        expect(page.locator("#error")).to_contain_text("API key", timeout=20_000)
+        assert page.locator("#key-box").get_attribute("open") is not None  # opened for the user
+        page.fill("#api-key", key)
+        page.click("#api-key-save")  # kept in sessionStorage, the page reloads with it
+        page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+        page.fill("#search-text", "a red star")
+        page.click("#search-button")
+        imgs = page.locator("#search-results img[src^='blob:']")  # thumbnails fetched with the key too
+        expect(imgs).to_have_count(12, timeout=20_000)
+        page.screenshot(path=str(tmp_path / "with-key.png"), full_page=True)
+        ctx.close()
