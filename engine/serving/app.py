@@ -30,6 +30,7 @@ from fastapi.routing import APIRouter
 
 from vqclip import __version__
 from vqclip.encoder import Encoder
+from vqclip.serving import routes_encode, routes_ops, routes_search
 from vqclip.serving.config import ServerConfig
 from vqclip.serving.files import Thumbnails
 from vqclip.serving.inputs import deadline_for
@@ -118,17 +119,12 @@ class Feature:
     stop: Callable[[ServerState], None] | None = None  # before the batchers close (e.g. cancel jobs, save images)
 
 
-def _features() -> tuple[Feature, ...]:
-    from vqclip.serving import routes_encode, routes_search
-
-    return (
-        Feature("embed", routes_encode.embed_router),
-        Feature("classify", routes_encode.classify_router),
-        Feature("search", routes_search.router),
-    )
-
-
-FEATURES: tuple[Feature, ...] = _features()
+# What a server runs, in this order; a feature is on where its ``enabled`` says so.
+FEATURES: tuple[Feature, ...] = (
+    Feature("embed", routes_encode.embed_router),
+    Feature("classify", routes_encode.classify_router),
+    Feature("search", routes_search.router),
+)
 
 
 class _SecurityHeaders:
@@ -162,8 +158,6 @@ def create_app(config: ServerConfig, runtime: Runtime | None = None, *,
     Raises ``ServerSetupError`` for a bad key file and what ``Runtime.load`` raises for a
     bad model or index, before anything listens.
     """
-    from vqclip.serving import routes_ops
-
     metrics = runtime.metrics if runtime is not None else Metrics()
     keys = ApiKeys.load(config.api_key_file) if config.api_key_file else None
     runtime = runtime if runtime is not None else Runtime.load(config, metrics)
@@ -194,7 +188,9 @@ def create_app(config: ServerConfig, runtime: Runtime | None = None, *,
             await anyio.to_thread.run_sync(runtime.close)
 
     app = FastAPI(title="vqclip", version=__version__, lifespan=lifespan,
-                  description="CLIP embeddings, zero-shot classification and image search, batched on the server.")
+                  description="CLIP embeddings, zero-shot classification and image search, batched on the server. "
+                              "Errors are JSON {error: {type, message}}; a request may ask for a deadline shorter "
+                              "than the server's with the header X-Request-Timeout-Ms.")
     app.state.vqclip = state
     install_error_handlers(app)
     app.include_router(routes_ops.router(state))
@@ -214,7 +210,11 @@ def create_app(config: ServerConfig, runtime: Runtime | None = None, *,
 
 def _warm_up(state: ServerState) -> None:
     t = time.perf_counter()
-    state.runtime.warm_up()
+    try:
+        state.runtime.warm_up()
+    except Exception:  # the requests will fail the same way and say why; probes must not route to us
+        log.exception("warm-up failed; /readyz stays 503")
+        return
     state.ready = True
     state.metrics.ready.set(1)
     log.info("warmed up in %.1f s; ready", time.perf_counter() - t)
