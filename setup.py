@@ -105,7 +105,8 @@ def kernel_extensions():
         return [], {}
     from pybind11.setup_helpers import Pybind11Extension, build_ext
 
-    ext = Pybind11Extension("vqclip._kernels", sources, cxx_std=17, depends=["csrc/topk.h"])
+    headers = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.h"))
+    ext = Pybind11Extension("vqclip._kernels", sources, cxx_std=17, depends=headers)
     ext.extra_compile_args.append("-O3")
     return [ext, *cuda_extension()], {"build_ext": _build_ext_class(build_ext)}
 
@@ -126,7 +127,7 @@ SERVER = ["fastapi>=0.115.3", "uvicorn[standard]>=0.30", "python-multipart>=0.0.
 
 setup(
     name="vqclip",
-    version="0.2.0",
+    version="0.2.1",
     description="An optimised inference engine for CLIP and VQGAN",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "encode.h"
 #include "topk.h"
 
 namespace py = pybind11;
@@ -33,11 +34,15 @@ size_t itemsize_of(vq::Storage st) {
 
 bool c_contiguous(const py::array& a) { return (a.flags() & py::array::c_style) != 0; }
 
+vq::Storage parse_storage(int storage) {
+    if (storage < 0 || storage > 3) throw std::invalid_argument("storage code must be 0..3");
+    return static_cast<vq::Storage>(storage);
+}
+
 py::tuple topk(const py::array& queries, const py::list& segments, int storage, int64_t k,
                int threads, const std::string& simd_name) {
     const vq::Simd simd = parse_simd(simd_name);
-    if (storage < 0 || storage > 3) throw std::invalid_argument("storage code must be 0..3");
-    const auto st = static_cast<vq::Storage>(storage);
+    const auto st = parse_storage(storage);
     if (k < 1) throw std::invalid_argument("k must be >= 1");
     if (queries.ndim() != 2 || !py::isinstance<py::array_t<float>>(queries) || !c_contiguous(queries))
         throw std::invalid_argument("queries must be a C-contiguous float32 array [b, d]");
@@ -51,15 +56,19 @@ py::tuple topk(const py::array& queries, const py::list& segments, int storage, 
         const auto pair = item.cast<py::tuple>();
         if (pair.size() != 2) throw std::invalid_argument("each segment must be (rows, factors)");
         const auto rows = pair[0].cast<py::array>();
-        const auto factor = pair[1].cast<py::array>();
         if (rows.ndim() != 2 || rows.shape(1) != d || !c_contiguous(rows) ||
             static_cast<size_t>(rows.itemsize()) != itemsize_of(st))
             throw std::invalid_argument("segment rows must be C-contiguous [n, d] in the storage dtype");
-        if (factor.ndim() != 1 || factor.shape(0) != rows.shape(0) || !c_contiguous(factor) ||
-            !py::isinstance<py::array_t<float>>(factor))
-            throw std::invalid_argument("segment factors must be C-contiguous float32 [n]");
+        const float* factors = nullptr;  // None: raw rows, normed in the same pass (one-shot)
+        if (!pair[1].is_none()) {
+            const auto factor = pair[1].cast<py::array>();
+            if (factor.ndim() != 1 || factor.shape(0) != rows.shape(0) || !c_contiguous(factor) ||
+                !py::isinstance<py::array_t<float>>(factor))
+                throw std::invalid_argument("segment factors must be C-contiguous float32 [n] or None");
+            factors = static_cast<const float*>(factor.data());
+        }
         if (rows.shape(0) == 0) continue;
-        segs.push_back({rows.data(), static_cast<const float*>(factor.data()), rows.shape(0), first});
+        segs.push_back({rows.data(), factors, rows.shape(0), first});
         first += rows.shape(0);
     }
 
@@ -68,11 +77,76 @@ py::tuple topk(const py::array& queries, const py::list& segments, int storage, 
     const float* q = static_cast<const float*>(queries.data());
     float* s = scores.mutable_data();
     int64_t* ix = ids.mutable_data();
+    int64_t bad;
     {
         py::gil_scoped_release nogil;
-        vq::topk_cosine(q, b, d, segs, st, k, threads, simd, s, ix);
+        bad = vq::topk_cosine(q, b, d, segs, st, k, threads, simd, s, ix);
     }
-    return py::make_tuple(scores, ids);
+    return py::make_tuple(scores, ids, bad);
+}
+
+const float* float_vector_or_null(const py::object& v, int64_t n, const char* what) {
+    if (v.is_none()) return nullptr;
+    const auto a = v.cast<py::array>();
+    if (a.ndim() != 1 || a.shape(0) != n || !c_contiguous(a) || !py::isinstance<py::array_t<float>>(a))
+        throw std::invalid_argument(std::string(what) + " must be a C-contiguous float32 array [n] or None");
+    return static_cast<const float*>(a.data());
+}
+
+// Encodes float32 rows [n, d]; returns (data or None for float32, norms, scales or None,
+// first non-finite row, first overflowing row), the rows -1 when there is none.
+py::tuple encode(const py::array& rows, int storage, int threads, const std::string& simd_name) {
+    const vq::Simd simd = parse_simd(simd_name);
+    const auto st = parse_storage(storage);
+    if (rows.ndim() != 2 || !py::isinstance<py::array_t<float>>(rows) || !c_contiguous(rows))
+        throw std::invalid_argument("rows must be a C-contiguous float32 array [n, d]");
+    const int64_t n = rows.shape(0), d = rows.shape(1);
+    py::object data = py::none(), scales = py::none();
+    void* dst = nullptr;
+    float* sc = nullptr;
+    if (st == vq::Storage::i8) {
+        py::array_t<int8_t> a({n, d});
+        dst = a.mutable_data();
+        data = a;
+        py::array_t<float> s(n);
+        sc = s.mutable_data();
+        scales = s;
+    } else if (st != vq::Storage::f32) {  // float16 and bfloat16 bits
+        py::array_t<uint16_t> a({n, d});
+        dst = a.mutable_data();
+        data = a;
+    }
+    py::array_t<float> norms(n);
+    float* nm = norms.mutable_data();
+    const float* x = static_cast<const float*>(rows.data());
+    vq::EncodeStatus status;
+    {
+        py::gil_scoped_release nogil;
+        status = vq::encode_rows(x, n, d, st, dst, nm, sc, threads, simd);
+    }
+    return py::make_tuple(data, norms, scales, status.nonfinite_row, status.overflow_row);
+}
+
+// L2 norms of stored rows [n, d] (times |scales| for int8); returns (norms, first bad row or -1).
+py::tuple row_norms(const py::array& rows, int storage, const py::object& scales, int threads,
+                    const std::string& simd_name) {
+    const vq::Simd simd = parse_simd(simd_name);
+    const auto st = parse_storage(storage);
+    if (rows.ndim() != 2 || !c_contiguous(rows) || static_cast<size_t>(rows.itemsize()) != itemsize_of(st))
+        throw std::invalid_argument("rows must be C-contiguous [n, d] in the storage dtype");
+    const int64_t n = rows.shape(0), d = rows.shape(1);
+    const float* sc = float_vector_or_null(scales, n, "scales");
+    if ((st == vq::Storage::i8) != (sc != nullptr))
+        throw std::invalid_argument("scales are required for int8 rows and only for them");
+    py::array_t<float> norms(n);
+    float* nm = norms.mutable_data();
+    const void* data = rows.data();
+    int64_t bad;
+    {
+        py::gil_scoped_release nogil;
+        bad = vq::row_norms(data, st, n, d, sc, nm, threads, simd);
+    }
+    return py::make_tuple(norms, bad);
 }
 
 double stream_sum(const py::array& a, int threads, const std::string& simd_name) {
@@ -112,7 +186,12 @@ PYBIND11_MODULE(_kernels, m) {
     m.doc() = "vqclip fused cosine + top-k kernels (use vqclip.kernels, not this module)";
     m.def("topk", &topk, py::arg("queries"), py::arg("segments"), py::arg("storage"), py::arg("k"),
           py::arg("threads"), py::arg("simd"),
-          "Top-k cosine of float32 queries [b, d] against (rows, factors) segments.");
+          "Top-k cosine of float32 queries [b, d] against (rows, factors or None) segments; "
+          "returns (scores, ids, first raw row holding NaN/inf or -1).");
+    m.def("encode", &encode, py::arg("rows"), py::arg("storage"), py::arg("threads"), py::arg("simd"),
+          "Encodes float32 rows: (data or None, norms, scales or None, nonfinite row, overflow row).");
+    m.def("row_norms", &row_norms, py::arg("rows"), py::arg("storage"), py::arg("scales"), py::arg("threads"),
+          py::arg("simd"), "Norms of stored rows: (norms float32 [n], first non-finite row or -1).");
     m.def("stream_sum", &stream_sum, py::arg("array"), py::arg("threads"), py::arg("simd"),
           "Multi-threaded sum of a float32 array (read-bandwidth probe).");
     m.def("info", &info, "Compiled and CPU-supported SIMD paths, OpenMP, thread count.");

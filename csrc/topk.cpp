@@ -8,21 +8,23 @@
 // Extra memory is O(threads x b x k + block), never the b x n scores.
 #include "topk.h"
 
+#include "parallel.h"
+#include "simd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <exception>
 #include <limits>
 #include <stdexcept>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace vq {
 namespace {
 
-// Below this many multiply-adds a call runs on one thread: waking a team costs more.
-constexpr int64_t kParallelMinWork = int64_t(1) << 20;
+using detail::kParallelMinWork;
+using detail::team_size;
+using detail::thread_count;
+using detail::thread_id;
+
 // From this many queries per pass the register-blocked tile kernel is used; below it
 // each row is dotted with each query directly (conversion fused, no scratch copy).
 constexpr int64_t kTileMinQueries = 4;
@@ -116,11 +118,37 @@ int64_t block_rows(const SimdOps& ops, bool tiled, int64_t d) {
     return std::max<int64_t>(unit, bytes / (4 * d) / unit * unit);
 }
 
+// A raw row's cosine with a normalised query in float64, for the rows whose float32 sum
+// of squares is out of range (SimdOps::dot_norm_rows). Returns false for NaN or inf.
+template <typename T>
+bool exact_cosine(const float* q, const T* row, int64_t d, float* score) {
+    double dot = 0, ss = 0;
+    for (int64_t j = 0; j < d; ++j) {
+        const double v = detail::to_f32(row[j]);
+        dot += double(q[j]) * v;
+        ss += v * v;
+    }
+    if (!std::isfinite(ss)) return false;
+    *score = ss > 0 ? static_cast<float>(dot / std::sqrt(ss)) : 0.0f;
+    return true;
+}
+
+bool exact_cosine(const float* q, const void* row, Storage st, int64_t d, float* score) {
+    switch (st) {
+        case Storage::f32: return exact_cosine(q, static_cast<const float*>(row), d, score);
+        case Storage::f16: return exact_cosine(q, static_cast<const detail::h16*>(row), d, score);
+        case Storage::bf16: return exact_cosine(q, static_cast<const detail::b16*>(row), d, score);
+        case Storage::i8: return exact_cosine(q, static_cast<const int8_t*>(row), d, score);
+    }
+    return false;
+}
+
 // Scans global rows [r0, r1) against queries qn[q0, q1) (normalised, [b, d]) and feeds
-// sel[q - q0]. Rows are taken segment by segment in blocks that stay in cache.
-void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d,
-          const std::vector<Segment>& segments, Storage st, int64_t r0, int64_t r1,
-          Selector* sel) {
+// sel[q - q0]. Rows are taken segment by segment in blocks that stay in cache. Returns
+// -1, or the first raw row (global id) holding NaN or inf, where the scan stops.
+int64_t scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d,
+             const std::vector<Segment>& segments, Storage st, int64_t r0, int64_t r1,
+             Selector* sel) {
     const int64_t nq = q1 - q0;
     const bool tiled = nq >= kTileMinQueries && ops.tile_scores != nullptr;
     const int64_t block = block_rows(ops, tiled, d);
@@ -137,6 +165,9 @@ void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d
             ops.pack_queries(qn + g0 * d, std::min(group, q1 - g0), d, qp.data() + (g0 - q0) * d);
     std::vector<float> buf(static_cast<size_t>(group * block));
     std::vector<int32_t> idx(static_cast<size_t>(block + 16));  // +16: whole-vector stores
+    // Raw segments: the block's factors, and its rows left to the float64 path.
+    std::vector<float> fbuf;
+    std::vector<int32_t> slow;
 
     int64_t seg_start = 0;
     for (const Segment& seg : segments) {
@@ -147,16 +178,41 @@ void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d
         const int64_t local1 = hi - (seg_start - seg.rows);
         const char* base = static_cast<const char*>(seg.data);
         const size_t row_bytes = storage_bytes(st) * static_cast<size_t>(d);
+        const bool raw = seg.factor == nullptr;
+        if (raw) fbuf.resize(static_cast<size_t>(block));
         for (int64_t b0 = local0; b0 < local1; b0 += block) {
             const int64_t nb = std::min(block, local1 - b0);
             const void* rows = base + row_bytes * static_cast<size_t>(b0);
-            const float* factor = seg.factor + b0;
+            const float* factor = raw ? fbuf.data() : seg.factor + b0;
             const int64_t id0 = seg.first_id + b0;
+            // Raw rows the SIMD path left out (factor NaN): checked, then scored in float64
+            // with factor 1. The first bad one ends this thread's scan.
+            auto take_slow = [&](int64_t count) -> int64_t {
+                slow.clear();
+                for (int64_t r = 0; count > 0 && r < nb; ++r)
+                    if (std::isnan(fbuf[r])) {
+                        float s;
+                        if (!exact_cosine(qn + q0 * d, static_cast<const char*>(rows) + row_bytes * r, st, d, &s))
+                            return id0 + r;
+                        slow.push_back(static_cast<int32_t>(r));
+                        fbuf[r] = 1.0f;
+                        --count;
+                    }
+                return -1;
+            };
+            auto patch_slow = [&](int64_t q, float* s) {
+                for (const int32_t r : slow)
+                    exact_cosine(qn + q * d, static_cast<const char*>(rows) + row_bytes * r, st, d, s + r);
+            };
             if (tiled) {
                 const float* g = static_cast<const float*>(rows);
                 if (pack) {  // convert and pack once, reuse for every query
                     ops.pack_rows(rows, st, nb, d, packed);
                     g = packed;
+                }
+                if (raw) {  // the norms from the block just read, still in cache
+                    const int64_t bad = take_slow(ops.norm_factors(rows, st, nb, d, fbuf.data()));
+                    if (bad >= 0) return bad;
                 }
                 // The next block of this segment, for the kernel to prefetch.
                 const int64_t next = std::min(block, local1 - b0 - nb);
@@ -168,6 +224,7 @@ void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d
                                     static_cast<int64_t>(row_bytes) * next);
                     for (int64_t i = 0; i < ng; ++i) {
                         float* s = buf.data() + i * block;
+                        if (raw) patch_slow(g0 + i, s);
                         Selector& se = sel[g0 + i - q0];
                         const int64_t c = ops.scale_filter(s, factor, nb, se.threshold(), idx.data());
                         for (int64_t j = 0; j < c; ++j) se.push(s[idx[j]], id0 + idx[j]);
@@ -175,7 +232,14 @@ void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d
                 }
             } else {
                 for (int64_t q = q0; q < q1; ++q) {
-                    ops.dot_rows(qn + q * d, rows, st, nb, d, buf.data());
+                    if (raw && q == q0) {  // norms in the same pass as the first query's dots
+                        const int64_t bad =
+                            take_slow(ops.dot_norm_rows(qn + q * d, rows, st, nb, d, buf.data(), fbuf.data()));
+                        if (bad >= 0) return bad;
+                    } else {
+                        ops.dot_rows(qn + q * d, rows, st, nb, d, buf.data());
+                    }
+                    if (raw) patch_slow(q, buf.data());
                     Selector& se = sel[q - q0];
                     const int64_t c = ops.scale_filter(buf.data(), factor, nb, se.threshold(), idx.data());
                     for (int64_t j = 0; j < c; ++j) se.push(buf[idx[j]], id0 + idx[j]);
@@ -183,35 +247,7 @@ void scan(const SimdOps& ops, const float* qn, int64_t q0, int64_t q1, int64_t d
             }
         }
     }
-}
-
-int thread_count(int requested) {
-#ifdef _OPENMP
-    // Never nest a team inside another library's (or our own caller's) parallel region.
-    if (omp_in_parallel()) return 1;
-    return requested > 0 ? requested : omp_get_max_threads();
-#else
-    (void)requested;
-    return 1;
-#endif
-}
-
-int thread_id() {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-// The size of the team actually running (OMP_THREAD_LIMIT or OMP_DYNAMIC may give fewer
-// threads than asked for): work is split by this, never by the request.
-int team_size() {
-#ifdef _OPENMP
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
+    return -1;
 }
 
 }  // namespace
@@ -255,9 +291,9 @@ const SimdOps& ops_for(Simd simd) {
                                 "' is not supported by this CPU or build");
 }
 
-void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<Segment>& segments,
-                 Storage st, int64_t k, int threads, Simd simd, float* out_scores,
-                 int64_t* out_ids) {
+int64_t topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<Segment>& segments,
+                    Storage st, int64_t k, int threads, Simd simd, float* out_scores,
+                    int64_t* out_ids) {
     if (k < 1) throw std::invalid_argument("k must be >= 1");
     if (d < 1) throw std::invalid_argument("dimension must be >= 1");
     const SimdOps& ops = ops_for(simd);
@@ -278,7 +314,7 @@ void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<S
     std::vector<Hit> merged;
     if (n == 0 || b == 0) {
         for (int64_t i = 0; i < b; ++i) write_row(merged, k, out_scores + i * k, out_ids + i * k);
-        return;
+        return -1;
     }
 
     int t = thread_count(threads);
@@ -289,6 +325,7 @@ void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<S
     // Gallery slices, one per member of the team that runs: every thread keeps selectors
     // for all queries; merged below.
     std::vector<std::vector<Selector>> sel(static_cast<size_t>(t));
+    std::vector<int64_t> bad(static_cast<size_t>(t), -1);  // per thread: its slice's first bad raw row
     int team = 1;
 #pragma omp parallel num_threads(t)
     {
@@ -298,18 +335,21 @@ void topk_cosine(const float* queries, int64_t b, int64_t d, const std::vector<S
         try {
             const int64_t lo = n * me / nt, hi = n * (me + 1) / nt;
             sel[me].assign(static_cast<size_t>(b), Selector(kk));
-            scan(ops, qn.data(), 0, b, d, segments, st, lo, hi, sel[me].data());
+            bad[me] = scan(ops, qn.data(), 0, b, d, segments, st, lo, hi, sel[me].data());
         } catch (...) {
 #pragma omp critical(vq_failure)
             failure = std::current_exception();
         }
     }
     if (failure) std::rethrow_exception(failure);
+    for (int p = 0; p < team; ++p)  // slices ascend with p: the first bad slice has the first bad row
+        if (bad[p] >= 0) return bad[p];
     for (int64_t i = 0; i < b; ++i) {
         merged.clear();
         for (int p = 0; p < team; ++p) sel[p][i].append_to(merged);
         write_row(merged, k, out_scores + i * k, out_ids + i * k);
     }
+    return -1;
 }
 
 double stream_sum(const float* p, int64_t n, int threads, Simd simd) {

@@ -25,7 +25,9 @@ enum class Simd : int32_t { scalar = 0, avx2 = 1, avx512 = 2 };
 // never copies the rows already stored (and a memory-mapped base needs no copy at all).
 struct Segment {
     const void* data;      // [rows, dim] in `storage`, C-contiguous
-    const float* factor;   // [rows]: multiplier turning a raw dot product into a cosine
+    // [rows]: multiplier turning a raw dot product into a cosine; nullptr for raw rows,
+    // whose norms the kernel computes in the same pass as their dot products (one-shot).
+    const float* factor;
     int64_t rows;
     int64_t first_id;      // global id of row 0 of this segment
 };
@@ -59,7 +61,21 @@ struct SimdOps {
                             int32_t* idx);
     // Sum of `n` floats; used to measure read bandwidth with the same code generation.
     double (*sum_f32)(const float* p, int64_t n);
+    // Raw rows (a Segment without factors). scores[r] = <q, row r>, the same arithmetic as
+    // dot_rows, and factor[r] = 1 / ||row r|| from the row's float32 sum of squares taken in
+    // the same pass, so the gallery is read once. A row whose sum of squares is outside
+    // [kMinSumsq, FLT_MAX] (zero, tiny, huge, NaN or inf) gets factor NaN and is left to the
+    // driver's float64 path; returns how many rows did.
+    int64_t (*dot_norm_rows)(const float* q, const void* rows, Storage storage, int64_t nrows,
+                             int64_t d, float* scores, float* factor);
+    // factor[r] as dot_norm_rows gives it (bit for bit), without the dot: the tile path's.
+    int64_t (*norm_factors)(const void* rows, Storage storage, int64_t nrows, int64_t d,
+                            float* factor);
 };
+
+// Below this float32 sum of squares a raw row goes to the float64 path: its squares may
+// have lost bits to underflow (and zero rows score 0 there, never NaN).
+constexpr float kMinSumsq = 0x1p-64f;
 
 const SimdOps& ops_scalar();
 const SimdOps* ops_avx2();     // nullptr when not compiled for this architecture
@@ -78,8 +94,9 @@ struct TopkResult {
 
 // Top-k cosine of each query against all segments. `queries` [b, d] float32 need not be
 // normalised. Scores sorted descending, ties by the lower id; missing results are
-// id -1 and score -inf. `threads` <= 0 means the OpenMP default.
-void topk_cosine(const float* queries, int64_t b, int64_t d,
+// id -1 and score -inf. `threads` <= 0 means the OpenMP default. Returns -1, or the
+// lowest id of a raw row holding NaN or inf (the outputs are then meaningless).
+int64_t topk_cosine(const float* queries, int64_t b, int64_t d,
                  const std::vector<Segment>& segments, Storage storage, int64_t k,
                  int threads, Simd simd, float* out_scores, int64_t* out_ids);
 

@@ -16,7 +16,7 @@
 // segment or thread split: results do not depend on threads or on how the gallery was
 // appended. (B = 1 and B = 8 may differ in the last bits: both are within 1e-5 of float64,
 // the documented accuracy.)
-#include "topk.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <array>
@@ -24,49 +24,10 @@
 #include <cstring>
 #include <utility>
 
-// VQCLIP_PORTABLE_ONLY builds the scalar path alone, as on ARM: a way to check the
-// portable build on an x86 machine.
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(VQCLIP_PORTABLE_ONLY)
-#define VQ_X86 1
-#include <cpuid.h>
-#include <immintrin.h>
-// GCC 12 reports its own _mm512_undefined_* placeholders inside the AVX-512 headers as
-// "used uninitialized"; a false positive of the intrinsics headers, not of this file.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
 namespace vq {
 namespace {
 
-// Distinct element types for the two 16-bit formats so overloads can tell them apart.
-struct h16 { uint16_t bits; };
-struct b16 { uint16_t bits; };
-
-// ---------------------------------------------------------------- scalar conversions
-
-inline float bits_to_f32(uint32_t bits) {
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-inline float to_f32(float x) { return x; }
-inline float to_f32(int8_t x) { return static_cast<float>(x); }
-inline float to_f32(b16 x) { return bits_to_f32(static_cast<uint32_t>(x.bits) << 16); }
-inline float to_f32(h16 x) {
-    const uint32_t sign = static_cast<uint32_t>(x.bits & 0x8000u) << 16;
-    uint32_t exp = (x.bits >> 10) & 0x1fu;
-    uint32_t man = x.bits & 0x3ffu;
-    if (exp == 31) return bits_to_f32(sign | 0x7f800000u | (man << 13));      // inf / NaN
-    if (exp != 0) return bits_to_f32(sign | ((exp + 112u) << 23) | (man << 13));
-    if (man == 0) return bits_to_f32(sign);                                     // +-0
-    // Subnormal half: renormalise so it becomes a normal float.
-    uint32_t shift = 0;
-    while (!(man & 0x400u)) { man <<= 1; ++shift; }
-    return bits_to_f32(sign | ((113u - shift) << 23) | ((man & 0x3ffu) << 13));
-}
+using namespace detail;
 
 // ---------------------------------------------------------------- scalar variant
 
@@ -95,6 +56,80 @@ void dot_rows_scalar(const float* q, const void* rows, Storage st, int64_t nrows
         case Storage::bf16: return dot_rows_scalar_t(q, static_cast<const b16*>(rows), nrows, d, scores);
         case Storage::i8: return dot_rows_scalar_t(q, static_cast<const int8_t*>(rows), nrows, d, scores);
     }
+}
+
+// dot_scalar's dot product, and the row's sum of squares in the same pass.
+template <typename T>
+float dot_norm_scalar(const float* __restrict q, const T* __restrict row, int64_t d, float* ss) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sq[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= d; j += 8)
+        for (int u = 0; u < 8; ++u) {
+            const float v = to_f32(row[j + u]);
+            acc[u] += q[j + u] * v;
+            sq[u] += v * v;
+        }
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    float n = ((sq[0] + sq[1]) + (sq[2] + sq[3])) + ((sq[4] + sq[5]) + (sq[6] + sq[7]));
+    for (; j < d; ++j) {
+        const float v = to_f32(row[j]);
+        s += q[j] * v;
+        n += v * v;
+    }
+    *ss = n;
+    return s;
+}
+
+// dot_norm_scalar's sum of squares alone (the same summation, so the same bits).
+template <typename T>
+float sumsq_scalar(const T* __restrict row, int64_t d) {
+    float sq[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= d; j += 8)
+        for (int u = 0; u < 8; ++u) {
+            const float v = to_f32(row[j + u]);
+            sq[u] += v * v;
+        }
+    float n = ((sq[0] + sq[1]) + (sq[2] + sq[3])) + ((sq[4] + sq[5]) + (sq[6] + sq[7]));
+    for (; j < d; ++j) {
+        const float v = to_f32(row[j]);
+        n += v * v;
+    }
+    return n;
+}
+
+template <typename T>
+int64_t dot_norm_rows_scalar_t(const float* q, const T* rows, int64_t nrows, int64_t d, float* scores,
+                               float* factor) {
+    for (int64_t r = 0; r < nrows; ++r) scores[r] = dot_norm_scalar(q, rows + r * d, d, factor + r);
+    return factors_from_sumsq(factor, nrows);
+}
+
+template <typename T>
+int64_t norm_factors_scalar_t(const T* rows, int64_t nrows, int64_t d, float* factor) {
+    for (int64_t r = 0; r < nrows; ++r) factor[r] = sumsq_scalar(rows + r * d, d);
+    return factors_from_sumsq(factor, nrows);
+}
+
+int64_t dot_norm_rows_scalar(const float* q, const void* rows, Storage st, int64_t nrows, int64_t d,
+                             float* scores, float* factor) {
+    switch (st) {
+        case Storage::f32: return dot_norm_rows_scalar_t(q, static_cast<const float*>(rows), nrows, d, scores, factor);
+        case Storage::f16: return dot_norm_rows_scalar_t(q, static_cast<const h16*>(rows), nrows, d, scores, factor);
+        case Storage::bf16: return dot_norm_rows_scalar_t(q, static_cast<const b16*>(rows), nrows, d, scores, factor);
+        case Storage::i8: return dot_norm_rows_scalar_t(q, static_cast<const int8_t*>(rows), nrows, d, scores, factor);
+    }
+    return 0;
+}
+
+int64_t norm_factors_scalar(const void* rows, Storage st, int64_t nrows, int64_t d, float* factor) {
+    switch (st) {
+        case Storage::f32: return norm_factors_scalar_t(static_cast<const float*>(rows), nrows, d, factor);
+        case Storage::f16: return norm_factors_scalar_t(static_cast<const h16*>(rows), nrows, d, factor);
+        case Storage::bf16: return norm_factors_scalar_t(static_cast<const b16*>(rows), nrows, d, factor);
+        case Storage::i8: return norm_factors_scalar_t(static_cast<const int8_t*>(rows), nrows, d, factor);
+    }
+    return 0;
 }
 
 template <typename T>
@@ -205,48 +240,17 @@ void pack_panel_edge(const T* src, int64_t nr, int64_t d, int64_t j0, float* out
 }
 
 const SimdOps kScalar = {"scalar", dot_rows_scalar, 1, convert_rows_scalar, pack_queries_plain,
-                         tile_scores_scalar, scale_filter_scalar, sum_scalar};
+                         tile_scores_scalar, scale_filter_scalar, sum_scalar, dot_norm_rows_scalar,
+                         norm_factors_scalar};
 
 #ifdef VQ_X86
 // ---------------------------------------------------------------- AVX2 + FMA + F16C
-
-#define VQ_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-VQ_AVX2 inline __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
-VQ_AVX2 inline __m256 ld8(const h16* p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-VQ_AVX2 inline __m256 ld8(const b16* p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-VQ_AVX2 inline __m256 ld8(const int8_t* p) {
-    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-}
-
-VQ_AVX2 inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // Sum of the 8 lanes in a fixed order.
 VQ_AVX2 inline float tree_sum8(__m256 v) {
     alignas(32) float x[8];
     _mm256_store_ps(x, v);
     return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
-}
-
-// The last d % 8 elements, zero-padded to a whole vector (AVX2 has no masked loads for
-// 8/16-bit elements); one more FMA into the same chain keeps the summation order fixed.
-template <typename T>
-VQ_AVX2 inline __m256 ld8_tail(const T* p, int64_t rem) {
-    T tmp[8];
-    std::memset(tmp, 0, sizeof tmp);
-    std::memcpy(tmp, p, sizeof(T) * static_cast<size_t>(rem));
-    return ld8(tmp);
 }
 
 // The direct (few-query) path: one row at a time, four FMA chains (see dot4_avx512
@@ -280,6 +284,97 @@ VQ_AVX2 void dot_rows_avx2(const float* q, const void* rows, Storage st, int64_t
         case Storage::bf16: return dot_rows_avx2_t(q, static_cast<const b16*>(rows), nrows, d, scores);
         case Storage::i8: return dot_rows_avx2_t(q, static_cast<const int8_t*>(rows), nrows, d, scores);
     }
+}
+
+// dot4_avx2's dot product (the same FMA chains), and the row's sum of squares in four more.
+template <typename T>
+VQ_AVX2 float dot_norm4_avx2(const float* __restrict q, const T* __restrict row, int64_t d, float* ss) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= d; j += 32) {
+        const __m256 v0 = ld8(row + j), v1 = ld8(row + j + 8), v2 = ld8(row + j + 16), v3 = ld8(row + j + 24);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), v0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j + 8), v1, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j + 16), v2, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j + 24), v3, a3);
+        s0 = _mm256_fmadd_ps(v0, v0, s0);
+        s1 = _mm256_fmadd_ps(v1, v1, s1);
+        s2 = _mm256_fmadd_ps(v2, v2, s2);
+        s3 = _mm256_fmadd_ps(v3, v3, s3);
+    }
+    for (; j + 8 <= d; j += 8) {
+        const __m256 v = ld8(row + j);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), v, a0);
+        s0 = _mm256_fmadd_ps(v, v, s0);
+    }
+    if (j < d) {
+        const __m256 v = ld8_tail(row + j, d - j);
+        a1 = _mm256_fmadd_ps(ld8_tail(q + j, d - j), v, a1);
+        s1 = _mm256_fmadd_ps(v, v, s1);
+    }
+    *ss = tree_sum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    return tree_sum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+// dot_norm4_avx2's sum of squares alone (the same chains, so the same bits).
+template <typename T>
+VQ_AVX2 float sumsq4_avx2(const T* __restrict row, int64_t d) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= d; j += 32) {
+        const __m256 v0 = ld8(row + j), v1 = ld8(row + j + 8), v2 = ld8(row + j + 16), v3 = ld8(row + j + 24);
+        s0 = _mm256_fmadd_ps(v0, v0, s0);
+        s1 = _mm256_fmadd_ps(v1, v1, s1);
+        s2 = _mm256_fmadd_ps(v2, v2, s2);
+        s3 = _mm256_fmadd_ps(v3, v3, s3);
+    }
+    for (; j + 8 <= d; j += 8) {
+        const __m256 v = ld8(row + j);
+        s0 = _mm256_fmadd_ps(v, v, s0);
+    }
+    if (j < d) {
+        const __m256 v = ld8_tail(row + j, d - j);
+        s1 = _mm256_fmadd_ps(v, v, s1);
+    }
+    return tree_sum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+template <typename T>
+VQ_AVX2 int64_t dot_norm_rows_avx2_t(const float* q, const T* rows, int64_t nrows, int64_t d, float* scores,
+                                     float* factor) {
+    for (int64_t r = 0; r < nrows; ++r) scores[r] = dot_norm4_avx2(q, rows + r * d, d, factor + r);
+    return factors_from_sumsq(factor, nrows);
+}
+
+template <typename T>
+VQ_AVX2 int64_t norm_factors_avx2_t(const T* rows, int64_t nrows, int64_t d, float* factor) {
+    for (int64_t r = 0; r < nrows; ++r) factor[r] = sumsq4_avx2(rows + r * d, d);
+    return factors_from_sumsq(factor, nrows);
+}
+
+VQ_AVX2 int64_t dot_norm_rows_avx2(const float* q, const void* rows, Storage st, int64_t nrows, int64_t d,
+                                   float* scores, float* factor) {
+    switch (st) {
+        case Storage::f32: return dot_norm_rows_avx2_t(q, static_cast<const float*>(rows), nrows, d, scores, factor);
+        case Storage::f16: return dot_norm_rows_avx2_t(q, static_cast<const h16*>(rows), nrows, d, scores, factor);
+        case Storage::bf16: return dot_norm_rows_avx2_t(q, static_cast<const b16*>(rows), nrows, d, scores, factor);
+        case Storage::i8: return dot_norm_rows_avx2_t(q, static_cast<const int8_t*>(rows), nrows, d, scores, factor);
+    }
+    return 0;
+}
+
+VQ_AVX2 int64_t norm_factors_avx2(const void* rows, Storage st, int64_t nrows, int64_t d, float* factor) {
+    switch (st) {
+        case Storage::f32: return norm_factors_avx2_t(static_cast<const float*>(rows), nrows, d, factor);
+        case Storage::f16: return norm_factors_avx2_t(static_cast<const h16*>(rows), nrows, d, factor);
+        case Storage::bf16: return norm_factors_avx2_t(static_cast<const b16*>(rows), nrows, d, factor);
+        case Storage::i8: return norm_factors_avx2_t(static_cast<const int8_t*>(rows), nrows, d, factor);
+    }
+    return 0;
 }
 
 // v[i] lane j -> v[j] lane i, for an 8 x 8 block of floats.
@@ -431,39 +526,10 @@ VQ_AVX2 double sum_avx2(const float* p, int64_t n) {
 }
 
 const SimdOps kAvx2 = {"avx2", dot_rows_avx2, 16, pack_rows_avx2, pack_queries_tiles<kTileQAvx2>,
-                       tile_scores_avx2, scale_filter_avx2, sum_avx2};
+                       tile_scores_avx2, scale_filter_avx2, sum_avx2, dot_norm_rows_avx2,
+                       norm_factors_avx2};
 
 // ---------------------------------------------------------------- AVX-512 (F, BW, DQ, VL)
-
-#define VQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
-
-VQ_AVX512 inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
-VQ_AVX512 inline __m512 ld16(const h16* p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-VQ_AVX512 inline __m512 ld16(const b16* p) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-VQ_AVX512 inline __m512 ld16(const int8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
-// Masked loads for the tail of d: lanes outside the mask read nothing and are zero.
-VQ_AVX512 inline __m512 ld16m(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-VQ_AVX512 inline __m512 ld16m(const h16* p, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-}
-VQ_AVX512 inline __m512 ld16m(const b16* p, __mmask16 m) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-VQ_AVX512 inline __m512 ld16m(const int8_t* p, __mmask16 m) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
-}
-
-VQ_AVX512 inline __mmask16 tail_mask(int64_t rem) {
-    return static_cast<__mmask16>((1u << rem) - 1u);
-}
 
 // Sum of the 16 lanes in a fixed order.
 VQ_AVX512 inline float tree_sum16(__m512 v) {
@@ -510,6 +576,98 @@ VQ_AVX512 void dot_rows_avx512(const float* q, const void* rows, Storage st, int
         case Storage::bf16: return dot_rows_avx512_t(q, static_cast<const b16*>(rows), nrows, d, scores);
         case Storage::i8: return dot_rows_avx512_t(q, static_cast<const int8_t*>(rows), nrows, d, scores);
     }
+}
+
+// dot4_avx512's dot product (the same FMA chains), and the row's sum of squares in four more.
+template <typename T>
+VQ_AVX512 float dot_norm4_avx512(const float* __restrict q, const T* __restrict row, int64_t d, float* ss) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 64 <= d; j += 64) {
+        const __m512 v0 = ld16(row + j), v1 = ld16(row + j + 16), v2 = ld16(row + j + 32), v3 = ld16(row + j + 48);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), v0, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 16), v1, a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 32), v2, a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j + 48), v3, a3);
+        s0 = _mm512_fmadd_ps(v0, v0, s0);
+        s1 = _mm512_fmadd_ps(v1, v1, s1);
+        s2 = _mm512_fmadd_ps(v2, v2, s2);
+        s3 = _mm512_fmadd_ps(v3, v3, s3);
+    }
+    for (; j + 16 <= d; j += 16) {
+        const __m512 v = ld16(row + j);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q + j), v, a0);
+        s0 = _mm512_fmadd_ps(v, v, s0);
+    }
+    if (j < d) {
+        const __mmask16 m = tail_mask(d - j);
+        const __m512 v = ld16m(row + j, m);
+        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + j), v, a1);
+        s1 = _mm512_fmadd_ps(v, v, s1);
+    }
+    *ss = tree_sum16(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+    return tree_sum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+// dot_norm4_avx512's sum of squares alone (the same chains, so the same bits).
+template <typename T>
+VQ_AVX512 float sumsq4_avx512(const T* __restrict row, int64_t d) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 64 <= d; j += 64) {
+        const __m512 v0 = ld16(row + j), v1 = ld16(row + j + 16), v2 = ld16(row + j + 32), v3 = ld16(row + j + 48);
+        s0 = _mm512_fmadd_ps(v0, v0, s0);
+        s1 = _mm512_fmadd_ps(v1, v1, s1);
+        s2 = _mm512_fmadd_ps(v2, v2, s2);
+        s3 = _mm512_fmadd_ps(v3, v3, s3);
+    }
+    for (; j + 16 <= d; j += 16) {
+        const __m512 v = ld16(row + j);
+        s0 = _mm512_fmadd_ps(v, v, s0);
+    }
+    if (j < d) {
+        const __m512 v = ld16m(row + j, tail_mask(d - j));
+        s1 = _mm512_fmadd_ps(v, v, s1);
+    }
+    return tree_sum16(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+template <typename T>
+VQ_AVX512 int64_t dot_norm_rows_avx512_t(const float* q, const T* rows, int64_t nrows, int64_t d,
+                                         float* scores, float* factor) {
+    for (int64_t r = 0; r < nrows; ++r) scores[r] = dot_norm4_avx512(q, rows + r * d, d, factor + r);
+    return factors_from_sumsq(factor, nrows);
+}
+
+template <typename T>
+VQ_AVX512 int64_t norm_factors_avx512_t(const T* rows, int64_t nrows, int64_t d, float* factor) {
+    for (int64_t r = 0; r < nrows; ++r) factor[r] = sumsq4_avx512(rows + r * d, d);
+    return factors_from_sumsq(factor, nrows);
+}
+
+VQ_AVX512 int64_t dot_norm_rows_avx512(const float* q, const void* rows, Storage st, int64_t nrows,
+                                       int64_t d, float* scores, float* factor) {
+    switch (st) {
+        case Storage::f32: return dot_norm_rows_avx512_t(q, static_cast<const float*>(rows), nrows, d, scores, factor);
+        case Storage::f16: return dot_norm_rows_avx512_t(q, static_cast<const h16*>(rows), nrows, d, scores, factor);
+        case Storage::bf16: return dot_norm_rows_avx512_t(q, static_cast<const b16*>(rows), nrows, d, scores, factor);
+        case Storage::i8: return dot_norm_rows_avx512_t(q, static_cast<const int8_t*>(rows), nrows, d, scores, factor);
+    }
+    return 0;
+}
+
+VQ_AVX512 int64_t norm_factors_avx512(const void* rows, Storage st, int64_t nrows, int64_t d, float* factor) {
+    switch (st) {
+        case Storage::f32: return norm_factors_avx512_t(static_cast<const float*>(rows), nrows, d, factor);
+        case Storage::f16: return norm_factors_avx512_t(static_cast<const h16*>(rows), nrows, d, factor);
+        case Storage::bf16: return norm_factors_avx512_t(static_cast<const b16*>(rows), nrows, d, factor);
+        case Storage::i8: return norm_factors_avx512_t(static_cast<const int8_t*>(rows), nrows, d, factor);
+    }
+    return 0;
 }
 
 // ---- the GEMM-form tile path (many queries)
@@ -662,7 +820,7 @@ VQ_AVX512 double sum_avx512(const float* p, int64_t n) {
 
 const SimdOps kAvx512 = {"avx512", dot_rows_avx512, kPanel, pack_rows_avx512,
                          pack_queries_tiles<kTileQ>, tile_scores_avx512, scale_filter_avx512,
-                         sum_avx512};
+                         sum_avx512, dot_norm_rows_avx512, norm_factors_avx512};
 #endif  // VQ_X86
 
 }  // namespace

@@ -64,9 +64,6 @@ _NUMPY_DTYPE = {
     "int8": np.dtype(np.int8),
 }
 _SIMD_PATHS = ("scalar", "avx2", "avx512")
-# Rows per chunk when a pass over a gallery runs in numpy (norms, encoding): bounds the
-# float64 temporaries to ~32 MiB at D=512 whatever the gallery size.
-_CHUNK_ROWS = 8192
 
 
 # ----------------------------------------------------------------------- extension
@@ -185,27 +182,13 @@ def _check_storage(dtype: str) -> str:
     return dtype
 
 
-def _as_float32_rows(data: np.ndarray, dtype: str) -> np.ndarray:
-    """A chunk of stored rows as float32 values (int8 not yet scaled)."""
-    if dtype == "bfloat16":
-        return (data.astype(np.uint32) << 16).view(np.float32)
-    return data.astype(np.float32)
-
-
 def _row_norms(data: np.ndarray, dtype: str, scales: np.ndarray | None) -> np.ndarray:
-    """L2 norm of each stored row as float32 [n], accumulated in float64 (no overflow)."""
-    norms = np.empty(data.shape[0], dtype=np.float64)
-    for lo in range(0, data.shape[0], _CHUNK_ROWS):
-        c = _as_float32_rows(data[lo : lo + _CHUNK_ROWS], dtype).astype(np.float64)  # (c, D)
-        norms[lo : lo + len(c)] = np.sqrt(np.einsum("ij,ij->i", c, c))
-    if scales is not None:
-        norms *= np.abs(scales.astype(np.float64))
-    return norms.astype(np.float32)
-
-
-def _first_bad(norms: np.ndarray) -> int | None:
-    bad = np.flatnonzero(~np.isfinite(norms))
-    return int(bad[0]) if len(bad) else None
+    """L2 norm of each stored row as float32 [n], accumulated in float64 by the kernels'
+    threads; InputShapeError naming the first row whose norm is NaN or inf."""
+    norms, bad = _ext().row_norms(data, _STORAGE_CODE[dtype], scales, resolve_threads(None), _default_simd())
+    if bad >= 0:
+        raise InputShapeError(f"gallery row {bad} contains NaN or inf; clean or re-encode it")
+    return norms
 
 
 def _factors(norms: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
@@ -225,55 +208,35 @@ def _factors(norms: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
 
 
 def encode_rows(
-    rows: Any, dtype: str = "float32"
+    rows: Any, dtype: str = "float32", *, threads: int | None = None, simd: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Encodes float rows [n, D] for a gallery of storage ``dtype``.
+    """Encodes float rows [n, D] for a gallery of storage ``dtype``, in one threaded pass.
 
-    Returns ``(data, norms, scales)``: ``data`` [n, D] in the storage dtype (bfloat16 as
-    uint16 bits, rounded to nearest even); ``norms`` float32 [n], the L2 norm of each row
-    as stored (dequantised for int8); ``scales`` float32 [n] for int8 (symmetric,
-    ``row ~= scale * data``, max |value| mapped to 127), else None. Zero rows encode to
-    zeros with norm 0. NaN/inf rows, or values beyond float16's range for float16, raise
-    InputShapeError naming the first bad row.
+    Returns ``(data, norms, scales)``: ``data`` [n, D] in the storage dtype (float32 rows
+    are the input itself when it is C-contiguous float32, not a copy; bfloat16 as uint16
+    bits; float16 and bfloat16 rounded to nearest even); ``norms`` float32 [n], the L2 norm
+    of each row as stored (dequantised for int8), accumulated in float64; ``scales``
+    float32 [n] for int8 (symmetric, ``row ~= scale * data``, max |value| mapped to 127),
+    else None. Zero rows encode to zeros with norm 0. NaN/inf rows, or values beyond
+    float16's (bfloat16's) range, raise InputShapeError naming the first bad row.
+    ``threads`` and ``simd`` as for ``Gallery.search``; every path gives the same data.
 
     Example: ``data, norms, scales = encode_rows(x, "int8")``.
     """
     dtype = _check_storage(dtype)
     x = _as_float_matrix(rows, "rows")
-    bad = _first_bad(_row_norms(x, "float32", None))
-    if bad is not None:
-        raise InputShapeError(f"rows contain NaN or inf (first at row {bad}); clean the input")
-    scales = None
-    if dtype == "float32":
-        data = x
-    elif dtype == "float16":
-        with np.errstate(over="ignore"):
-            data = x.astype(np.float16)
-    elif dtype == "bfloat16":  # round to nearest even on the float32 bits, in chunks
-        data = np.empty(x.shape, dtype=np.uint16)
-        for lo in range(0, x.shape[0], _CHUNK_ROWS):
-            bits = x[lo : lo + _CHUNK_ROWS].view(np.uint32)  # (c, D)
-            # Finite inputs only (checked above): the sum stays below 2**32.
-            data[lo : lo + len(bits)] = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & 1))) >> 16
-    else:  # int8: symmetric per-row scale, in chunks to bound the temporaries
-        data = np.empty(x.shape, dtype=np.int8)
-        scales = np.empty(x.shape[0], dtype=np.float32)
-        for lo in range(0, x.shape[0], _CHUNK_ROWS):
-            c = x[lo : lo + _CHUNK_ROWS]  # (c, D) float32
-            peak = np.abs(c).max(axis=1)  # (c,)
-            scales[lo : lo + len(c)] = peak / np.float32(127.0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv = np.where(peak > 0, np.float32(127.0) / peak, np.float32(0.0))[:, None]
-            t = np.rint(c * inv)  # (c, D) float32, already within [-127, 127] up to rounding
-            data[lo : lo + len(c)] = np.clip(t, -127, 127, out=t)
-    norms = _row_norms(data, dtype, scales)
-    bad = _first_bad(norms)
-    if bad is not None:
+    data, norms, scales, nonfinite, overflow = _ext().encode(
+        x, _STORAGE_CODE[dtype], resolve_threads(threads), _resolve_simd(simd))
+    if nonfinite >= 0:
+        raise InputShapeError(f"rows contain NaN or inf (first at row {nonfinite}); clean the input")
+    if overflow >= 0:
+        limit = np.finfo(np.float16).max if dtype == "float16" else float(np.finfo(np.float32).max)
         raise InputShapeError(
-            f"row {bad} overflows {dtype} (|value| > {np.finfo(np.float16).max:.0f}); "
-            "store this gallery as float32 or int8"
+            f"row {overflow} overflows {dtype} (|value| > {limit:.6g}); store this gallery as float32 or int8"
         )
-    return data, norms, scales
+    if dtype == "float16":
+        data = data.view(np.float16)  # the binding writes both 16-bit formats as uint16 bits
+    return (x if data is None else data), norms, scales
 
 
 # ----------------------------------------------------------------------- gallery
@@ -323,7 +286,8 @@ class Gallery:
 
     @classmethod
     def from_rows(cls, rows: Any, dtype: str = "float32") -> Gallery:
-        """A gallery holding ``rows`` [n, D] (any float dtype), encoded to ``dtype``."""
+        """A gallery holding ``rows`` [n, D] (any float dtype), encoded to ``dtype`` (see
+        ``encode_rows``: C-contiguous float32 rows are kept, not copied)."""
         x = _as_float_matrix(rows, "rows")
         g = cls(x.shape[1], dtype)
         g.append(x)
@@ -392,9 +356,9 @@ class Gallery:
             norms = _row_norms(data, self._dtype, scales)
         else:
             norms = _check_vector(norms, n, "norms")
-        bad = _first_bad(norms)
-        if bad is not None:
-            raise InputShapeError(f"gallery row {bad} contains NaN or inf; clean or re-encode it")
+            bad = np.flatnonzero(~np.isfinite(norms))
+            if len(bad):
+                raise InputShapeError(f"gallery row {int(bad[0])} contains NaN or inf; clean or re-encode it")
         return self._add(data, norms, scales)
 
     def _add(self, data: np.ndarray, norms: np.ndarray, scales: np.ndarray | None) -> range:
@@ -522,7 +486,7 @@ def _run(
     q: np.ndarray, segs: Sequence[_Segment], dtype: str, k: int, threads: int, simd: str
 ) -> tuple[np.ndarray, np.ndarray]:
     pairs = [(s.data, s.factors) for s in segs]
-    scores, ids = _ext().topk(q, pairs, _STORAGE_CODE[dtype], k, threads, simd)
+    scores, ids, _ = _ext().topk(q, pairs, _STORAGE_CODE[dtype], k, threads, simd)
     return scores, ids
 
 
@@ -560,12 +524,16 @@ def topk_cosine(
     threads: int | None = None,
     simd: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k cosine of queries [B, D] against a gallery [N, D] of float rows.
+    """Top-k cosine of queries [B, D] against a gallery [N, D] of raw float rows, in one pass.
 
-    The gallery's norms are computed on every call (one extra pass): for repeated
-    searches build a ``Gallery`` once. float16 galleries are searched as float16,
-    other float dtypes (and non-contiguous input) are converted to float32 once.
-    Edge cases, dtypes and the return value are as for ``Gallery.search``.
+    The rows need not be normalised: the kernel accumulates each row's squared norm in the
+    same pass as its dot products, so the gallery is read once, as a search of a prebuilt
+    ``Gallery`` reads it (build one for repeated searches: it also keeps int8/float16
+    copies). float16 galleries are searched as float16; other float dtypes (and
+    non-contiguous input) are converted to float32 once. A gallery row holding NaN or inf
+    raises InputShapeError naming the first such row. Edge cases, dtypes and the return
+    value are as for ``Gallery.search``; scores match it within 1e-5 (the norms are
+    summed in float32 here, rows with out-of-range norms in float64).
 
     Example: ``scores, ids = topk_cosine(q, g, 10)`` -> float32 [B, 10], int64 [B, 10].
     """
@@ -575,11 +543,17 @@ def topk_cosine(
         raise InputShapeError(f"gallery must be 2-D [n, d>=1], got shape {g.shape}")
     if g.dtype.kind != "f":
         raise InputShapeError(f"gallery must hold floats, got dtype {g.dtype}")
-    if g.dtype == np.float16 and g.flags.c_contiguous:
-        gal = Gallery.from_arrays(g, dtype="float16")
-    else:
-        gal = Gallery.from_arrays(_as_float_matrix(g, "gallery"), dtype="float32")
-    return gal.search(queries, k, threads=threads, simd=simd)
+    dtype = "float16" if g.dtype == np.float16 and g.flags.c_contiguous else "float32"
+    if dtype == "float32":
+        g = _as_float_matrix(g, "gallery")
+    q = _check_queries(queries, g.shape[1])
+    nthreads, path = resolve_threads(threads), _resolve_simd(simd)
+    scores, ids, bad = _ext().topk(q, [(g, None)], _STORAGE_CODE[dtype], k, nthreads, path)
+    if q.shape[0] == 0:  # nothing was scanned; the gallery is still checked, as a search would
+        _row_norms(g, dtype, None)
+    elif bad >= 0:
+        raise InputShapeError(f"gallery row {bad} contains NaN or inf; clean or re-encode it")
+    return scores, ids
 
 
 def stream_sum(array: np.ndarray, *, threads: int | None = None, simd: str | None = None) -> float:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,10 +107,15 @@ CASES = [
 
 @pytest.mark.parametrize("simd", PATHS)
 @pytest.mark.parametrize("b,n,d,k,threads", CASES)
-def test_float32_matches_float64_reference(rng, simd, b, n, d, k, threads):
+@pytest.mark.parametrize("api", ["one-shot", "gallery"])
+def test_float32_matches_float64_reference(rng, simd, b, n, d, k, threads, api):
+    # one-shot: raw rows, norms summed in the scan; gallery: factors computed beforehand.
     q = rng.standard_normal((b, d)).astype(np.float32)
     g = rng.standard_normal((n, d)).astype(np.float32)
-    scores, ids = K.topk_cosine(q, g, k, threads=threads, simd=simd)
+    if api == "one-shot":
+        scores, ids = K.topk_cosine(q, g, k, threads=threads, simd=simd)
+    else:
+        scores, ids = K.Gallery.from_rows(g).search(q, k, threads=threads, simd=simd)
     assert_topk(scores, ids, reference(q, g), k)
 
 
@@ -154,6 +161,193 @@ def test_float16_subnormals_match_between_paths(rng):
     ref = reference(q, g.astype(np.float64))
     for scores, ids in results:
         assert_topk(scores, ids, ref, 9, atol=1e-4)  # float16 rows: scores good to ~1e-4
+
+
+# ----------------------------------------------------------------------- one-shot (fused norms)
+
+
+def odd_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """Random rows with some whose float32 sum of squares is out of range: zero, tiny
+    (squares underflow), huge (squares overflow) and subnormal, spread over the blocks."""
+    g = rng.standard_normal((n, d)).astype(np.float32)
+    g[[0, n // 3]] = 0
+    g[[5, n // 2]] *= np.float32(1e-25)
+    g[[7, n - 1]] *= np.float32(1e25)
+    g[n // 4, :3] = np.float32(1e-40)  # subnormal float32 values, the rest zero
+    g[n // 4, 3:] = 0
+    return g
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [1, 3, 8])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_one_shot_rows_out_of_float32_range_take_the_float64_path(rng, simd, b, dtype):
+    # B=1: direct path; B=3: norms on the first query's pass, reused by the others; B=8: tile path.
+    n, d = 2500, 70
+    g = odd_rows(rng, n, d)
+    if dtype == "float16":  # float16 cannot hold 1e25: huge rows become its largest values
+        g = np.clip(g, -60000, 60000).astype(np.float16)
+    q = rng.standard_normal((b, d)).astype(np.float32)
+    q[0] = g[7].astype(np.float32) / np.float32(1e20) if dtype == "float32" else q[0]  # a huge row wins
+    scores, ids = K.topk_cosine(q, g, n, threads=2, simd=simd)
+    assert not np.isnan(scores).any()
+    assert_topk(scores, ids, reference(q, g.astype(np.float64)), n, atol=1e-4 if dtype == "float16" else ATOL)
+    zero = {i: s for i, s in zip(ids[0].tolist(), scores[0].tolist()) if i in (0, n // 3)}
+    assert zero == {0: 0.0, n // 3: 0.0}
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_one_shot_agrees_with_the_prebuilt_gallery(rng, simd):
+    g = clustered(rng, 6000, 96, centres=64, noise=0.05)
+    for b in (1, 3, 20):
+        q = rng.standard_normal((b, 96)).astype(np.float32)
+        s1, i1 = K.topk_cosine(q, g, 25, simd=simd, threads=2)
+        s2, i2 = K.Gallery.from_rows(g).search(q, 25, simd=simd, threads=2)
+        np.testing.assert_allclose(s1, s2, atol=1e-6, rtol=0)  # only the norms' rounding differs
+        assert_topk(s1, i1, reference(q, g), 25)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [1, 3, 8])
+def test_one_shot_threads_give_identical_results(rng, simd, b):
+    g = odd_rows(rng, 7001, 33)
+    q = rng.standard_normal((b, 33))
+    one = K.topk_cosine(q, g, 40, threads=1, simd=simd)
+    for t in (2, 3):
+        for x, y in zip(one, K.topk_cosine(q, g, 40, threads=t, simd=simd)):
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("b", [0, 1, 3, 8])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_one_shot_names_the_first_non_finite_gallery_row(rng, simd, b, bad):
+    # The same error as a Gallery built from the rows gives; with bad rows in both threads'
+    # slices, the first one is named, not the first one a thread happened to meet.
+    g = rng.standard_normal((6000, 40)).astype(np.float32)
+    g[5000, 3] = bad
+    g[1234, 39] = bad
+    q = rng.standard_normal((b, 40)).astype(np.float32)
+    with pytest.raises(InputShapeError, match=r"^gallery row 1234 contains NaN or inf; clean or re-encode it$"):
+        K.topk_cosine(q, g, 5, threads=2, simd=simd)
+    with pytest.raises(InputShapeError, match=r"^gallery row 1234 contains NaN or inf"):
+        K.topk_cosine(q, g.astype(np.float16), 5, threads=2, simd=simd)
+    with pytest.raises(InputShapeError, match=r"^gallery row 1234 contains NaN or inf"):
+        K.Gallery.from_arrays(g)
+
+
+# ----------------------------------------------------------------------- encoding
+
+
+def numpy_encoding(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The reference encoding in numpy: float64 norms of the stored values."""
+    if dtype == "float32":
+        return x, np.linalg.norm(x.astype(np.float64), axis=1), None
+    if dtype == "float16":
+        data = x.astype(np.float16)
+        return data, np.linalg.norm(data.astype(np.float64), axis=1), None
+    if dtype == "bfloat16":
+        bits = x.view(np.uint32).astype(np.uint64)
+        data = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+        return data, np.linalg.norm((data.astype(np.uint32) << 16).view(np.float32).astype(np.float64), axis=1), None
+    peak = np.abs(x).max(axis=1)
+    scales = peak / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(peak > 0, np.float32(127) / peak, np.float32(0))[:, None]
+    data = np.clip(np.rint(x * inv), -127, 127).astype(np.int8)
+    return data, np.linalg.norm(data.astype(np.float64), axis=1) * scales.astype(np.float64), scales
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("dtype", K.STORAGE_DTYPES)
+@pytest.mark.parametrize("d", [1, 7, 16, 77, 512])
+def test_encode_rows_matches_numpy_on_every_path(rng, simd, dtype, d):
+    # d = 1, 7: only tails; 16, 512: only whole vectors; 77: both.
+    x = (rng.standard_normal((300, d)) * rng.choice([1e-3, 1.0, 300.0], (300, 1))).astype(np.float32)
+    x[3] = 0
+    data, norms, scales = K.encode_rows(x, dtype, threads=2, simd=simd)
+    want_data, want_norms, want_scales = numpy_encoding(x, dtype)
+    assert data.dtype == want_data.dtype and data.shape == x.shape
+    np.testing.assert_array_equal(data, want_data)  # bit for bit, on every path
+    if dtype == "int8":
+        np.testing.assert_array_equal(scales, want_scales)
+    else:
+        assert scales is None
+    np.testing.assert_allclose(norms, want_norms, rtol=1e-7, atol=0)  # float64 sums, float32 result
+    assert norms.dtype == np.float32 and norms[3] == 0
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_float16_rounding_matches_numpy_over_the_whole_range(simd):
+    # Random float32 bit patterns from below float16's subnormals to past its overflow
+    # (65520 rounds to inf), plus exact ties: the scalar converter and F16C must agree with numpy.
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0x2F000000, 0x47A00000, 200_000, dtype=np.uint32)
+    bits |= rng.integers(0, 2, bits.size, dtype=np.uint32) << 31  # both signs
+    ties = (np.arange(0x33000000, 0x477FF000, 0x1000, dtype=np.uint32))[::7]  # halfway cases
+    x = np.concatenate([bits, ties]).view(np.float32)
+    x = x[: len(x) // 64 * 64].reshape(-1, 64)
+    x = x[np.all(np.abs(x) < 65520, axis=1)]  # rows with an overflow would be refused
+    data, _, _ = K.encode_rows(x, "float16", simd=simd)
+    np.testing.assert_array_equal(data.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_int8_rows_too_small_for_float32_scales_encode_without_nan(simd):
+    x = np.zeros((2, 20), np.float32)
+    x[0, :3] = [1e-40, -3e-40, 2e-41]  # max |x| below 127 / FLT_MAX: 127 / max is inf in float32
+    x[1, :2] = [1e-38, 5e-39]
+    data, norms, scales = K.encode_rows(x, "int8", simd=simd)
+    assert np.abs(data[:, 0:3]).max() == 127 and np.abs(data).max() <= 127
+    assert np.isfinite(norms).all() and np.isfinite(scales).all()
+    np.testing.assert_array_equal(data[0, :3], [42, -127, 8])  # rint(x / max * 127)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_encoding_threads_give_identical_results(rng, simd):
+    x = rng.standard_normal((9001, 45)).astype(np.float32)
+    for dtype in K.STORAGE_DTYPES:
+        one = K.encode_rows(x, dtype, threads=1, simd=simd)
+        for t in (2, 3):
+            for a, b in zip(one, K.encode_rows(x, dtype, threads=t, simd=simd)):
+                if a is not None:
+                    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+def test_encoding_names_the_first_bad_row_across_threads(simd):
+    x = np.ones((8000, 300), np.float32)
+    x[6000, 1] = np.nan
+    x[2500, 0] = np.inf
+    x[100, 2] = 1e6  # overflows float16 but not the others
+    for dtype in K.STORAGE_DTYPES:
+        with pytest.raises(InputShapeError, match=r"^rows contain NaN or inf \(first at row 2500\); clean the input$"):
+            K.encode_rows(x, dtype, threads=2, simd=simd)
+    x[[2500, 6000]] = 1
+    with pytest.raises(InputShapeError, match=r"^row 100 overflows float16 \(\|value\| > 65504\)"):
+        K.encode_rows(x, "float16", threads=2, simd=simd)
+    x[100] = 3e38  # finite, but its norm overflows float32
+    with pytest.raises(InputShapeError, match="first at row 100"):
+        K.encode_rows(x, "float32", threads=2, simd=simd)
+    x[100] = 3.3e38  # rounds past bfloat16's largest value
+    with pytest.raises(InputShapeError, match="first at row 100"):
+        K.encode_rows(x, "bfloat16", threads=2, simd=simd)
+
+
+@pytest.mark.parametrize("simd", PATHS)
+@pytest.mark.parametrize("dtype", K.STORAGE_DTYPES)
+def test_stored_rows_norms_match_numpy(rng, simd, dtype, monkeypatch):
+    # Gallery.from_arrays without norms computes them in the kernels (on the default path).
+    monkeypatch.setattr(K, "_default_simd", lambda: simd)
+    x = rng.standard_normal((500, 33)).astype(np.float32)
+    data, want, scales = numpy_encoding(x, dtype)
+    g = K.Gallery.from_arrays(data, None, scales, dtype=dtype)
+    np.testing.assert_allclose(g.segments[0][1], want, rtol=1e-7, atol=0)
+    if dtype in ("float16", "bfloat16"):
+        bad = data.copy()
+        bad[77, 5] = np.inf if dtype == "float16" else 0x7FC0  # bfloat16 NaN bits
+        with pytest.raises(InputShapeError, match="^gallery row 77 contains NaN or inf"):
+            K.Gallery.from_arrays(bad, dtype=dtype)
 
 
 # ----------------------------------------------------------------------- int8 quality
@@ -514,6 +708,37 @@ def test_environment_variable_forces_each_path(rng, simd):
     ref = reference(q, g)
     ids = np.array(got["ids"], dtype=np.int64)
     assert_topk(np.take_along_axis(ref, ids, 1).astype(np.float32), ids, ref, 6)
+
+
+def test_forcing_a_path_the_cpu_lacks_is_one_line(monkeypatch):
+    # As on a CPU without AVX-512 (the check itself, on any machine; qemu runs the real one below).
+    fake = {**K._ext().info(), "supported": ["scalar", "avx2"]}
+    monkeypatch.setattr(K, "_ext", lambda: type("Ext", (), {"info": staticmethod(lambda: fake)}))
+    monkeypatch.setenv(K.SIMD_ENV, "avx512")
+    K._default_simd.cache_clear()
+    try:
+        with pytest.raises(BackendUnavailableError) as e:
+            K._default_simd()
+    finally:
+        K._default_simd.cache_clear()
+    assert str(e.value) == f"{K.SIMD_ENV}='avx512' is not supported on this CPU/build; supported: scalar, avx2"
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64", reason="needs qemu-x86_64 (Debian qemu-user) on x86-64")
+def test_avx512_forced_on_an_emulated_avx2_only_cpu_is_one_line():
+    # Haswell: AVX2 + FMA, no AVX-512. The extension must load, pick avx2, and refuse avx512.
+    code = ("from vqclip import kernels as K; import numpy as np; print(K._ext().info()['best']); "
+            "K.topk_cosine(np.ones((1, 4)), np.ones((3, 4)), 1)")
+    env = {**os.environ, K.SIMD_ENV: "avx512", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([QEMU, "-cpu", "Haswell-v4", sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert res.returncode != 0 and res.stdout.strip() == "avx2", res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == ("vqclip.errors.BackendUnavailableError: VQCLIP_SIMD='avx512' is not supported on this "
+                    "CPU/build; supported: scalar, avx2")
 
 
 def test_unknown_environment_path_is_a_clear_error():
