@@ -27,6 +27,8 @@ __all__ = ["Component", "ImageEncoder", "ImageEncoderGraph", "TextEncoder", "Tex
 
 # Batch sizes the parity inputs use; several, so a graph that baked in the traced batch fails.
 _PARITY_BATCH = 5
+# Token axis of the text graph's second parity case: a short query's batch, padded to its longest.
+_PARITY_SHORT = 9
 
 
 @dataclass
@@ -45,6 +47,10 @@ class Component:
     transformer: dict | None = None  # onnxruntime.transformers fusion args, None: no fusion pass
     factor: int = 1  # image pixels per latent cell (VQGAN), for the image-side dims "H", "W"
     graph: nn.Module | None = None  # what the exporter traces, where a cheaper form of ``module`` exists
+    tokens: int = 0  # the text graph's longest token axis (the context length), for the dim "tokens"
+    # More fixed parity inputs, of other shapes (a shorter token axis): a graph that kept
+    # the traced shape fails them. The self-test stays on ``parity_inputs``.
+    parity_more: Callable[[], list[tuple[torch.Tensor, ...]]] = list
 
     def traced(self) -> nn.Module:
         """The module the exporter traces: ``graph`` where set, else ``module``."""
@@ -161,7 +167,11 @@ class ImageEncoderGraph(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """input_ids int64 (B, T) with T = context_length -> embedding float32 (B, E), unit length.
+    """input_ids int64 (B, T), T <= context_length -> embedding float32 (B, E), unit length.
+
+    T is any length that holds every row's end-of-text token: the transformer is causal, so
+    the padding after it never reaches the pooled position, and a batch padded to its
+    longest query (rather than to the context length) gives the same embeddings.
 
     Pools at the first position of the largest id (OpenAI's rule: the end-of-text token has
     the largest id), like ``CLIP.encode_text``, but finds it with an int32 ArgMax: some ONNX
@@ -260,19 +270,20 @@ def _clip_components(clip: nn.Module) -> list[Component]:
     cfg = clip.config
     S, E, T, V = cfg.image_size, cfg.embed_dim, cfg.context_length, cfg.vocab_size
     batch = torch.export.Dim("batch", min=1, max=1024)
+    tokens = torch.export.Dim("tokens", min=1, max=T)  # a batch padded to its longest query
 
     def pixels(n: int, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(n, 3, S, S, generator=g)  # (n, 3, S, S), like normalised pixels
 
-    def ids(n: int, seed: int) -> torch.Tensor:
+    def ids(n: int, seed: int, length: int = T) -> torch.Tensor:
         # Start token, random words, end-of-text (the largest id) at varied positions
         # (second, middle, last), zero padding after it, as the tokenizer writes them.
         g = torch.Generator().manual_seed(seed)
-        out = torch.zeros(n, T, dtype=torch.int64)  # (n, T)
-        eots = [1, T // 2, T - 1, 2, T // 3]
+        out = torch.zeros(n, length, dtype=torch.int64)  # (n, length)
+        eots = [1, length // 2, length - 1, 2, length // 3]
         for i in range(n):
-            e = eots[i % len(eots)]
+            e = max(1, eots[i % len(eots)])
             out[i, 0] = V - 2
             out[i, 1:e] = torch.randint(1, V - 2, (e - 1,), generator=g)
             out[i, e] = V - 1
@@ -293,12 +304,13 @@ def _clip_components(clip: nn.Module) -> list[Component]:
         ),
         Component(
             name="text_encoder", module=TextEncoder(clip).eval(),
-            inputs=(TensorSpec("input_ids", "int64", ("batch", T)),),
+            inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")),),
             outputs=(TensorSpec("embedding", "float32", ("batch", E)),),
             dummy=lambda: (ids(2, 0),), parity_inputs=lambda: (ids(_PARITY_BATCH, 1),),
-            normalised=True, dynamic_shapes={"input_ids": {0: batch}},
+            normalised=True, dynamic_shapes={"input_ids": {0: batch, 1: tokens}},
             transformer={"model_type": "clip", "num_heads": heads_t, "hidden_size": cfg.text_width},
-            graph=TextEncoderGraph(clip).eval(),
+            graph=TextEncoderGraph(clip).eval(), tokens=T,
+            parity_more=lambda: [(ids(3, 2, _PARITY_SHORT),)],
         ),
     ]
 

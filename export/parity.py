@@ -98,6 +98,14 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def _ort_run_errors() -> tuple[type[BaseException], ...]:
+    # ONNX Runtime's own exception types (they derive from Exception only) for a run that fails.
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("InvalidArgument", "Fail", "RuntimeException")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
 def _run(path: Path, component: Component, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     sess = _session(path)
     feed = {spec.name: t.numpy() for spec, t in zip(component.inputs, inputs)}
@@ -105,25 +113,34 @@ def _run(path: Path, component: Component, inputs: tuple[torch.Tensor, ...]) -> 
 
 
 def measure(component: Component, precision: str, path: Path) -> ParityReport:
-    """Run the graph at ``path`` and the torch module on the component's parity inputs.
+    """Run the graph at ``path`` and the torch module on the component's parity inputs
+    (``parity_inputs`` and each of ``parity_more``, the worst of them reported).
 
     Cosine is per sample over the flattened output, in float64. For graphs whose outputs
     are not unit vectors, ``max_abs_diff`` is divided by the reference's max |value| so
-    one bound fits any scale.
+    one bound fits any scale. A graph that cannot run one of the input shapes (it kept a
+    traced size) raises ``ParityError`` naming that shape.
     """
-    inputs = component.parity_inputs()
-    with torch.no_grad():
-        ref = component.module(*inputs).double().numpy()  # (B, ...)
-    got = _run(path, component, inputs).astype(np.float64)
-    if got.shape != ref.shape:
-        raise ParityError(f"{path.name}: output shape {got.shape}, the torch module gives {ref.shape}")
-    diff = float(np.abs(got - ref).max())
-    if not component.normalised:
-        diff /= max(float(np.abs(ref).max()), 1e-12)
-    a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    diff, cos_min, n = 0.0, 1.0, 0
+    for inputs in [component.parity_inputs(), *component.parity_more()]:
+        with torch.no_grad():
+            ref = component.module(*inputs).double().numpy()  # (B, ...)
+        try:
+            got = _run(path, component, inputs).astype(np.float64)
+        except _ort_run_errors() as e:  # e.g. InvalidArgument for an input dim the graph fixed
+            shapes = [list(t.shape) for t in inputs]
+            raise ParityError(f"{path.name} cannot run inputs of shape {shapes}, which the torch module "
+                              f"takes ({str(e).splitlines()[0][:200]}); a dynamic axis was lost in export") from e
+        if got.shape != ref.shape:
+            raise ParityError(f"{path.name}: output shape {got.shape}, the torch module gives {ref.shape}")
+        d = float(np.abs(got - ref).max())
+        if not component.normalised:
+            d /= max(float(np.abs(ref).max()), 1e-12)
+        a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+        diff, cos_min, n = max(diff, d), min(cos_min, float(cos.min())), n + len(ref)
     bounds = {k: v for k, v in TOLERANCES[precision].items() if k != "zero_shot_agreement"}
-    return ParityReport(component.name, precision, diff, float(cos.min()), len(ref), bounds=bounds)
+    return ParityReport(component.name, precision, diff, cos_min, n, bounds=bounds)
 
 
 def zero_shot_agreement(image: Component, text: Component, image_path: Path, text_path: Path,

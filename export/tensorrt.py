@@ -8,7 +8,8 @@ and kept small. What the tests do cover is the gate: without the package or a CU
 any work is done.
 
 Each engine gets one optimisation profile with min/opt/max for every dynamic input
-(batch; for the VQGAN graphs also the latent / image size). fp16 engines keep
+(batch; for the text encoder also the token axis, up to the context length; for the VQGAN
+graphs also the latent / image size). fp16 engines keep
 normalisation, softmax and reductions in fp32 (``OBEY_PRECISION_CONSTRAINTS``): fp16
 LayerNorm and softmax overflow costs ViT accuracy in TensorRT (NVIDIA/TensorRT #2564,
 #2709). int8 needs calibration batches and is refused without them. The timing cache is
@@ -40,6 +41,7 @@ Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 BATCH = (1, 8, 32)  # min/opt/max batch: latency at 1, throughput at 8..32
 LATENT = (1, 16, 32)  # VQGAN latent side; f16: 16 px .. 256 px (opt) .. 512 px
+TOKENS = (1, 16)  # min/opt token axis of a text batch (padded to its longest query); max: the context
 
 
 def require_tensorrt() -> None:
@@ -57,10 +59,12 @@ def require_tensorrt() -> None:
 
 def profile_for(component: Component, batch: tuple[int, int, int] = BATCH,
                 latent: tuple[int, int, int] = LATENT) -> Profile:
-    """min/opt/max shapes of each input: batch for all, plus spatial sizes for the VQGAN.
+    """min/opt/max shapes of each input: batch for all, plus the token axis for the text
+    encoder (``TOKENS``, up to ``component.tokens``) and spatial sizes for the VQGAN.
 
     ``latent`` is the latent side (h, w); image sides are ``factor`` times it.
     """
+    tokens = (min(TOKENS[0], component.tokens), min(TOKENS[1], component.tokens), component.tokens)
     out: Profile = {}
     for spec in component.inputs:
         shapes = []
@@ -73,6 +77,8 @@ def profile_for(component: Component, batch: tuple[int, int, int] = BATCH,
                     dims.append(latent[i])
                 elif d in ("H", "W"):
                     dims.append(component.factor * latent[i])
+                elif d == "tokens":
+                    dims.append(tokens[i])
                 else:
                     dims.append(int(d))
             shapes.append(tuple(dims))

@@ -7,11 +7,16 @@ The ONNX Runtime and TensorRT backends build them from an export folder's manife
 (``vqclip.manifest``, the format's one definition: ``GraphSpec.from_record``); the torch
 backend derives them from the module's config, so every backend refuses the same bad
 input with the same message.
+
+Text ids reach every backend padded to the context length (``int64 (B, 77)``); a backend
+whose text encoder takes fewer positions (the torch module; exported text graphs with a
+dynamic ``"tokens"`` axis) cuts each batch after its last end-of-text token first
+(``cut_after_eot``), which leaves the embeddings as they are: the text transformer is causal.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,9 @@ import numpy as np
 from vqclip.errors import InputShapeError
 from vqclip.manifest import GraphRecord, TensorSpec
 
-__all__ = ["GraphSpec", "check_input"]
+__all__ = ["GraphSpec", "TOKENS", "check_input", "cut_after_eot", "with_context_length"]
+
+TOKENS = "tokens"  # the dynamic token axis of exported text graphs (vqclip >= 0.2.1)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,40 @@ class GraphSpec:
         return cls(component=record.component, precision=record.precision, inputs=tuple(record.inputs),
                    outputs=tuple(record.outputs), path=directory / record.file, sha256=record.sha256,
                    parity=dict(record.parity), selftest=dict(record.selftest))
+
+
+def with_context_length(spec: GraphSpec, context_length: int | None) -> tuple[GraphSpec, bool]:
+    """The spec callers see for a graph, and whether the backend cuts text ids before running it.
+
+    A text graph with a dynamic ``TOKENS`` axis takes ids padded to ``context_length``, as
+    every backend's text encoder does, and is run on each batch cut to its longest query
+    (``cut_after_eot``): returns ``(spec with the context length, True)``. Any other graph
+    (images, VQGAN, text graphs exported with a fixed axis) is returned as it is, with False.
+
+    Example: ``with_context_length(text_spec, 77)`` -> ``(input_ids: int64[batch,77] ..., True)``.
+    """
+    ids = spec.inputs[0] if spec.inputs else None
+    if spec.component != "text_encoder" or ids is None or TOKENS not in ids.shape or not context_length:
+        return spec, False
+    shape = tuple(int(context_length) if d == TOKENS else d for d in ids.shape)
+    return replace(spec, inputs=(replace(ids, shape=shape), *spec.inputs[1:])), True
+
+
+def cut_after_eot(ids: np.ndarray, multiple: int = 1) -> np.ndarray:
+    """int64 (B, T) token ids -> (B, T'): the padding after every row's end-of-text cut.
+
+    ``T'`` is the largest end-of-text position (the first maximal id of a row, where the
+    text encoder pools) plus one, rounded up to a multiple of ``multiple`` and at most
+    ``T``; a batch is thus padded to its longest query. The embeddings do not change: no
+    position after a row's end-of-text reaches that row's pooled output. Returns ``ids``
+    itself when nothing can be cut.
+
+    Example: ``cut_after_eot(tokenize(["a red circle"])).shape`` -> ``(1, 5)``.
+    """
+    T = ids.shape[1]
+    need = int(ids.argmax(axis=1).max()) + 1  # (B,) first maximum = the pooled position
+    keep = min(T, -(-need // multiple) * multiple)
+    return ids if keep == T else np.ascontiguousarray(ids[:, :keep])  # (B, keep)
 
 
 def check_input(x: Any, spec: TensorSpec, component: str) -> np.ndarray:

@@ -5,6 +5,10 @@ CPU by default. ``device="cuda"`` uses the CUDA execution provider and
 neither has been run in this project's own tests, which have no GPU). fp32, fp16 and int8
 graphs run alike: the fp16 and int8 graphs keep float32 inputs and outputs.
 
+Text graphs exported with a dynamic token axis (vqclip >= 0.2.1) run each batch cut to
+its longest query (``vqclip.backends._io_spec.cut_after_eot``): callers still pass ids
+padded to the context length, and get the same embeddings for far less work.
+
 Session defaults are chosen for a small, shared CPU (``benchmarks/bench_encoders.py
 --sweep`` measures them; benchmarks/RESULTS.md has the figures): one intra-op thread per
 CPU this process may use; idle threads sleep rather than spin (spinning threads take the
@@ -22,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vqclip._cpus import available_cpus, int8_gemm_path
-from vqclip.backends._io_spec import GraphSpec
+from vqclip.backends._io_spec import GraphSpec, cut_after_eot, with_context_length
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError, ManifestError
 from vqclip.manifest import Manifest, read_manifest, verify_sha256
@@ -114,8 +118,15 @@ class OnnxRuntimeBackend(Backend):
             )
         self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each graph is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
-        self._graphs = {g.component: GraphSpec.from_record(g, self.manifest.directory)
-                        for g in self.manifest.graphs if g.precision == precision and g.format == "onnx"}
+        context = self.manifest.config.get("context_length") if isinstance(self.manifest.config, dict) else None
+        self._graphs: dict[str, GraphSpec] = {}
+        self._cut_tokens: set[str] = set()  # text graphs run on batches cut to their longest query
+        for g in self.manifest.graphs:
+            if g.precision == precision and g.format == "onnx":
+                spec, cut = with_context_length(GraphSpec.from_record(g, self.manifest.directory), context)
+                self._graphs[g.component] = spec
+                if cut:
+                    self._cut_tokens.add(g.component)
         if not self._graphs:
             raise BackendUnavailableError(
                 f"{export_dir} has no ONNX graphs at {precision}; it has: "
@@ -256,6 +267,8 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, component: str, x: np.ndarray) -> np.ndarray:
         spec = self._graphs[component]
         sess = self._session(component)
+        if component in self._cut_tokens:
+            x = cut_after_eot(x)  # (B, T' <= T): same embeddings, less work
         (y,) = sess.run([spec.outputs[0].name], {spec.inputs[0].name: x})
         return y
 

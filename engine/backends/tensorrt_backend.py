@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vqclip.backends._io_spec import GraphSpec
+from vqclip.backends._io_spec import GraphSpec, cut_after_eot, with_context_length
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError, InputShapeError, ManifestError
 from vqclip.manifest import Manifest, read_manifest, verify_sha256
@@ -109,8 +109,15 @@ class TensorRTBackend(Backend):
         self._trt, self._torch = _import_tensorrt_and_cuda()
         self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each plan is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
-        self._plans = {g.component: GraphSpec.from_record(g, self.manifest.directory)
-                       for g in self.manifest.graphs if g.precision == precision and g.format == "tensorrt"}
+        context = self.manifest.config.get("context_length") if isinstance(self.manifest.config, dict) else None
+        self._plans: dict[str, GraphSpec] = {}
+        self._cut_tokens: set[str] = set()  # text plans run on batches cut to their longest query
+        for g in self.manifest.graphs:
+            if g.precision == precision and g.format == "tensorrt":
+                spec, cut = with_context_length(GraphSpec.from_record(g, self.manifest.directory), context)
+                self._plans[g.component] = spec
+                if cut:
+                    self._cut_tokens.add(g.component)
         if not self._plans:
             raise BackendUnavailableError(
                 f"{export_dir} has no TensorRT plans at {precision}; it has: "
@@ -144,6 +151,8 @@ class TensorRTBackend(Backend):
             self._engine(component)
 
     def _run(self, component: str, x: np.ndarray) -> np.ndarray:
+        if component in self._cut_tokens:
+            x = cut_after_eot(x)  # (B, T' <= T): within the plan's token profile, less work
         with self._lock:
             return self._run_locked(component, x)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqclip.backends._io_spec import GraphSpec
+from vqclip.backends._io_spec import GraphSpec, cut_after_eot
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError
 from vqclip.manifest import TensorSpec
@@ -51,10 +51,7 @@ def trim_to_eot(ids: np.ndarray, bucket: int = _TOKEN_BUCKET) -> np.ndarray:
 
     Example: ``trim_to_eot(tokenize(["a red circle"])).shape`` -> ``(1, 16)``.
     """
-    T = ids.shape[1]
-    need = int(ids.argmax(axis=1).max()) + 1  # (B,) first maximum = the pooled position
-    keep = min(T, -(-need // bucket) * bucket)
-    return ids if keep == T else np.ascontiguousarray(ids[:, :keep])  # (B, keep)
+    return cut_after_eot(ids, bucket)  # the rule every backend cuts text ids by
 
 
 class _CudaGraphCache:

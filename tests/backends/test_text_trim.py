@@ -1,5 +1,6 @@
-"""Cutting text ids past the end-of-text token (``trim_to_eot``): the shapes it gives, and
-that the torch backend's embeddings stay those of the full 77-token context."""
+"""Cutting text ids past the end-of-text token (``trim_to_eot``, ``cut_after_eot``): the
+shapes it gives, and that the torch and ONNX Runtime backends' embeddings stay those of the
+full 77-token context while their text encoders run the cut batch."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from vqclip.backends import open_backend
+from vqclip.backends._io_spec import GraphSpec, cut_after_eot, with_context_length
 from vqclip.backends.torch_backend import trim_to_eot
+from vqclip.errors import InputShapeError
+from vqclip.manifest import TensorSpec
 
 
 def _ids(eots: list[int], T: int = 77, V: int = 49408) -> np.ndarray:
@@ -60,3 +64,56 @@ def test_torch_backend_runs_the_cut_ids(tiny_clip):
     finally:
         hook.remove()
     assert seen == [(1, 16), (2, 77)]
+
+
+@pytest.mark.parametrize("eots, keep", [([4], 5), ([1], 2), ([4, 40], 41), ([76], 77), ([0], 1)])
+def test_cut_pads_a_batch_to_its_longest_query(eots, keep):
+    ids = _ids([max(e, 1) for e in eots])
+    if eots == [0]:  # an end-of-text first (what warm-up feeds): one position
+        ids[:] = 0
+        ids[0, 0] = 49407
+    out = cut_after_eot(ids)
+    assert out.shape == (len(eots), keep)
+    np.testing.assert_array_equal(out, ids[:, :keep])
+
+
+def test_only_text_graphs_with_a_token_axis_are_cut():
+    emb = (TensorSpec("embedding", "float32", ("batch", 32)),)
+    dynamic = GraphSpec("text_encoder", "fp32", (TensorSpec("input_ids", "int64", ("batch", "tokens")),), emb)
+    spec, cut = with_context_length(dynamic, 77)
+    assert cut and spec.inputs[0].shape == ("batch", 77) and spec.outputs == emb  # callers pass (B, 77)
+    fixed = GraphSpec("text_encoder", "fp32", (TensorSpec("input_ids", "int64", ("batch", 77)),), emb)
+    assert with_context_length(fixed, 77) == (fixed, False)  # an export of vqclip <= 0.2.0: run as it is
+    image = GraphSpec("image_encoder", "fp32", (TensorSpec("pixels", "float32", ("batch", 3, 32, 32)),), emb)
+    assert with_context_length(image, 77) == (image, False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_onnxruntime_runs_the_cut_ids_with_full_context_embeddings(tiny_clip, tiny_clip_export, precision):
+    V = tiny_clip.config.vocab_size
+    be = open_backend("onnxruntime", tiny_clip_export, precision=precision)
+    assert be.spec("text_encoder").inputs[0].shape == ("batch", 77)  # what callers pass, as before
+    sess = be._session("text_encoder")
+    seen = []
+
+    class Spy:  # records the shape each call feeds the graph
+        def __getattr__(self, name):
+            return getattr(sess, name)
+
+        def run(self, outputs, feed):
+            seen.append(next(iter(feed.values())).shape)
+            return sess.run(outputs, feed)
+
+    be._sessions["text_encoder"] = Spy()
+    ids = _ids([3, 9, 30], V=V)
+    got = be.encode_text(ids)
+    be.encode_text(ids[:1])
+    assert seen == [(3, 31), (1, 4)]
+    with torch.no_grad():
+        want = F.normalize(tiny_clip.encode_text(torch.from_numpy(ids)), dim=-1).numpy()
+    if precision == "fp32":
+        np.testing.assert_allclose(got, want, atol=1e-4)  # the fp32 parity bound
+    else:
+        assert (got * want).sum(1).min() >= 0.99  # int8's
+    with pytest.raises(InputShapeError, match=r"shape \[1, 30\]; expected input_ids: int64\[batch,77\]"):
+        be.encode_text(ids[:1, :30])  # callers pass the full context, as to every backend

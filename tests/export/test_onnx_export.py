@@ -20,7 +20,7 @@ def session(manifest, component, precision="fp32"):
 def test_clip_graph_io_follows_the_contract(clip_export):
     want = {
         "image_encoder": ([("pixels", "float32", ["batch", 3, 32, 32])], [("embedding", "float32", ["batch", 32])]),
-        "text_encoder": ([("input_ids", "int64", ["batch", 77])], [("embedding", "float32", ["batch", 32])]),
+        "text_encoder": ([("input_ids", "int64", ["batch", "tokens"])], [("embedding", "float32", ["batch", 32])]),
     }
     files = {g.file for g in clip_export.graphs}
     assert files == {"image_encoder.onnx", "image_encoder.fp16.onnx", "image_encoder.int8.onnx",
@@ -62,6 +62,48 @@ def test_text_encoder_pools_at_eot_wherever_it_sits(clip_export, tiny_clip):
     moved[0, 1], moved[0, 2] = 500, EOT
     got2 = session(clip_export, "text_encoder").run(None, {"input_ids": moved.numpy()})[0]
     assert np.abs(got2[0] - got[0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_text_graphs_take_a_batch_padded_to_its_longest_query(clip_export, tiny_clip, precision):
+    # The token axis is dynamic: a batch cut after its last end-of-text token gives the
+    # embeddings of the full 77-token batch (the transformer is causal). fp32 and fp16 run
+    # the same arithmetic on fewer positions (rounding only); int8 quantises activations
+    # per tensor, padding included, so it is held to its parity bound against torch instead.
+    ids = torch.zeros(3, 77, dtype=torch.int64)
+    ids[:, 0] = 49406
+    for row, pos in enumerate([1, 4, 6]):
+        ids[row, 1:pos] = torch.arange(300, 300 + pos - 1)
+        ids[row, pos] = EOT
+    sess = session(clip_export, "text_encoder", precision)
+    full = sess.run(None, {"input_ids": ids.numpy()})[0]
+    ref = F.normalize(tiny_clip.encode_text(ids), dim=-1).detach().numpy().astype(np.float64)
+    for rows, keep in ((3, 7), (3, 12), (3, 40), (1, 2)):  # (1, 2): start and end of text only
+        short = sess.run(None, {"input_ids": ids[:rows, :keep].numpy()})[0]
+        assert short.shape == (rows, 32)
+        if precision == "int8":
+            assert (short * ref[:rows]).sum(1).min() >= 0.99  # unit vectors: the cosine
+        else:
+            assert np.abs(short - full[:rows]).max() <= 1e-5
+
+
+def test_a_text_graph_that_ignores_the_token_axis_fails_parity(tiny_clip, tmp_path):
+    # Exported with the token axis fixed at 77, the graph passes the 77-token parity inputs
+    # but not the short-query case: export refuses it.
+    from dataclasses import replace
+
+    from vqclip.errors import ParityError
+    from vqclip.export.onnx_export import export_onnx
+    from vqclip.export.parity import measure
+    from vqclip.manifest import TensorSpec
+
+    text = components_for(tiny_clip)[1]
+    fixed = replace(text, inputs=(TensorSpec("input_ids", "int64", ("batch", 77)),),
+                    dynamic_shapes={"input_ids": {0: text.dynamic_shapes["input_ids"][0]}})
+    export_onnx(fixed, tmp_path / "text_encoder.onnx")
+    with pytest.raises(ParityError, match=r"cannot run inputs of shape \[\[3, 9\]\].*dynamic axis was lost"):
+        measure(fixed, "fp32", tmp_path / "text_encoder.onnx")
+    assert measure(replace(fixed, parity_more=list), "fp32", tmp_path / "text_encoder.onnx").failures() == []
 
 
 def test_eot_argmax_runs_on_int32_not_float(clip_export):
@@ -113,7 +155,7 @@ def test_reduced_precision_embeddings_stay_close(clip_export, tiny_clip, precisi
 def test_parity_figures_recorded_within_bounds(clip_export):
     for g in clip_export.graphs:
         p = g.parity
-        assert p["n_samples"] == 5
+        assert p["n_samples"] == (5 + 3 if g.component == "text_encoder" else 5)  # + the short-query case
         if g.precision == "fp32":
             assert p["max_abs_diff"] <= 1e-4
         else:

@@ -15,7 +15,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_av
 def test_profiles_cover_every_dynamic_dim(tiny):
     image, text = components_for(tiny.clip())
     assert profile_for(image) == {"pixels": ((1, 3, 32, 32), (8, 3, 32, 32), (32, 3, 32, 32))}
-    assert profile_for(text) == {"input_ids": ((1, 77), (8, 77), (32, 77))}
+    assert profile_for(text) == {"input_ids": ((1, 1), (8, 16), (32, 77))}  # batch x tokens
     dec, enc = components_for(tiny.vqgan())
     assert profile_for(dec) == {"latent": ((1, 16, 1, 1), (8, 16, 16, 16), (32, 16, 32, 32))}
     # The encoder's image side is f * latent side (f = 2 for the tiny model, 16 in the zoo).

@@ -38,7 +38,11 @@ def _check_repo(manifest, repo):
 
 
 def test_clip_repository(clip_export):
-    _check_repo(clip_export, clip_export.directory.parent / "triton")
+    repo = clip_export.directory.parent / "triton"
+    _check_repo(clip_export, repo)
+    for name in ("tiny-clip_text_encoder", "tiny-clip_text_encoder_int8"):  # the token axis is dynamic
+        cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        assert list(cfg.input[0].dims) == [-1]
 
 
 def test_vqgan_repository_has_dynamic_spatial_dims(vqgan_export):
