@@ -6,6 +6,10 @@
 // read once, by all cores together, and each block is converted/packed by one thread
 // (splitting the queries would read the gallery once per thread: benchmarks/RESULTS.md).
 // Extra memory is O(threads x b x k + block), never the b x n scores.
+//
+// Raw segments (no factors: the one-shot call) get each row's norm from the same read as
+// its dot products; the rare rows whose float32 sum of squares is out of range are scored
+// in float64 here, and the first one holding NaN or inf ends the call with its id.
 #include "topk.h"
 
 #include "parallel.h"
