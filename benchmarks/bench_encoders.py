@@ -30,6 +30,8 @@ Examples::
     python benchmarks/bench_encoders.py --device cuda --precisions fp32,fp16 --json out.json
     python benchmarks/bench_encoders.py --models vit-b-32 --components image --export-root new \
         --baseline-export old      # graphs of two exports, interleaved in the same rounds
+    python benchmarks/bench_encoders.py --models vit-b-32 --components text --backends torch,onnxruntime \
+        --precisions fp32,int8 --text-tokens 5 --export-root new --baseline-export old   # a 5-token query
 """
 from __future__ import annotations
 
@@ -200,15 +202,16 @@ def call(r: object, component: str) -> Callable[[np.ndarray], np.ndarray]:
     return r.encode_image if component == "image" else r.encode_text
 
 
-def inputs(model: CLIP, component: str, batch: int) -> np.ndarray:
+def inputs(model: CLIP, component: str, batch: int, tokens: int = 14) -> np.ndarray:
+    """Random pixels, or ids of ``tokens`` tokens (start, words, end of text) padded to the context."""
     rng = np.random.default_rng(batch)
     c = model.config
     if component == "image":
         return rng.standard_normal((batch, 3, c.image_size, c.image_size), dtype=np.float32)
-    ids = np.zeros((batch, c.context_length), np.int64)  # (B, 77): start, ~12 words, EOT, padding
+    ids = np.zeros((batch, c.context_length), np.int64)  # (B, 77): start, words, EOT, padding
     ids[:, 0] = EOT - 1
-    ids[:, 1:13] = rng.integers(1, EOT - 1, (batch, 12))
-    ids[:, 13] = EOT
+    ids[:, 1:tokens - 1] = rng.integers(1, EOT - 1, (batch, tokens - 2))
+    ids[:, tokens - 1] = EOT
     return ids
 
 
@@ -245,7 +248,7 @@ def bench_model(model: CLIP, label: str, folder: Path | None, args: argparse.Nam
     rows: list[Row] = []
     for component in args.components:
         for batch in args.batches:
-            x = inputs(model, component, batch)
+            x = inputs(model, component, batch, args.text_tokens)
             fns = {name: call(r, component) for name, r in rs.items()}
             lat, outs = measure(fns, x, args)
             ref = outs.get("vqclip-torch fp32")
@@ -353,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-root", type=Path, help="keep exports here and reuse them (default: temp)")
     p.add_argument("--baseline-export", type=Path, help="a root holding another export of the same models "
                    "(same folder names); its ONNX Runtime graphs are timed alongside as a before/after")
+    p.add_argument("--text-tokens", type=int, default=14,
+                   help="tokens per text query, start and end of text included (2..context length)")
     p.add_argument("--json", type=Path, help="write all measurements here")
     p.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the torch runners "
                    "(default: torch's choice; 1 can win on an oversubscribed CPU)")
@@ -365,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = None if args.export_root else tempfile.TemporaryDirectory(prefix="vqclip-bench-")
     root = args.export_root or Path(tmp.name)
     report: dict = {"rows": [], "targets": [], "sweep": [], "argv": sys.argv[1:],
+                    "env": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS") if k in os.environ},
                     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     try:
         for name in args.models:
@@ -389,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if tmp is not None:
             tmp.cleanup()
+    report["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.json:
         write_json(args.json, report)
         print(f"\nwrote {args.json}")
