@@ -167,7 +167,7 @@ def quality(args) -> dict:
     from vqclip.jobs.generate.evaluate import judge_run, prompt_list
 
     prompts = prompt_list(args.list)
-    report = judge_run(prompts, grid=args.grid, threads=torch.get_num_threads())
+    report = judge_run(prompts, grid=args.grid)
     report["machine"] = _machine()
     return report
 

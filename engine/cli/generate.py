@@ -68,6 +68,8 @@ def add_parser(sub) -> None:
     r.add_argument("--saturation", type=float, default=None, help="colourfulness weight")
     r.add_argument("--palette", nargs="+", default=None, metavar="COLOUR", help="'#rrggbb', 'r,g,b' or a name")
     r.add_argument("--palette-weight", type=float, default=None, help="weight of the palette term")
+    r.add_argument("--background-prompt", default=None, metavar="COLOUR",
+                   help="also ask for '... on a COLOUR background' where a prompt names none ('none': off)")
     x = p.add_argument_group("outputs and modes")
     x.add_argument("--save-every", type=nonneg_int, default=None, metavar="N", help="write a PNG every N steps")
     x.add_argument("--video", action="store_true", help="also write the frames as an MP4 (or a GIF)")
@@ -106,7 +108,8 @@ def _settings(args: argparse.Namespace, base):
                         "translate": full.translate if "affine" in on else 0.0,
                         "shear": full.shear if "affine" in on else 0.0,
                         "perspective": full.perspective if "perspective" in on else 0.0,
-                        "jitter": full.jitter if "jitter" in on else 0.0,
+                        **{k: getattr(full, k) if "jitter" in on else 0.0
+                           for k in ("brightness", "contrast", "saturation", "hue")},
                         "erasing": full.erasing if "erasing" in on else (0.0, 0.0),
                         "noise": full.noise if "noise" in on else 0.0}
     if cut_changes:
@@ -122,6 +125,8 @@ def _settings(args: argparse.Namespace, base):
                "save_every": args.save_every, "story_every": args.story_every, "zoom_every": args.zoom_every,
                "zoom_scale": args.zoom_scale, "zoom_shift": tuple(args.zoom_shift) if args.zoom_shift else None,
                "zoom_rotate": args.zoom_rotate, "precision": args.precision, "cut_batches": args.cut_batches}
+    if args.background_prompt is not None:
+        s = s.with_(background_prompt=None if args.background_prompt == "none" else args.background_prompt)
     return s.with_(cutouts=cut, truncate=args.truncate, **{k: v for k, v in changes.items() if v is not None})
 
 

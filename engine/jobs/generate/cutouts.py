@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from vqclip.errors import InvalidInputError
 
-__all__ = ["CutoutSpec", "CutoutParams", "draw", "apply", "CUT_METHODS"]
+__all__ = ["CutoutSpec", "CutoutParams", "draw", "apply", "CUT_METHODS", "PADDINGS"]
 
 CUT_METHODS = ("pooled", "crops")
+PADDINGS = ("zeros", "border", "reflection")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,11 @@ class CutoutSpec:
     shear: float = 5.0  # affine: shear range, +-degrees (0: off)
     scale: tuple[float, float] = (1.0, 1.0)  # affine: zoom range (1, 1: off)
     perspective: float = 0.7  # corner displacement, fraction of the half side (0: off)
-    jitter: float = 0.1  # brightness, contrast, saturation and hue range (0: off)
+    padding: str = "zeros"  # what the warp sees outside the image: "zeros" (kornia's), "border" or "reflection"
+    brightness: float = 0.1  # colour jitter ranges, as kornia's ColorJitter (0: off)
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.1  # in turns
     erasing: tuple[float, float] = (0.1, 0.4)  # erased area range, fraction of the cutout ((0, 0): off)
     noise: float = 0.1  # per-cutout Gaussian noise, std ~ U(0, noise) (0: off)
 
@@ -58,6 +63,8 @@ class CutoutSpec:
             raise InvalidInputError(f"augmentation probability must be in [0, 1], got {self.p}")
         if self.cut_pow <= 0:
             raise InvalidInputError(f"cut_pow must be > 0, got {self.cut_pow}")
+        if self.padding not in PADDINGS:
+            raise InvalidInputError(f"padding {self.padding!r} is not one of {', '.join(PADDINGS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,10 +76,11 @@ class CutoutParams:
 
     crops: torch.Tensor  # (n, 3): crop side and top-left (y, x) in pixels ("crops"), else empty
     warp: torch.Tensor  # (n, 3, 3): output normalised coords -> source normalised coords
-    jitter: torch.Tensor  # (n, 4): brightness, contrast, saturation factors and hue shift
+    jitter: torch.Tensor  # (n, 4): brightness, contrast, saturation factors and hue shift (turns)
     erase: torch.Tensor  # (n, 4): box (y0, x0, y1, x1) in [0, 1], or all zero for none
     noise: torch.Tensor  # (n,): noise std
     field: torch.Tensor | None  # (n, 3, S, S) standard normal draws the noise scales; None: no noise
+    padding: str = "zeros"
 
 
 def _affine(spec: CutoutSpec, gen: torch.Generator, n: int) -> torch.Tensor:
@@ -134,12 +142,12 @@ def draw(spec: CutoutSpec, gen: torch.Generator, image_size: tuple[int, int], cu
         warp = _affine(spec, gen, n)
     if spec.perspective:
         warp = warp @ _perspective(spec, gen, n)
-    jitter = torch.zeros(n, 4)
-    jitter[:, :3] = 1.0
-    if spec.jitter:
+    jitter = torch.tensor([[1.0, 1.0, 1.0, 0.0]]).repeat(n, 1)
+    ranges = torch.tensor([spec.brightness, spec.contrast, spec.saturation, spec.hue])
+    if ranges.any():
         u = torch.rand(n, 4, generator=gen) * 2 - 1  # (n, 4) in [-1, 1)
         on = (torch.rand(n, generator=gen) < spec.p)[:, None]
-        jitter = torch.where(on, torch.cat([1 + spec.jitter * u[:, :3], spec.jitter * u[:, 3:]], 1), jitter)
+        jitter = torch.where(on, jitter + ranges * u, jitter)
     erase = torch.zeros(n, 4)
     if spec.erasing[1] > 0:
         u = torch.rand(n, 4, generator=gen)
@@ -153,7 +161,7 @@ def draw(spec: CutoutSpec, gen: torch.Generator, image_size: tuple[int, int], cu
     if spec.noise:
         noise = torch.rand(n, generator=gen) * spec.noise
         field = torch.randn(n, 3, cut_size, cut_size, generator=gen)
-    return CutoutParams(crops, warp.float(), jitter, erase, noise, field)
+    return CutoutParams(crops, warp.float(), jitter, erase, noise, field, spec.padding)
 
 
 def _sources(images: torch.Tensor, params: list[CutoutParams], cut_size: int) -> torch.Tensor:
@@ -186,7 +194,7 @@ def _jitter(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], i * cos - q * sin, i * sin + q * cos], 1)
-    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq)
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)  # kornia clamps too
 
 
 def apply(params: list[CutoutParams], images: torch.Tensor, cut_size: int) -> torch.Tensor:
@@ -201,7 +209,16 @@ def apply(params: list[CutoutParams], images: torch.Tensor, cut_size: int) -> to
     base = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(1, -1, 3)  # (1, S*S, 3)
     mapped = base @ warp.transpose(1, 2)  # (N, S*S, 3)
     grid = (mapped[..., :2] / mapped[..., 2:]).view(n, cut_size, cut_size, 2)
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if len({p.padding for p in params}) == 1:
+        out = F.grid_sample(src, grid, mode="bilinear", padding_mode=params[0].padding, align_corners=False)
+    else:  # jobs that pad differently: one warp per padding mode
+        out = torch.empty_like(src)
+        start = 0
+        for p in params:
+            n_p = len(p.noise)
+            out[start:start + n_p] = F.grid_sample(src[start:start + n_p], grid[start:start + n_p], mode="bilinear",
+                                                   padding_mode=p.padding, align_corners=False)
+            start += n_p
     out = _jitter(out, torch.cat([p.jitter for p in params]).to(dev, dt))
     erase = torch.cat([p.erase for p in params]).to(dev, dt)  # (N, 4)
     pos = (torch.arange(cut_size, device=dev, dtype=dt) + 0.5) / cut_size

@@ -190,6 +190,9 @@ class Generator:
         if (settings.init != "random" or settings.zoom_every) and not getattr(self.vqgan, "with_encoder", False):
             raise UnsupportedOperationError(f"init {settings.init!r} and zoom encode images, but the VQGAN was loaded "
                                             "decode-only; load it with its encoder")
+        if settings.background_prompt:
+            sets = [_with_background(s, settings.background_prompt) for s in sets]
+            job.prompt_sets = sets
         job.targets = [self._embed(s, settings.truncate) for s in sets]
         self._init_latent(job)
         self.jobs.append(job)
@@ -239,12 +242,12 @@ class Generator:
         job.opt = self._optimiser(job)
 
     def _encode(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> the VQGAN's continuous latent (1, C, H/f, W/f)."""
+        """(H, W, 3) uint8 -> the VQGAN's quantised latent (1, C, H/f, W/f), where VQGAN-CLIP starts."""
         if not getattr(self.vqgan, "with_encoder", False):
             raise UnsupportedOperationError("this init (or zoom) encodes an image, but the VQGAN was loaded "
                                             "decode-only; load it with its encoder")
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(self.device)
-        return self.vqgan.encode_latent(x)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+        return self.vqgan.encode(x.to(self.device))[0]
 
     def _optimiser(self, job: Job) -> torch.optim.Optimizer:
         return _OPTIMISERS[job.settings.optimiser]([job.z], lr=job.settings.lr)
@@ -494,6 +497,19 @@ def _slice_params(params: list[CutoutParams], k: int, parts: int) -> list[Cutout
         out.append(CutoutParams(p.crops[idx] if len(p.crops) else p.crops, p.warp[idx], p.jitter[idx],
                                 p.erase[idx], p.noise[idx], None if p.field is None else p.field[idx]))
     return out
+
+
+def _with_background(prompts: tuple[Prompt, ...], colour: str) -> tuple[Prompt, ...]:
+    """Each positive text prompt that names no background, split into itself and itself "on a
+    <colour> background", half the weight each."""
+    out: list[Prompt] = []
+    for p in prompts:
+        if p.kind == "text" and p.weight > 0 and "background" not in str(p.value):
+            out += [Prompt("text", p.value, p.weight / 2, p.stop),
+                    Prompt("text", f"{p.value} on a {colour} background", p.weight / 2, p.stop)]
+        else:
+            out.append(p)
+    return tuple(out)
 
 
 def _init_image(s: GenerateSettings, size: tuple[int, int], gen: torch.Generator) -> np.ndarray:

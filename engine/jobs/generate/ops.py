@@ -101,12 +101,13 @@ def symmetry(x: torch.Tensor) -> torch.Tensor:
 
 
 def palette_loss(x: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """Mean distance of each pixel to the nearest palette colour, per image.
+    """Mean squared distance of each pixel to the nearest palette colour, per image.
 
-    x (B, 3, H, W) in [0, 1], colours (P, 3) in [0, 1] -> (B,).
+    x (B, 3, H, W) in [0, 1], colours (P, 3) in [0, 1] -> (B,). Squared, so the pull
+    fades smoothly as a pixel reaches its colour.
     """
     px = x.permute(0, 2, 3, 1)  # (B, H, W, 3)
-    d = (px[..., None, :] - colours).norm(dim=-1)  # (B, H, W, P)
+    d = (px[..., None, :] - colours).pow(2).sum(-1)  # (B, H, W, P)
     return d.min(-1).values.mean(dim=(1, 2))
 
 

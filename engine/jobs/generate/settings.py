@@ -85,6 +85,10 @@ class GenerateSettings:
     precision: str = "fp32"  # one of PRECISIONS; "auto": bf16 autocast where the CPU has BF16
     cut_batches: int = 1  # cutouts in this many micro-batches, gradients accumulated (less memory)
     truncate: bool = False  # cut text prompts longer than CLIP's context instead of refusing them
+    # A colour: a text prompt (positive weight) that names no background is split into
+    # "text" and "text on a <colour> background", half the weight each, so a canvas
+    # filled with the shape's colour no longer satisfies it (None: prompts as given).
+    background_prompt: str | None = None
 
     def checked(self, factor: int) -> "GenerateSettings":
         """These settings, validated for a VQGAN of downsampling ``factor``; raises
@@ -127,6 +131,8 @@ class GenerateSettings:
         if self.init == "image" and not self.init_image:
             raise InvalidInputError("init='image' needs init_image, the path of the image to start from")
         parse_colour(self.init_colour)
+        if self.background_prompt is not None:
+            parse_colour(self.background_prompt)
         for c in self.palette:
             parse_colour(c)
         if self.palette_weight and not self.palette:
@@ -164,7 +170,17 @@ class GenerateSettings:
 # Settings chosen for model pairs on a validation prompt list (benchmarks/bench_generate.py
 # quality --list val; the table of choices is in benchmarks/RESULTS.md). Other pairs start
 # from GenerateSettings(), VQGAN-CLIP's defaults.
-PRESETS: dict[tuple[str, str], GenerateSettings] = {}
+PRESETS: dict[tuple[str, str], GenerateSettings] = {
+    # The bundled shapes models: a plain grey start kept by an MSE to it, total variation, a
+    # palette of the world's colours, full-turn rotations and zoom in the cutouts, a grey
+    # background asked for, lr 0.2 dropping at 75%. Val list: both right 72.5% -> see RESULTS.md.
+    ("shapes-clip", "shapes-vqgan"): GenerateSettings(
+        steps=200, lr=0.2, lr_drops=(0.75,), init="plain", init_colour="grey", init_weight=0.06, init_mode="init",
+        smoothness=3.0, palette=("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey"),
+        palette_weight=3.0, background_prompt="grey",
+        cutouts=CutoutSpec(cutn=16, degrees=180.0, translate=0.15, scale=(0.8, 1.2), padding="border",
+                           brightness=0.0, contrast=0.0)),
+}
 
 
 def preset_for(clip: str, vqgan: str) -> GenerateSettings:

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from vqclip.errors import InvalidInputError
 from vqclip.jobs.generate.cutouts import CutoutSpec, apply, draw
 
-PLAIN = CutoutSpec(cutn=3, degrees=0, translate=0, shear=0, perspective=0, jitter=0, erasing=(0, 0), noise=0)
+PLAIN = CutoutSpec(cutn=3, degrees=0, translate=0, shear=0, perspective=0, brightness=0, contrast=0, saturation=0,
+                   hue=0, erasing=(0, 0), noise=0)
 
 
 def _image(seed, size=32):
@@ -54,7 +55,18 @@ def test_augmentations_change_the_cutouts_and_pass_gradients():
     assert x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("bad", [{"cutn": 0}, {"cutn": 2.5}, {"method": "squares"}, {"p": 1.5}, {"cut_pow": 0}])
+def test_padding_decides_what_a_rotation_shows_at_the_corners():
+    from dataclasses import replace
+
+    x = torch.full((1, 3, 32, 32), 0.5)
+    spec = replace(PLAIN, degrees=45.0, p=1.0, cutn=1)
+    zeros = apply([draw(spec, torch.Generator().manual_seed(2), (32, 32), 32)], x, 32)
+    border = apply([draw(replace(spec, padding="border"), torch.Generator().manual_seed(2), (32, 32), 32)], x, 32)
+    assert zeros[0, :, 0, 0].max() < 0.5 and torch.allclose(border, x)  # border repeats the edge: grey stays grey
+
+
+@pytest.mark.parametrize("bad", [{"cutn": 0}, {"cutn": 2.5}, {"method": "squares"}, {"p": 1.5}, {"cut_pow": 0},
+                                 {"padding": "wrap"}])
 def test_bad_specs_are_refused(bad):
     with pytest.raises(InvalidInputError):
         CutoutSpec(**bad)
