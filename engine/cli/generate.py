@@ -85,7 +85,7 @@ def add_parser(sub) -> None:
     x.add_argument("--truncate", action="store_true", help="cut prompts longer than CLIP's context instead of refusing")
     d = p.add_argument_group("device")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    d.add_argument("--precision", default=None, help="fp32 (default), bf16, fp16 or auto (bf16 where the CPU has it)")
+    d.add_argument("--precision", default=None, help="fp32 (default), bf16, fp16 or auto (half precision on CUDA and AMX CPUs)")
     d.add_argument("--deterministic", action="store_true",
                    help="on CUDA, use deterministic kernels where they exist and name the ones that do not")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -544,12 +544,13 @@ def _slug(sets: list[tuple[Prompt, ...]], seed: int) -> str:
 
 
 def _auto_precision(device: torch.device) -> str:
-    """bf16 autocast on CPUs with native BF16 (AVX512-BF16, AMX) and on CUDA; fp32 elsewhere."""
+    """Half precision where it is faster: CUDA, and CPUs with AMX tiles; fp32 elsewhere (AVX512-BF16
+    alone ran slower than fp32 on this project's CPU: benchmarks/RESULTS.md)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     from vqclip._cpus import cpu_features
 
-    return "bf16" if cpu_features() & {"avx512_bf16", "amx_bf16"} else "fp32"
+    return "bf16" if "amx_bf16" in cpu_features() else "fp32"
 
 
 def _version() -> str:

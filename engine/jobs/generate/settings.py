@@ -82,7 +82,7 @@ class GenerateSettings:
     zoom_scale: float = 1.02
     zoom_shift: tuple[int, int] = (0, 0)  # pixels right, down
     zoom_rotate: float = 0.0  # degrees
-    precision: str = "fp32"  # one of PRECISIONS; "auto": bf16 autocast where the CPU has BF16
+    precision: str = "fp32"  # one of PRECISIONS; "auto": half precision on CUDA and AMX CPUs, else fp32
     cut_batches: int = 1  # cutouts in this many micro-batches, gradients accumulated (less memory)
     truncate: bool = False  # cut text prompts longer than CLIP's context instead of refusing them
     # A colour: a text prompt (positive weight) that names no background is split into
