@@ -21,7 +21,7 @@ batching on >= 2x the images/s of batching off at a lower or equal p99; the serv
 p99 < 250 ms with 16 clients.
 
 Run: ``nice -n 10 python benchmarks/bench_server.py --json benchmarks/results/server.<cpu>.json``
-(about 5 minutes on 2 cores, plus the one-time ViT-B/32 export; writes a 1 GB index under a
+(about 8 minutes on 2 cores, plus the one-time ViT-B/32 export; writes a 1 GB index under a
 temp folder). ``--quick`` runs fewer requests and a 100k-row index.
 """
 from __future__ import annotations
