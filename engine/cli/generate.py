@@ -86,6 +86,8 @@ def add_parser(sub) -> None:
     d = p.add_argument_group("device")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     d.add_argument("--precision", default=None, help="fp32 (default), bf16, fp16 or auto (half precision on CUDA and AMX CPUs)")
+    d.add_argument("--fp64", action="store_true",
+                   help="optimise in float64: slower, but each image is the same whatever jobs it is batched with")
     d.add_argument("--deterministic", action="store_true",
                    help="on CUDA, use deterministic kernels where they exist and name the ones that do not")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -154,7 +156,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     noise = _noise_prompts(args.noise_prompts)
     jobs_prompts = [parse_prompts(p, args.image_prompts, noise) for p in args.prompts] or \
         ([parse_prompts(None, args.image_prompts, noise)] if not args.resume else [])
-    gen = Generator(args.clip, args.vqgan, device=args.device)
+    gen = Generator(args.clip, args.vqgan, device=args.device, dtype="fp64" if args.fp64 else "fp32")
     settings = _settings(args, gen.default_settings())
     if args.deterministic:
         _deterministic(gen)

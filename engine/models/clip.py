@@ -57,10 +57,11 @@ class CLIPConfig:
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype (OpenAI's fp16 fix)."""
+    """LayerNorm computed in at least float32 whatever the input dtype (OpenAI's fp16 fix)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        wide = x if x.dtype == torch.float64 else x.float()
+        return super().forward(wide).to(x.dtype)
 
 
 class QuickGELU(nn.Module):

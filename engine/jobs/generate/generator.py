@@ -124,12 +124,15 @@ class Generator:
         vqgan: a zoo name, checkpoint path or ``VQGAN`` module; None: the bundled shapes-vqgan.
             Inits from an image (plain, noise, gradient, image) and zoom need its encoder.
         device: "cpu", "cuda" or "cuda:N".
+        dtype: "fp32", or "fp64": slower, but a job then gives the same image whatever jobs it
+            is batched with (in fp32, batch-size-dependent rounding can flip a near-tie code
+            and the run becomes a different sample; benchmarks/RESULTS.md).
 
     Raises ``BackendUnavailableError`` for a CUDA device where PyTorch sees none.
     Not thread-safe: one thread steps it (the server's generation worker).
     """
 
-    def __init__(self, clip: Any = None, vqgan: Any = None, *, device: str = "cpu"):
+    def __init__(self, clip: Any = None, vqgan: Any = None, *, device: str = "cpu", dtype: str = "fp32"):
         from vqclip.checkpoints import load_clip, load_vqgan, weights_digest
         from vqclip.constants import DEFAULT_CLIP, DEFAULT_VQGAN, OPENAI_MEAN, OPENAI_STD
         from vqclip.zoo import record_with_weights
@@ -146,15 +149,18 @@ class Generator:
         mean, std = (rec.weights.mean, rec.weights.std) if rec is not None else (OPENAI_MEAN, OPENAI_STD)
         vrec = record_with_weights(self.identity["vqgan"], "vqgan")
         self.names = {"clip": rec.name if rec else "clip", "vqgan": vrec.name if vrec else "vqgan"}
-        self.clip = clip.eval().requires_grad_(False).to(dev)
-        self.vqgan = vqgan.eval().requires_grad_(False).to(dev)
+        if dtype not in ("fp32", "fp64"):
+            raise InvalidInputError(f"dtype {dtype!r} is not one of fp32, fp64")
+        self.dtype = torch.float64 if dtype == "fp64" else torch.float32
+        self.clip = clip.eval().requires_grad_(False).to(dev, self.dtype)
+        self.vqgan = vqgan.eval().requires_grad_(False).to(dev, self.dtype)
         self.cut_size = clip.config.image_size
         self.context_length = clip.config.context_length
         self.factor = vqgan.config.factor
         self.native = vqgan.config.resolution  # the side the VQGAN was trained at: the default size
-        self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1)
-        self.codebook = self.vqgan.quantize.embedding.weight.float()  # (K, C)
+        self.mean = torch.tensor(mean, device=dev, dtype=self.dtype).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=dev, dtype=self.dtype).view(1, 3, 1, 1)
+        self.codebook = self.vqgan.quantize.embedding.weight  # (K, C)
         self.z_min, self.z_max = ops.codebook_bounds(self.codebook)
         self.jobs: list[Job] = []
 
@@ -216,17 +222,17 @@ class Generator:
         for p in prompts:
             if p.kind == "text":
                 ids = torch.from_numpy(tokenize([p.value], context_length=self.context_length, truncate=truncate))
-                rows.append(self.clip.encode_text(ids.to(self.device)).float()[0])
+                rows.append(self.clip.encode_text(ids.to(self.device)).to(self.dtype)[0])
             elif p.kind == "image":
                 pre = Preprocessor(self.cut_size, self.mean.flatten().tolist(), self.std.flatten().tolist())
-                px = torch.from_numpy(pre([load_image(p.value)])).to(self.device)
-                rows.append(self.clip.encode_image(px).float()[0])
+                px = torch.from_numpy(pre([load_image(p.value)])).to(self.device, self.dtype)
+                rows.append(self.clip.encode_image(px).to(self.dtype)[0])
             else:
                 g = torch.Generator().manual_seed(int(p.value))
-                rows.append(torch.randn(self.clip.config.embed_dim, generator=g).to(self.device))
+                rows.append(torch.randn(self.clip.config.embed_dim, generator=g).to(self.device, self.dtype))
         emb = F.normalize(torch.stack(rows), dim=-1)  # (P, E)
-        weights = torch.tensor([p.weight for p in prompts], device=self.device)
-        stops = torch.tensor([p.stop for p in prompts], device=self.device)
+        weights = torch.tensor([p.weight for p in prompts], device=self.device, dtype=self.dtype)
+        stops = torch.tensor([p.stop for p in prompts], device=self.device, dtype=self.dtype)
         return _Targets(prompts, emb, weights, stops)
 
     @torch.no_grad()
@@ -237,7 +243,7 @@ class Generator:
             z = self.codebook[idx.to(self.device)].permute(2, 0, 1)[None]  # (1, C, h, w)
         else:
             z = self._encode(_init_image(s, (w, h), job.gen))
-        job.z = z.float().clone().requires_grad_(True)
+        job.z = z.to(self.dtype).clone().requires_grad_(True)
         job.z_init = job.z.detach().clone()
         job.opt = self._optimiser(job)
 
@@ -246,7 +252,7 @@ class Generator:
         if not getattr(self.vqgan, "with_encoder", False):
             raise UnsupportedOperationError("this init (or zoom) encodes an image, but the VQGAN was loaded "
                                             "decode-only; load it with its encoder")
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(self.dtype).div(127.5).sub(1)
         return self.vqgan.encode(x.to(self.device))[0]
 
     def _optimiser(self, job: Job) -> torch.optim.Optimizer:
@@ -283,10 +289,10 @@ class Generator:
         The code choice stays fp32 (a bf16 distance would pick other codes); ``autocast``
         (a context) covers the decoder only.
         """
-        zq = ops.quantise(z.float(), self.codebook)
+        zq = ops.quantise(z.to(self.dtype), self.codebook)
         with autocast or contextlib.nullcontext():
             x = self.vqgan.decoder(self.vqgan.post_quant_conv(zq))
-        return ops.clamp_with_grad((x.float() + 1) / 2)
+        return ops.clamp_with_grad((x.to(self.dtype) + 1) / 2)
 
     def _step_group(self, jobs: list[Job]) -> list[StepEvent]:
         t0 = time.perf_counter()
@@ -303,7 +309,7 @@ class Generator:
             with self._autocast(jobs):
                 cut = apply_cutouts(part, img, self.cut_size)  # (N_k, 3, S, S)
                 emb = self.clip.encode_image((cut - self.mean) / self.std)
-            emb = F.normalize(emb.float(), dim=-1)  # (N_k, E)
+            emb = F.normalize(emb.to(self.dtype), dim=-1)  # (N_k, E)
             total = img.new_zeros(())
             start = 0
             for j, job in enumerate(jobs):
@@ -346,7 +352,7 @@ class Generator:
         if s.saturation:
             out["saturation"] = ops.saturation_loss(img).sum() * s.saturation
         if s.palette_weight:
-            colours = torch.tensor([parse_colour(c) for c in s.palette], device=img.device)
+            colours = torch.tensor([parse_colour(c) for c in s.palette], device=img.device, dtype=img.dtype)
             out["palette"] = ops.palette_loss(img, colours).sum() * s.palette_weight
         return out
 
