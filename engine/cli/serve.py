@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from vqclip.cli._common import add_model_args, positive_int
@@ -49,9 +48,6 @@ def add_parser(sub) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    # Idle OpenMP threads of the top-k kernel sleep instead of spinning on the cores the next
-    # request's encoder needs (vqclip.index.reader); set before any OpenMP runtime loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vqclip.serving.config import ServerSetupError, is_loopback, load_config
 
     overrides = {k: getattr(args, k) for k in ("model", "backend", "precision", "host", "port", "max_batch",
