@@ -25,6 +25,7 @@ _API = {
     "Index": "vqclip.index.reader",
     "build_index": "vqclip.index.build",
     "update_index": "vqclip.index.build",
+    "Generator": "vqclip.jobs.generate.generator",
     "Gallery": "vqclip.kernels",
     "topk_cosine": "vqclip.kernels",
     "open_backend": "vqclip.backends",

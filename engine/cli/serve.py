@@ -43,6 +43,12 @@ def add_parser(sub) -> None:
                    help="allow browser calls from ORIGIN (repeat); default: no CORS")
     p.add_argument("--log-level", default=None, choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default info; debug also logs each request)")
+    p.add_argument("--generation-jobs", type=int, default=None, metavar="N",
+                   help="generation jobs stepped together (default 4; 0 turns generation off)")
+    p.add_argument("--generation-vqgan", default=None, metavar="NAME|PATH",
+                   help="the VQGAN of generation jobs (default: the bundled shapes-vqgan)")
+    p.add_argument("--generation-out", default=None, metavar="DIR",
+                   help="also write each job's result PNG and sidecar here (default: kept in memory)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON file of server settings")
     p.set_defaults(func=_cmd_serve)
 
@@ -52,7 +58,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("model", "backend", "precision", "host", "port", "max_batch",
                                                "max_wait_ms", "max_queue", "timeout_s", "api_key_file",
-                                               "rate_limit", "cors_origins", "log_level")}
+                                               "rate_limit", "cors_origins", "log_level", "generation_jobs",
+                                               "generation_vqgan", "generation_out")}
     cfg = load_config(args.config, overrides)
     if args.index:
         cfg.indexes = {**cfg.indexes, **dict(args.index)}

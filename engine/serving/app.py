@@ -30,7 +30,7 @@ from fastapi.routing import APIRouter
 
 from vqclip import __version__
 from vqclip.encoder import Encoder
-from vqclip.serving import routes_encode, routes_ops, routes_search
+from vqclip.serving import generation, routes_encode, routes_ops, routes_search
 from vqclip.serving.config import ServerConfig
 from vqclip.serving.files import Thumbnails
 from vqclip.serving.inputs import deadline_for
@@ -115,6 +115,7 @@ class Feature:
     name: str
     router: Callable[[ServerState], APIRouter]
     enabled: Callable[[ServerState], bool] = lambda state: True
+    setup: Callable[[ServerState], None] | None = None  # in create_app, before anything listens (load models)
     start: Callable[[ServerState], None] | None = None  # after the runtime is up (e.g. start a stepping worker)
     stop: Callable[[ServerState], None] | None = None  # before the batchers close (e.g. cancel jobs, save images)
 
@@ -124,6 +125,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("embed", routes_encode.embed_router),
     Feature("classify", routes_encode.classify_router),
     Feature("search", routes_search.router),
+    Feature("generate", generation.router, enabled=lambda state: state.config.generation_jobs > 0,
+            setup=generation.setup, start=generation.start, stop=generation.stop),
 )
 
 
@@ -167,6 +170,9 @@ def create_app(config: ServerConfig, runtime: Runtime | None = None, *,
         Thumbnails(config.thumbnail_px, config.max_image_pixels, config.max_file_bytes))
     active = [f for f in (features if features is not None else FEATURES) if f.enabled(state)]
     state.features = [f.name for f in active]
+    for f in active:
+        if f.setup:
+            f.setup(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -188,7 +194,8 @@ def create_app(config: ServerConfig, runtime: Runtime | None = None, *,
             await anyio.to_thread.run_sync(runtime.close)
 
     app = FastAPI(title="vqclip", version=__version__, lifespan=lifespan,
-                  description="CLIP embeddings, zero-shot classification and image search, batched on the server. "
+                  description="CLIP embeddings, zero-shot classification, image search and CLIP-guided generation jobs, "
+                              "batched on the server. "
                               "Errors are JSON {error: {type, message}}; a request may ask for a deadline shorter "
                               "than the server's with the header X-Request-Timeout-Ms.")
     app.state.vqclip = state

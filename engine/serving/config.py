@@ -60,6 +60,17 @@ class ServerConfig:
     # Files of the loaded indexes.
     thumbnail_px: int = 256  # longest side of a thumbnail
     max_file_bytes: int = 64 * 1024 * 1024  # largest index file served or thumbnailed
+    # Generation jobs (the "generate" feature; 0 jobs turns it off).
+    generation_jobs: int = 4  # jobs stepped together at most; more wait in a queue
+    generation_queue: int = 32  # jobs waiting before new ones get 503
+    generation_history: int = 256  # finished jobs whose status and images are kept
+    generation_clip: str | None = None  # the guiding CLIP (a zoo name or path); None: the served --model
+    generation_vqgan: str | None = None  # the VQGAN; None: the bundled shapes-vqgan
+    generation_out: str | None = None  # folder for the results (PNG + sidecar); None: kept in memory only
+    generation_preview_every: int = 10  # steps between preview images in a job's events
+    max_generation_steps: int = 1000
+    max_generation_side: int = 512  # pixels
+    max_generation_cutn: int = 128
     # Housekeeping.
     label_cache: int = 256  # label sets whose embeddings are kept in memory
     decode_threads: int = 4  # images decoded at once across requests (bounds decoded-pixel memory)
@@ -74,7 +85,11 @@ class ServerConfig:
         """Raise ``ServerSetupError`` naming the first setting out of range."""
         positive = ("max_batch", "max_queue", "max_body_bytes", "max_image_pixels", "max_items", "max_labels",
                     "max_prompts", "max_k", "max_text_chars", "thumbnail_px", "max_file_bytes", "label_cache",
-                    "decode_threads", "max_connections")
+                    "decode_threads", "max_connections", "generation_queue", "generation_history",
+                    "generation_preview_every", "max_generation_steps", "max_generation_side", "max_generation_cutn")
+        if isinstance(self.generation_jobs, bool) or not isinstance(self.generation_jobs, int) \
+                or self.generation_jobs < 0:
+            raise ServerSetupError(f"generation_jobs must be a whole number >= 0 (0: off), got {self.generation_jobs!r}")
         for name in positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -119,6 +119,7 @@ def make_client(tiny):
     def make(indexes: dict | None = None, **settings) -> TestClient:
         enc = tiny.encoder(0)
         enc.session = GatedBackend(enc.session)
+        settings.setdefault("generation_jobs", 0)  # generation loads its own models: only where a test asks
         cfg = ServerConfig(indexes={n: str(p) for n, p in (indexes or {}).items()}, **settings)
         opened = {n: Index.open(p, encoder=enc) for n, p in (indexes or {}).items()}
         client = stack.enter_context(TestClient(create_app(cfg, Runtime(cfg, enc, opened, Metrics()))))

@@ -1,9 +1,10 @@
 """The web page in a real headless Chromium (Debian's package, driven by Playwright): it
-loads, runs a search and a classification, shows what they return, and keeps a working
-place for the generation panel. Screenshots go under each test's tmp_path."""
+loads, runs a search, a classification and a generation job, and shows what they return.
+Screenshots go under each test's tmp_path."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -44,8 +45,23 @@ def test_page_loads_with_every_panel(page, tmp_path):
     assert "shapes-clip" in page.inner_text("#model-info")
     assert page.is_hidden("#error")
     assert page.inner_text("#search-index") == "shapes (12 images)"
-    assert page.inner_text("#generate-status") == "Generation is not enabled on this server."
+    assert page.is_visible("#generate-form")  # `vqclip serve` runs generation unless told not to
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+
+def test_generate_streams_previews_then_shows_the_result(page, tmp_path):
+    page.fill("#generate-prompt", "a red star")
+    page.fill("#generate-steps", "12")
+    page.fill("#generate-seed", "1")
+    page.click("#generate-button")
+    expect(page.locator("#generate-panel")).to_have_attribute("data-finished", "done", timeout=60_000)
+    expect(page.locator("#generate-status")).to_contain_text("done: step 12 of 12")
+    image = page.locator("#generate-image")
+    expect(image).to_have_attribute("src", re.compile("^blob:"))
+    expect(image).to_have_js_property("complete", True)
+    assert image.evaluate("img => img.naturalWidth") == 64  # the bundled VQGAN's native size
+    assert page.is_disabled("#generate-cancel") and page.is_enabled("#generate-button")
+    page.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
 
 
 def test_search_shows_thumbnails_with_scores(page, tmp_path, shapes_images):
