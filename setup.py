@@ -36,8 +36,9 @@ def _build_ext_class(build_ext_cls):
             super().build_extension(ext)
 
         def _nvcc(self, ext, sources):
-            import pybind11
             import sysconfig
+
+            import pybind11
 
             out_dir = Path(self.build_temp) / "cuda"
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,7 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
             gen.step()
         seq += time.perf_counter() - t
         gen.jobs = []
-    jobs = _ours(gen, size, cutn, precision, seed=100, jobs=j)
+    _ours(gen, size, cutn, precision, seed=100, jobs=j)
     gen.step()
     t = time.perf_counter()
     for _ in range(steps):

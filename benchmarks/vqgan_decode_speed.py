@@ -18,7 +18,6 @@ import time
 import torch
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", type=int, nargs=2, default=(16, 16), metavar=("H", "W"), help="latent grid")

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import threading
-import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field

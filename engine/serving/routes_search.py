@@ -16,8 +16,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from vqclip._validate import check_k
-from vqclip.serving.files import entry_path, media_type, read_inside
 from vqclip.serving.batcher import Announcement
+from vqclip.serving.files import entry_path, media_type, read_inside
 from vqclip.serving.inputs import decode_base64, decode_images, read_form
 from vqclip.serving.responses import ApiError
 from vqclip.serving.routes_encode import ERRORS_DOC, request_body_doc

@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 
 from vqclip.encoder import Encoder

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from vqclip.errors import (BackendUnavailableError, ImageDecodeError, InvalidInputError, OutputPathError,
-                           TextTooLongError)
+from vqclip.errors import (
+    BackendUnavailableError,
+    ImageDecodeError,
+    InvalidInputError,
+    OutputPathError,
+    TextTooLongError,
+)
 from vqclip.jobs.generate import CutoutSpec, GenerateSettings, Generator
 from vqclip.jobs.generate.outputs import read_png_settings
 from vqclip.jobs.generate.prompts import parse_prompts
@@ -115,7 +120,7 @@ def test_interrupt_writes_the_latest_image(gen, tmp_path):
 
 
 def test_auto_stop_story_and_lr_drops(gen):
-    job = gen.add_job("a red star", _settings(seed=1, steps=40, lr=1e-9, auto_stop=2))
+    gen.add_job("a red star", _settings(seed=1, steps=40, lr=1e-9, auto_stop=2))
     events = list(gen.run())
     assert events[-1].status == "stopped" and events[-1].step < 40
     story = gen.add_job("a red star^a blue circle", _settings(seed=1, steps=4, story_every=2, lr_drops=(0.5,)))
