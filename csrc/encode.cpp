@@ -28,16 +28,6 @@ double convert_i8_wide(const float* x, int64_t d, float peak, int8_t* dst) {
     return ss;
 }
 
-size_t element_bytes(Storage st) {
-    switch (st) {
-        case Storage::f32: return 4;
-        case Storage::f16:
-        case Storage::bf16: return 2;
-        case Storage::i8: return 1;
-    }
-    return 4;
-}
-
 // Runs body(lo, hi) on each thread's slice of [0, n) rows and rethrows the first failure.
 template <typename Body>
 void for_slices(int64_t n, int64_t d, int threads, Body body) {
@@ -79,7 +69,7 @@ const EncodeOps& encode_ops_for(Simd simd) {
 EncodeStatus encode_rows(const float* x, int64_t n, int64_t d, Storage st, void* dst, float* norms,
                          float* scales, int threads, Simd simd) {
     const EncodeOps& ops = encode_ops_for(simd);
-    const size_t row_bytes = element_bytes(st) * static_cast<size_t>(d);
+    const size_t row_bytes = storage_bytes(st) * static_cast<size_t>(d);
     EncodeStatus status;
     for_slices(n, d, threads, [&](int64_t lo, int64_t hi) {
         int64_t nonfinite = -1, overflow = -1;
@@ -114,7 +104,7 @@ EncodeStatus encode_rows(const float* x, int64_t n, int64_t d, Storage st, void*
 int64_t row_norms(const void* rows, Storage st, int64_t n, int64_t d, const float* scales, float* norms,
                   int threads, Simd simd) {
     const EncodeOps& ops = encode_ops_for(simd);
-    const size_t row_bytes = element_bytes(st) * static_cast<size_t>(d);
+    const size_t row_bytes = storage_bytes(st) * static_cast<size_t>(d);
     int64_t first_bad = -1;
     for_slices(n, d, threads, [&](int64_t lo, int64_t hi) {
         int64_t bad = -1;

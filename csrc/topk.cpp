@@ -100,16 +100,6 @@ void write_row(std::vector<Hit>& hits, int64_t k, float* scores, int64_t* ids) {
     }
 }
 
-size_t storage_bytes(Storage st) {
-    switch (st) {
-        case Storage::f32: return 4;
-        case Storage::f16:
-        case Storage::bf16: return 2;
-        case Storage::i8: return 1;
-    }
-    return 4;
-}
-
 float* align64(float* p) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
     return reinterpret_cast<float*>((a + 63) & ~uintptr_t(63));

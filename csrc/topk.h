@@ -5,6 +5,7 @@
 // Nothing here touches Python: bindings.cpp is the only file that includes pybind11.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -18,6 +19,17 @@ enum class Storage : int32_t {
     bf16 = 2,  // bfloat16 (upper half of a float32)
     i8 = 3,    // int8, symmetric per-row scale folded into the row factor
 };
+
+// Bytes of one stored element.
+inline size_t storage_bytes(Storage st) {
+    switch (st) {
+        case Storage::f32: return 4;
+        case Storage::f16:
+        case Storage::bf16: return 2;
+        case Storage::i8: return 1;
+    }
+    return 4;
+}
 
 enum class Simd : int32_t { scalar = 0, avx2 = 1, avx512 = 2 };
 

@@ -166,14 +166,8 @@ def train_clip(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1 / 0.07))  # OpenAI's initial temperature
     opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    step, elapsed_before = 0, 0.0
     last = out / "last.pt"
-    if args.resume and last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed_before = int(state["step"]), float(state["elapsed"])
-        log.info("resumed at step %d (%.1f min)", step, elapsed_before / 60)
+    step, elapsed_before = _resume(last, args.resume, {"model": model, "opt": opt})
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "args": vars(args)}, default=str,
                                                 indent=1))
 
@@ -248,6 +242,18 @@ def _finish_run(out: Path, logf, model, cfg, seed: int, step: int, elapsed: floa
     return final_rec
 
 
+def _resume(path: Path, resume: bool, parts: dict) -> tuple[int, float]:
+    """Load ``parts`` (name -> module or optimiser) from ``path`` if resuming; (step, elapsed s)."""
+    if not (resume and path.exists()):
+        return 0, 0.0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for name, part in parts.items():
+        if name in state:  # a part newly switched on (the critic) starts afresh
+            part.load_state_dict(state[name])
+    log.info("resumed at step %d (%.1f min)", state["step"], state["elapsed"] / 60)
+    return int(state["step"]), float(state["elapsed"])
+
+
 def _save_state(path: Path, model, opt, step: int, elapsed: float, extra: dict | None = None) -> None:
     state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed}
     state.update({k: v.state_dict() for k, v in (extra or {}).items()})  # e.g. the VQGAN's critic
@@ -296,17 +302,8 @@ def train_vqgan(args: argparse.Namespace) -> dict:
         opt_d = torch.optim.Adam(critic.parameters(), lr=args.disc_lr, betas=(0.5, 0.9))  # GAN-usual betas
         extra = {"critic": critic, "opt_critic": opt_d}
     disc_from = int(args.steps * args.disc_start)
-    step, elapsed_before = 0, 0.0
     last = out / "last.pt"
-    if args.resume and last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        for k, v in extra.items():
-            if k in state:  # a run resumed with the critic newly switched on starts it afresh
-                v.load_state_dict(state[k])
-        step, elapsed_before = int(state["step"]), float(state["elapsed"])
-        log.info("resumed at step %d (%.1f min)", step, elapsed_before / 60)
+    step, elapsed_before = _resume(last, args.resume, {"model": model, "opt": opt, **extra})
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "args": vars(args)}, default=str, indent=1))
     images = render_cache(args.cache, "train", args.train_images, workers=args.threads)
     val = to_signed(shapes.render_batch(shapes.sample_scenes("val", 0, args.val_images)))
