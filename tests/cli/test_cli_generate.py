@@ -62,7 +62,9 @@ def test_a_signal_mid_run_leaves_the_latest_image_whole(tmp_path, sig):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "vqclip.cli", "generate", "a red star", "--steps", "100000",
                              "--seeds", "1", "--save-every", "1", "--cutn", "2", "--out", str(out), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job ignores SIGINT, and the child would inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(out.glob("a-red-star-1-*.png")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
