@@ -153,12 +153,14 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
 def _memory(name: str) -> dict:
     """Peak RSS of one job of this configuration, a few steps, in a fresh process."""
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r});"
-            "import bench_generate as b, resource, torch;"
+            "import bench_generate as b, torch;"
             "from vqclip.jobs.generate import Generator;"
             f"kind, size, cutn = b.CONFIGS[{name!r}]; clip, vq = b._models(kind); g = Generator(clip, vq);"
             "b._ours(g, size, cutn, 'fp32'); [g.step() for _ in range(3)];"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    kib = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1])
+            "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
+    # VmHWM, not ru_maxrss: Linux carries the parent's maxrss across fork+exec.
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    kib = int(run.stdout.split()[-1])
     print(f"  peak RSS {name}: {kib / 1024:.0f} MiB")
     return {"config": name, "peak_rss_mib": kib / 1024}
 
