@@ -94,3 +94,7 @@ class IndexMismatchError(SearchIndexError):
 
 class OutputPathError(VqclipError):
     """An output folder or file that cannot be created or written (permissions, a file in the way)."""
+
+
+class DeviceMemoryError(VqclipError, MemoryError):
+    """A job that does not fit in the device's memory even in the smallest pieces it can run in."""

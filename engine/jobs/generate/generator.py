@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vqclip.errors import BackendUnavailableError, InvalidInputError, UnsupportedOperationError
+from vqclip.errors import BackendUnavailableError, DeviceMemoryError, InvalidInputError, UnsupportedOperationError
 from vqclip.jobs.generate import ops
 from vqclip.jobs.generate.cutouts import CutoutParams, draw
 from vqclip.jobs.generate.cutouts import apply as apply_cutouts
@@ -163,6 +163,7 @@ class Generator:
         self.codebook = self.vqgan.quantize.embedding.weight  # (K, C)
         self.z_min, self.z_max = ops.codebook_bounds(self.codebook)
         self.jobs: list[Job] = []
+        self.min_cut_batches = 1  # raised after an out-of-memory error, for every later step
 
     # ------------------------------------------------------------------ jobs
     def default_settings(self) -> GenerateSettings:
@@ -271,8 +272,35 @@ class Generator:
         for job in self.running():
             groups.setdefault(job.size, []).append(job)
         for jobs in groups.values():
-            events += self._step_group(jobs)
+            events += self._step_group_fitting(jobs)
         return events
+
+    def _step_group_fitting(self, jobs: list[Job]) -> list[StepEvent]:
+        """``_step_group``, retried with the cutouts in twice as many micro-batches (gradients
+        accumulated, pixray's "batches") after an out-of-memory error, instead of failing."""
+        rng = [j.gen.get_state() for j in jobs]
+        while True:
+            try:
+                return self._step_group(jobs)
+            except torch.OutOfMemoryError as e:
+                batches, most = self._cut_batches(jobs), min(j.settings.cutouts.cutn for j in jobs)
+                if batches >= most:
+                    w, h = jobs[0].size
+                    raise DeviceMemoryError(f"out of {self.device.type} memory stepping {len(jobs)} job(s) at {w}x{h} "
+                                            "even one cutout at a time; use a smaller size or fewer jobs") from e
+            for job, state in zip(jobs, rng):
+                job.gen.set_state(state)  # the retry draws the same cutouts
+                job.opt.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.min_cut_batches = min(most, 2 * batches)
+            log.warning("out of %s memory at %d job(s) of %dx%d: running the cutouts in %d micro-batches with "
+                        "accumulated gradients from now on", self.device.type, len(jobs), *jobs[0].size,
+                        self.min_cut_batches)
+
+    def _cut_batches(self, jobs: list[Job]) -> int:
+        return min(max(self.min_cut_batches, *(j.settings.cut_batches for j in jobs)),
+                   min(j.settings.cutouts.cutn for j in jobs))
 
     def _autocast(self, jobs: list[Job]):
         precision = jobs[0].settings.precision
@@ -302,7 +330,7 @@ class Generator:
         z = torch.cat([j.z for j in jobs])  # (J, C, h, w): gradients flow back to each job's leaf
         params = [draw(j.settings.cutouts, j.gen, (h, w), self.cut_size) for j in jobs]
         img = self.decode(z, self._autocast(jobs))  # (J, 3, H, W)
-        batches = max(j.settings.cut_batches for j in jobs)
+        batches = self._cut_batches(jobs)
         parts = [_slice_params(params, k, batches) for k in range(batches)]
         terms: list[dict[str, float]] = [{} for _ in jobs]
         for k, part in enumerate(parts):

@@ -10,6 +10,7 @@ import torch
 
 from vqclip.errors import (
     BackendUnavailableError,
+    DeviceMemoryError,
     ImageDecodeError,
     InvalidInputError,
     OutputPathError,
@@ -171,3 +172,49 @@ def test_cuda_without_a_gpu_is_refused():
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(BackendUnavailableError, match="needs a CUDA GPU"):
         Generator(device="cuda")
+
+
+def test_out_of_memory_falls_back_to_cutout_micro_batches(gen, monkeypatch, caplog):
+    # pixray's "batches": the same step with the cutouts in pieces, gradients accumulated
+    from vqclip.jobs.generate import generator as module
+
+    reference = gen.add_job("a red star", _settings(seed=5, steps=3))
+    list(gen.run())
+    real, sizes = module.apply_cutouts, []
+
+    def small_memory(params, img, size):
+        sizes.append(sum(len(p.noise) for p in params))
+        if sizes[-1] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(params, img, size)
+
+    monkeypatch.setattr(module, "apply_cutouts", small_memory)
+    job = gen.add_job("a red star", _settings(seed=5, steps=3))
+    try:
+        list(gen.run())
+        assert gen.min_cut_batches == 4 and sizes[:4] == [4, 2, 1, 1]  # halved until one cutout fits
+        assert "micro-batches" in caplog.text
+        # the retry redraws the same cutouts, so the run is the same computation in other pieces
+        np.testing.assert_allclose(job.losses, reference.losses, rtol=1e-4)
+        job = gen.add_job("a red star", _settings(seed=5, steps=1).with_(cutouts=CutoutSpec(cutn=1)))
+        monkeypatch.setattr(module, "apply_cutouts", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+        with pytest.raises(DeviceMemoryError, match="even one cutout at a time"):
+            gen.step()
+    finally:
+        gen.min_cut_batches = 1
+        gen.jobs.clear()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_a_cuda_step_computes_the_cpu_loss():
+    # the first loss is before any update: same z, same cutouts (drawn on the CPU), same models
+    cpu, cuda = Generator(), Generator(device="cuda")
+    losses = []
+    for g in (cpu, cuda):
+        job = g.add_job("a red star", _settings(seed=2, steps=2))
+        list(g.run())
+        losses.append(job.losses)
+    assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-3)  # TF32 convolutions allowed
+    auto = cuda.add_job("a red star", _settings(seed=2, steps=2).with_(precision="auto"))
+    list(cuda.run())
+    assert np.isfinite(auto.losses).all() and auto.losses[0] == pytest.approx(losses[0][0], rel=5e-2)
