@@ -53,8 +53,9 @@ class BaselineStep:
         self.clip, self.vqgan = clip, vqgan
         self.cut_size, self.cutn, self.save_every = clip.config.image_size, cutn, save_every
         self.embed = F.normalize(text_embedding.float(), dim=-1)[None]  # (1, 1, E)
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        dev = text_embedding.device
+        self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1)
         self.augs = torch.nn.Sequential(
             K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros", keepdim=True),
             K.RandomPerspective(distortion_scale=0.7, p=0.7),
@@ -64,7 +65,8 @@ class BaselineStep:
         self.codebook = codebook
         f = vqgan.config.factor
         toks_x, toks_y = size[0] // f, size[1] // f
-        one_hot = F.one_hot(torch.randint(codebook.shape[0], [toks_y * toks_x]), codebook.shape[0]).float()
+        codes = torch.randint(codebook.shape[0], [toks_y * toks_x]).to(dev)
+        one_hot = F.one_hot(codes, codebook.shape[0]).float()
         self.z = (one_hot @ codebook).view(1, toks_y, toks_x, -1).permute(0, 3, 1, 2).requires_grad_(True)
         self.z_min = codebook.min(dim=0).values[None, :, None, None]
         self.z_max = codebook.max(dim=0).values[None, :, None, None]
@@ -100,4 +102,4 @@ class BaselineStep:
         with torch.inference_mode():
             self.z.copy_(self.z.maximum(self.z_min).minimum(self.z_max))
         self.i += 1
-        return float(loss)
+        return float(loss.detach())

@@ -17,7 +17,8 @@ measured from its pixels; prints the rates, the guiding CLIP's own rate beside t
 writes a grid PNG of every result with its verdicts.
 
 Usage:
-    python benchmarks/bench_generate.py speed [--steps 8] [--configs bundled,vit128,vit256] [--json PATH]
+    python benchmarks/bench_generate.py speed [--steps 8] [--configs bundled,vit128,vit256] [--memory] [--json PATH]
+    python benchmarks/bench_generate.py speed --device cuda --configs vit256,vit512 --batched vit256 --memory
     python benchmarks/bench_generate.py quality [--list test] [--grid PATH] [--json PATH]
 """
 from __future__ import annotations
@@ -41,35 +42,45 @@ CONFIGS = {  # name -> (models, size, cutn)
     "bundled": ("bundled", 64, 32),
     "vit128": ("vit-b-32+f16-16384", 128, 8),
     "vit256": ("vit-b-32+f16-16384", 256, 32),
+    "vit512": ("vit-b-32+f16-16384", 512, 32),  # the peers' 10 GB GPU figure; for --device cuda
 }
 
 
-def _models(kind: str):
+def _models(kind: str, device: str = "cpu"):
     from vqclip.checkpoints import load_clip, load_vqgan
     from vqclip.models.clip import CLIP
     from vqclip.models.vqgan import VQGAN
     from vqclip.zoo import get
 
     if kind == "bundled":
-        return load_clip("shapes-clip"), load_vqgan("shapes-vqgan")
+        return load_clip("shapes-clip", device=device), load_vqgan("shapes-vqgan").to(device)
     torch.manual_seed(0)
     clip = CLIP(get("ViT-B/32").config).eval()
     vqgan = VQGAN(get("vqgan-f16-16384").config, with_encoder=False).eval()
-    return clip, vqgan
+    return clip.to(device), vqgan.to(device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _machine() -> dict:
     from vqclip._cpus import simd_class
 
-    return {"cpu_class": simd_class(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": platform.machine(), "load_before": os.getloadavg()[0]}
+    out = {"cpu_class": simd_class(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "machine": platform.machine(), "load_before": os.getloadavg()[0]}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
 
 
 def _text_embedding(clip, text: str) -> torch.Tensor:
     from vqclip.tokenizer import tokenize
 
     with torch.no_grad():
-        return clip.encode_text(torch.from_numpy(tokenize([text], context_length=clip.config.context_length)))[0]
+        ids = torch.from_numpy(tokenize([text], context_length=clip.config.context_length))
+        return clip.encode_text(ids.to(next(clip.parameters()).device))[0]
 
 
 def _ours(gen, size: int, cutn: int, precision: str, seed: int = 0, jobs: int = 1):
@@ -85,25 +96,29 @@ def speed(args) -> dict:
 
     from vqclip.jobs.generate import Generator
 
-    out = {"machine": _machine(), "speed": [], "batched": []}
+    out = {"machine": _machine() | {"device": args.device}, "speed": [], "batched": []}
     for name in args.configs.split(","):
         kind, size, cutn = CONFIGS[name]
-        clip, vqgan = _models(kind)
+        clip, vqgan = _models(kind, args.device)
         base = BaselineStep(clip, vqgan, _text_embedding(clip, "a red star"), (size, size), cutn)
-        gen = Generator(clip, vqgan)
+        gen = Generator(clip, vqgan, device=args.device)
         variants = {p: _ours(gen, size, cutn, p, seed=i) for i, p in enumerate(args.precisions.split(","))}
         times: dict[str, list[float]] = {"VQGAN-CLIP generate.py step": []} | {f"vqclip {p}": [] for p in variants}
         for job in (j for js in variants.values() for j in js):
             gen.jobs.remove(job)  # each variant steps alone below
         for rnd in range(args.steps + 1):  # round 0 warms up
+            _sync(args.device)
             t = time.perf_counter()
             base.step()
+            _sync(args.device)
             if rnd:
                 times["VQGAN-CLIP generate.py step"].append(time.perf_counter() - t)
             for p, (job,) in variants.items():
                 gen.jobs = [job]
+                _sync(args.device)
                 t = time.perf_counter()
                 gen.step()
+                _sync(args.device)
                 if rnd:
                     times[f"vqclip {p}"].append(time.perf_counter() - t)
         gen.jobs = []
@@ -119,7 +134,8 @@ def speed(args) -> dict:
             out["batched"].append(_batched(gen, name, size, cutn, args))
     out["machine"]["load_after"] = os.getloadavg()[0]
     if args.memory:
-        out["memory"] = [_memory(name) for name in args.configs.split(",")]
+        memory = _cuda_memory if args.device.startswith("cuda") else _memory
+        out["memory"] = [memory(name, args.device) for name in args.configs.split(",")]
     return out
 
 
@@ -133,6 +149,7 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
         t = time.perf_counter()
         for _ in range(steps):
             gen.step()
+        _sync(args.device)
         seq += time.perf_counter() - t
         gen.jobs = []
     _ours(gen, size, cutn, precision, seed=100, jobs=j)
@@ -140,6 +157,7 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
     t = time.perf_counter()
     for _ in range(steps):
         gen.step()
+    _sync(args.device)
     batched = time.perf_counter() - t
     gen.jobs = []
     row = {"config": name, "jobs": j, "steps": steps, "precision": precision,
@@ -150,7 +168,23 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
     return row
 
 
-def _memory(name: str) -> dict:
+def _cuda_memory(name: str, device: str) -> dict:
+    """Peak GPU memory of one job of this configuration over a few steps (torch's allocator)."""
+    from vqclip.jobs.generate import Generator
+
+    kind, size, cutn = CONFIGS[name]
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    gen = Generator(*_models(kind, device), device=device)
+    _ours(gen, size, cutn, "auto")
+    for _ in range(3):
+        gen.step()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    print(f"  peak GPU memory {name}: {peak:.0f} MiB (allocated by torch)")
+    return {"config": name, "peak_cuda_mib": peak}
+
+
+def _memory(name: str, device: str = "cpu") -> dict:
     """Peak RSS of one job of this configuration, a few steps, in a fresh process."""
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r});"
             "import bench_generate as b, torch;"
@@ -185,6 +219,7 @@ def main() -> None:
     s.add_argument("--jobs", type=int, default=8)
     s.add_argument("--batched-steps", type=int, default=5)
     s.add_argument("--memory", action="store_true", help="also measure peak RSS per config (fresh processes)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda (then add vit512 to --configs for the 10 GB figure)")
     s.add_argument("--json", type=Path)
     q = sub.add_parser("quality")
     q.add_argument("--list", default="test", choices=["val", "test"])

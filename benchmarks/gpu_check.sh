@@ -9,17 +9,20 @@
 #   bash benchmarks/gpu_check.sh [out_dir]          # default out_dir: benchmarks/results
 # Env: GPU_CHECK_COMPILE=1 also times torch.compile (adds minutes of compilation).
 #
-# Steps, each under its own time limit so the whole run stays under 8 minutes:
+# Steps, each under its own time limit so the whole run stays under 10 minutes:
 #   1. what the machine has (GPU, torch CUDA, ORT providers, tensorrt)        ~10 s
 #   2. tests/backends: torch CUDA fp32/fp16/bf16 with and without CUDA graphs,
-#      torch.compile, ORT CUDA/TensorRT providers and native TensorRT if present <= 140 s
+#      torch.compile, ORT CUDA/TensorRT providers and native TensorRT if present <= 130 s
 #   3. bench_encoders.py on CUDA: transformers eager fp32, vqclip torch fp32/fp16/bf16,
 #      fp16 + CUDA graphs, ORT CPU fp32/fp16/int8 (+ GPU providers if present),
 #      batches 1, 8, 32, image and text encoders, ViT-B/32 random weights (and the
-#      bundled shapes-clip when the zoo has it)                               <= 190 s
+#      bundled shapes-clip when the zoo has it)                               <= 170 s
 #   4. the CUDA top-k kernels: benchmarks/gpu_check_topk.sh from the kernels work,
 #      when present                                                            <= 110 s
-# Writes $OUT/gpu_check_encoders.json (and the top-k step's JSON); prints a summary and
+#   5. generation on CUDA: its tests, then steps/s beside VQGAN-CLIP's step at ViT-B/32 +
+#      f16-16384 256x256 cutn 32 (fp32 and autocast), 8 jobs batched vs one by one, and
+#      peak GPU memory at 256 and 512 (the peers report 10 GB at 512)           <= 140 s
+# Writes $OUT/gpu_check_encoders.json, gpu_check_generate.json (and the top-k step's JSON); prints a summary and
 # exits non-zero if any step failed or ran out of time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,12 +59,12 @@ PYEOF
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader 2>/dev/null || true
 
 # CUDA tests are the ones that skip on a CPU machine; here they must run (-rs lists any skip).
-step "2 backend tests" 140 "$PY" -m pytest -q -rs -p no:cacheprovider tests/backends
+step "2 backend tests" 130 "$PY" -m pytest -q -rs -p no:cacheprovider tests/backends
 
 BENCH=(--device cuda --models shapes-clip,vit-b-32 --batches 1,8,32 --precisions fp32,fp16,int8
        --rounds 2 --seconds 1.5 --max-iters 40 --no-targets --json "$OUT/gpu_check_encoders.json")
 if [ "${GPU_CHECK_COMPILE:-0}" = "1" ]; then BENCH+=(--compile); fi
-step "3 encoder benchmark" 190 "$PY" benchmarks/bench_encoders.py "${BENCH[@]}"
+step "3 encoder benchmark" 170 "$PY" benchmarks/bench_encoders.py "${BENCH[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # CUDA TOP-K HOOK: the kernels work provides benchmarks/gpu_check_topk.sh (build with nvcc,
@@ -74,7 +77,11 @@ else
 fi
 # ---------------------------------------------------------------------------------------------
 
-echo; echo "=== summary (total $((SECONDS - START))s, limit 480s) ==="
+step "5 generation tests" 40 "$PY" -m pytest -q -rs -p no:cacheprovider tests/jobs/generate -k "cuda or memory"
+step "5 generation benchmark" 100 "$PY" benchmarks/bench_generate.py speed --device cuda --configs vit256,vit512 \
+  --batched vit256 --steps 5 --memory --json "$OUT/gpu_check_generate.json"
+
+echo; echo "=== summary (total $((SECONDS - START))s, limit 580s) ==="
 failed=0
 for line in "${SUMMARY[@]}"; do
   echo "  $line"
