@@ -22,6 +22,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import threading
 import uuid
 from collections import OrderedDict, deque
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from vqclip.serving.app import ServerState
 
 __all__ = ["GenerateRequest", "JobStatus", "GenerationService", "router", "setup", "start", "stop"]
+
+_PROPOSED_ID = re.compile(r"[0-9a-f]{16,64}")  # nginx's $request_id is 32 hex digits
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +148,9 @@ class GenerationService:
             self._thread.join(timeout=60)
 
     # -- what the handlers call
-    def submit(self, req: GenerateRequest) -> _Record:
+    def submit(self, req: GenerateRequest, proposed_id: str | None = None) -> _Record:
+        """Queue ``req``. ``proposed_id``: a load balancer's request id (hex) to use as the job id,
+        so that it can route the job's later requests by the same key; ignored if taken or malformed."""
         settings = self._settings(req)
         with self._lock:
             if self._stopping:
@@ -153,7 +158,9 @@ class GenerationService:
             if len(self.queued) >= self.cfg.generation_queue:
                 raise Overloaded(f"{len(self.queued)} generation jobs are already waiting (the limit); retry later",
                                  retry_after_s=10.0, reason="queue_full")
-            rec = _Record(uuid.uuid4().hex[:16], req, settings, steps=settings.steps, seed=settings.seed)
+            ok = proposed_id is not None and _PROPOSED_ID.fullmatch(proposed_id) and proposed_id not in self.records
+            rec = _Record(proposed_id if ok else uuid.uuid4().hex[:16], req, settings, steps=settings.steps,
+                          seed=settings.seed)
             self.records[rec.id] = rec
             self.queued.append(rec)
             while len(self.records) > self.cfg.generation_history:  # forget the oldest finished jobs
@@ -363,10 +370,11 @@ def router(state: "ServerState") -> APIRouter:
         return state.extras["generate"]
 
     @r.post("/generate", status_code=202, response_model=JobStatus, responses=ERRORS_DOC)
-    async def generate(req: GenerateRequest) -> JobStatus:
-        """Queue a generation job; it joins the running batch at the next step when there is room."""
+    async def generate(req: GenerateRequest, request: Request) -> JobStatus:
+        """Queue a generation job; it joins the running batch at the next step when there is room.
+        A hex ``X-Request-Id`` (set by a load balancer) becomes the job id if it is free."""
         svc = service()
-        return svc.status(svc.submit(req))
+        return svc.status(svc.submit(req, request.headers.get("x-request-id")))
 
     @r.get("/jobs/{job_id}", response_model=JobStatus, responses=not_found)
     async def job(job_id: str) -> JobStatus:

@@ -158,3 +158,17 @@ def test_with_generation_off_the_routes_are_absent(make_client):
     c = make_client(generation_jobs=0)
     assert c.post("/v1/generate", json={"prompt": "a red star"}).status_code == 404
     assert "generate" not in c.get("/v1/info").json()["features"]
+
+
+def test_a_load_balancers_request_id_becomes_the_job_id(make_client):
+    # nginx hashes the POST on $request_id and later requests on the id in the path: one key
+    c = make_client(generation_jobs=2)
+    rid = "0123456789abcdef0123456789abcdef"
+    first = c.post("/v1/generate", json={"prompt": "a red star", **FAST}, headers={"X-Request-Id": rid}).json()
+    assert first["id"] == rid
+    again = c.post("/v1/generate", json={"prompt": "a red star", **FAST}, headers={"X-Request-Id": rid}).json()
+    odd = c.post("/v1/generate", json={"prompt": "a red star", **FAST}, headers={"X-Request-Id": "../../etc"}).json()
+    for job in (again, odd):  # taken or malformed: a fresh id instead
+        assert job["id"] != rid and len(job["id"]) == 16 and int(job["id"], 16) >= 0
+    for job in (first, again, odd):
+        _wait(c, job["id"])
