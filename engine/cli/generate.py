@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (default 200)")
     p.add_argument("--seeds", nargs="+", type=nonneg_int, default=None, metavar="SEED",
                    help="one job per prompt and seed (default: one random seed, recorded)")
-    p.add_argument("--out", default="vqclip-generate", metavar="DIR", help="output folder (default ./vqclip-generate)")
+    p.add_argument("--out", metavar="DIR",
+                   help="output folder (default ./vqclip-generate; with --resume, the checkpoint's folder)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--optimiser", default=None, help="adam (default), adamw, adamax, adagrad, rmsprop, radam")
     o.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1)")
@@ -161,10 +162,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.deterministic:
         _deterministic(gen)
     if args.resume:
-        gen.resume(args.resume, video=args.video, checkpoint_every=args.checkpoint_every)
+        gen.resume(args.resume, out_dir=args.out, video=args.video, checkpoint_every=args.checkpoint_every)
     for sets in jobs_prompts:
         for seed in args.seeds or [None]:
-            gen.add_job(sets, settings.with_(seed=seed), out_dir=args.out, video=args.video,
+            gen.add_job(sets, settings.with_(seed=seed), out_dir=args.out or "vqclip-generate", video=args.video,
                         checkpoint_every=args.checkpoint_every)
     jobs = list(gen.jobs)
     total = sum(j.settings.steps - j.step for j in jobs)
@@ -198,7 +199,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if not args.json:
-        print(f"{len(finished)} image{'s' * (len(finished) != 1)} in {time.perf_counter() - t0:.1f} s -> {args.out}")
+        print(f"{len(finished)} image{'s' * (len(finished) != 1)} in {time.perf_counter() - t0:.1f} s -> "
+              f"{', '.join(sorted({str(j.out_dir) for j in jobs}))}")
     return 0
 
 

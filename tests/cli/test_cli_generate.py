@@ -77,3 +77,16 @@ def test_a_signal_mid_run_leaves_the_latest_image_whole(tmp_path, sig):
     assert rec["status"] == "interrupted" and rec["step"] >= 1
     Image.open(final).verify()  # a whole PNG
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def test_resume_writes_beside_the_checkpoint_unless_out_is_given(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["generate", "a red star", "--seeds", "1", "--steps", "4", "--cutn", "2", "--checkpoint-every", "2",
+                 "--out", str(first), "--no-progress"]) == 0
+    ckpt = first / "a-red-star-1.ckpt"
+    assert ckpt.is_file()
+    assert main(["generate", "--resume", str(ckpt), "--no-progress"]) == 0
+    assert str(first) in capsys.readouterr().out
+    moved = tmp_path / "moved"
+    assert main(["generate", "--resume", str(ckpt), "--out", str(moved), "--no-progress"]) == 0
+    assert (moved / "a-red-star-1.png").is_file() and str(moved) in capsys.readouterr().out
