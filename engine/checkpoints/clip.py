@@ -349,7 +349,7 @@ def _resolve(source: str | os.PathLike) -> tuple[Path, CLIPConfig | None]:
     return wpath, rec.config
 
 
-def load_clip(source: str | os.PathLike, *, config: CLIPConfig | None = None, device: str | torch.device = "cpu",
+def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = None, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32) -> CLIP:
     """A ``CLIP`` in eval mode with the weights of ``source``, checked key for key.
 
@@ -358,8 +358,8 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | None = None, de
     archives (read without executing them), OpenAI / OpenCLIP state dicts and training
     checkpoints (``.pt``/``.bin``/``.safetensors``), Hugging Face ``CLIPModel``
     ``model.safetensors`` / ``pytorch_model.bin``. The architecture is ``config`` if
-    given, else the zoo's, else a ``config.json`` beside a HF file, else inferred from the
-    shapes (``infer_clip_config``). Weights are cast to ``dtype`` (OpenAI's files are
+    given (a ``CLIPConfig`` or a zoo name such as ``"ViT-B/32"``), else the zoo's, else a
+    ``config.json`` beside a HF file, else inferred from the shapes (``infer_clip_config``). Weights are cast to ``dtype`` (OpenAI's files are
     float16) and moved to ``device``.
 
     Raises ``CheckpointError`` for a missing, truncated, unsafe or non-CLIP file and for
@@ -370,6 +370,10 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | None = None, de
         model = load_clip("ViT-B-32.pt")  # OpenAI's file; architecture inferred
         emb = model.encode_image(pixels)  # (B, 3, 224, 224) -> (B, 512)
     """
+    if isinstance(config, str):
+        from vqclip.zoo import get
+
+        config = get(config, family="clip").config  # UnknownModelError lists the known names
     path, zoo_config = _resolve(source)
     raw = read_tensors(path)
     if not isinstance(raw, Mapping):

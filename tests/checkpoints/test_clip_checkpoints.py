@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from vqclip.checkpoints import convert_hf_clip, convert_openclip, infer_clip_config, load_clip, read_tensors
-from vqclip.errors import CheckpointError
+from vqclip.errors import CheckpointError, UnknownModelError
 from vqclip.models.clip import CLIP, CLIPConfig
 from vqclip.zoo import ModelRecord, WeightsRecord, bundled, get, list_models, registry
 
@@ -372,6 +372,10 @@ def test_wrong_config_is_a_shape_error(tmp_path):
     torch.save(_small_sd(), tmp_path / "small.pt")
     with pytest.raises(CheckpointError, match="mis-shaped"):
         load_clip(tmp_path / "small.pt", config=get("ViT-B/32").config)
+    with pytest.raises(CheckpointError, match="mis-shaped"):
+        load_clip(tmp_path / "small.pt", config="ViT-B/32")  # a zoo name works as the config too
+    with pytest.raises(UnknownModelError):
+        load_clip(tmp_path / "small.pt", config="ViT-Z/99")
 
 
 def test_vqgan_checkpoint_is_named_as_such(tmp_path):
