@@ -136,8 +136,8 @@ def _export_component(comp: Component, tmp: Path, precisions: list[str],
             notes["kept_fp32"] = "LayerNorm, Softmax, norm layers, final L2 normalisation"
         elif precision == "int8":
             if not comp.int8:
-                log.info("%s: no int8 graph (dynamic int8 covers MatMul only; this graph is convolutions)",
-                         comp.name)
+                log.warning("%s: no int8 graph (dynamic int8 covers MatMul only; this graph is convolutions)",
+                            comp.name)
                 continue
             to_int8(fp32, path)
             notes["quantisation"] = "dynamic, 7-bit int8 weights of MatMul/Gemm (no AVX2 saturation), CPU-optimised"
