@@ -10,7 +10,7 @@ on the weights) at 128x128 cutn 8 and 256x256 cutn 32. Then throughput (images p
 of J jobs stepped as one batch against the same J jobs run one after another, and the
 peak memory (RSS, in a fresh process) per configuration.
 
-``quality``: a fixed list of colour+shape prompts (``--list test``, 48 prompts; ``val`` is
+``quality``: a fixed list of colour+shape prompts (``--list test``, 40 prompts; ``val`` is
 the tuning list) with fixed seeds on the bundled models; each result is judged by the
 bundled shape judge (a CNN trained on labels, never used to guide) and by a colour
 measured from its pixels; prints the rates, the guiding CLIP's own rate beside them, and

@@ -74,6 +74,7 @@ def _taming_yaml(c) -> str:
             f"      attn_resolutions: {list(c.attn_resolutions)}\n      dropout: 0.0\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index,lang,code", RUN, ids=[f"block{i}-{lang}" for i, lang, _ in RUN])
 def test_example_runs_as_written(sandbox, index, lang, code):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

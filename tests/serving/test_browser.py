@@ -49,6 +49,7 @@ def test_page_loads_with_every_panel(page, tmp_path):
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_generate_streams_previews_then_shows_the_result(page, tmp_path):
     page.fill("#generate-prompt", "a red star")
     page.fill("#generate-steps", "12")
@@ -117,6 +118,7 @@ def test_a_refusal_is_shown_as_an_error_line(page):
     assert "Search failed" in page.inner_text("#error")
 
 
+@pytest.mark.slow
 def test_with_api_keys_the_page_asks_for_one_then_works(tmp_path, server_process, shapes_index):
     key = "page-key-" + "x" * 16
     keys = tmp_path / "keys.txt"

@@ -45,6 +45,7 @@ async def _client(url: str, n: int, i: int, image: str, timeout: float) -> tuple
     return statuses, hung, latencies
 
 
+@pytest.mark.slow
 def test_load_run_has_no_errors_and_no_hung_connections(live_server, shapes_images):
     image = base64.b64encode((shapes_images / "00.png").read_bytes()).decode()
 
