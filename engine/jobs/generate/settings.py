@@ -173,7 +173,7 @@ class GenerateSettings:
 PRESETS: dict[tuple[str, str], GenerateSettings] = {
     # The bundled shapes models: a plain grey start kept by an MSE to it, total variation, a
     # palette of the world's colours, full-turn rotations and zoom in the cutouts, a grey
-    # background asked for, lr 0.2 dropping at 75%. Val list: both right 72.5% -> see RESULTS.md.
+    # background asked for, lr 0.2 dropping at 75% (how each was chosen: benchmarks/RESULTS.md).
     ("shapes-clip", "shapes-vqgan"): GenerateSettings(
         steps=200, lr=0.2, lr_drops=(0.75,), init="plain", init_colour="grey", init_weight=0.06, init_mode="init",
         smoothness=3.0, palette=("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "grey"),
