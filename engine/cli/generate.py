@@ -38,25 +38,31 @@ def add_parser(sub) -> None:
     p.add_argument("--vqgan", metavar="NAME|PATH", help="VQGAN model (default: the bundled shapes-vqgan)")
     p.add_argument("--size", nargs="+", type=int, default=[], metavar="PX", help="side, or width height (default: "
                    "the VQGAN's native size); multiples of the VQGAN's factor")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (default: the models' preset, 200)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="optimisation steps (default: the models' preset, 200)")
     p.add_argument("--seeds", nargs="+", type=nonneg_int, default=None, metavar="SEED",
                    help="one job per prompt and seed (default: one random seed, recorded)")
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default ./vqclip-generate; with --resume, the checkpoint's folder)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--optimiser", default=None, help="adam (default), adamw, adamax, adagrad, rmsprop, radam")
-    o.add_argument("--lr", type=float, default=None, help="learning rate (default: the models' preset; bundled 0.2, others 0.1)")
+    o.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the models' preset; bundled 0.2, others 0.1)")
     o.add_argument("--lr-drops", nargs="+", type=float, default=None, metavar="FRACTION",
                    help="fractions of the run where the learning rate drops 10x, e.g. 0.75")
     o.add_argument("--auto-stop", type=positive_int, default=None, metavar="N",
                    help="stop a job when its loss has not improved for N steps")
-    o.add_argument("--init", default=None, help="random (codes), plain, noise, gradient or image (default: the preset; bundled plain, others random)")
+    o.add_argument("--init", default=None,
+                   help="random (codes), plain, noise, gradient or image "
+                        "(default: the preset; bundled plain, others random)")
     o.add_argument("--init-image", metavar="PATH", help="start from this image (sets --init image)")
     o.add_argument("--init-colour", default=None, metavar="COLOUR", help="colour for --init plain (default grey)")
-    o.add_argument("--init-weight", type=float, default=None, help="z regulariser weight (default: the preset; bundled 0.06, others 0: off)")
+    o.add_argument("--init-weight", type=float, default=None,
+                   help="z regulariser weight (default: the preset; bundled 0.06, others 0: off)")
     o.add_argument("--init-mode", default=None, help="decay (VQGAN-CLIP's) or init (stay near the init image)")
     c = p.add_argument_group("cutouts")
-    c.add_argument("--cutn", type=int, default=None, help="cutouts per image per step (default: the preset; bundled 16, others 32)")
+    c.add_argument("--cutn", type=int, default=None,
+                   help="cutouts per image per step (default: the preset; bundled 16, others 32)")
     c.add_argument("--cut-method", default=None, help="pooled (VQGAN-CLIP's default) or crops (random squares)")
     c.add_argument("--cut-pow", type=float, default=None, help="crop size exponent for --cut-method crops")
     c.add_argument("--augments", nargs="*", default=None, metavar="AUG",
@@ -86,7 +92,8 @@ def add_parser(sub) -> None:
     x.add_argument("--truncate", action="store_true", help="cut prompts longer than CLIP's context instead of refusing")
     d = p.add_argument_group("device")
     d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    d.add_argument("--precision", default=None, help="fp32 (default), bf16, fp16 or auto (half precision on CUDA and AMX CPUs)")
+    d.add_argument("--precision", default=None,
+                   help="fp32 (default), bf16, fp16 or auto (half precision on CUDA and AMX CPUs)")
     d.add_argument("--fp64", action="store_true",
                    help="optimise in float64: slower, but each image is the same whatever jobs it is batched with")
     d.add_argument("--deterministic", action="store_true",
@@ -191,8 +198,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 _report(args, event)
     except (KeyboardInterrupt, _Terminated):
         saved = gen.interrupt()
-        print(f"vqclip: interrupted; the latest images are written: {', '.join(s for s in saved if s.endswith('.png'))}",
-              file=sys.stderr)
+        pngs = ", ".join(s for s in saved if s.endswith(".png"))
+        print(f"vqclip: interrupted; the latest images are written: {pngs}", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
