@@ -265,9 +265,15 @@ class GenerationService:
                 events = gen.step()
             except Exception as e:  # a bug or an OOM: fail the jobs of this batch, keep serving
                 log.exception("a generation step failed")
+                error = f"{type(e).__name__}: {e}"
+                del e  # its traceback holds the failed step's tensors
                 for rec in [r for r in self.records.values() if r.status == "running"]:
-                    gen.cancel(rec.job)
-                    self._finished(rec, "failed", error=f"{type(e).__name__}: {e}")
+                    try:
+                        gen.cancel(rec.job)
+                    except Exception:  # its final decode may fail the same way; the job still ends
+                        log.exception("could not finish generation job %s", rec.id)
+                        gen.jobs = [j for j in gen.jobs if j is not rec.job]
+                    self._finished(rec, "failed", error=error)
                 continue
             for ev in events:
                 self._progress(ev)
@@ -372,9 +378,10 @@ def router(state: "ServerState") -> APIRouter:
     @r.post("/generate", status_code=202, response_model=JobStatus, responses=ERRORS_DOC)
     async def generate(req: GenerateRequest, request: Request) -> JobStatus:
         """Queue a generation job; it joins the running batch at the next step when there is room.
-        A hex ``X-Request-Id`` (set by a load balancer) becomes the job id if it is free."""
+        With ``--trust-request-id``, a hex ``X-Request-Id`` (a load balancer's) becomes the job id."""
         svc = service()
-        return svc.status(svc.submit(req, request.headers.get("x-request-id")))
+        proposed = request.headers.get("x-request-id") if state.config.trust_request_id else None
+        return svc.status(svc.submit(req, proposed))
 
     @r.get("/jobs/{job_id}", response_model=JobStatus, responses=not_found)
     async def job(job_id: str) -> JobStatus:

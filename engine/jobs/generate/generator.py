@@ -43,6 +43,7 @@ from vqclip.jobs.generate.prompts import Prompt, parse_prompts
 from vqclip.jobs.generate.settings import GenerateSettings, parse_colour
 
 log = logging.getLogger(__name__)
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5
 
 __all__ = ["Generator", "Job", "StepEvent"]
 
@@ -163,7 +164,7 @@ class Generator:
         self.codebook = self.vqgan.quantize.embedding.weight  # (K, C)
         self.z_min, self.z_max = ops.codebook_bounds(self.codebook)
         self.jobs: list[Job] = []
-        self.min_cut_batches = 1  # raised after an out-of-memory error, for every later step
+        self.cut_split: dict[tuple[int, int, int], int] = {}  # (w, h, jobs) -> micro-batches, after out of memory
 
     # ------------------------------------------------------------------ jobs
     def default_settings(self) -> GenerateSettings:
@@ -272,35 +273,8 @@ class Generator:
         for job in self.running():
             groups.setdefault(job.size, []).append(job)
         for jobs in groups.values():
-            events += self._step_group_fitting(jobs)
+            events += self._step_group(jobs)
         return events
-
-    def _step_group_fitting(self, jobs: list[Job]) -> list[StepEvent]:
-        """``_step_group``, retried with the cutouts in twice as many micro-batches (gradients
-        accumulated, pixray's "batches") after an out-of-memory error, instead of failing."""
-        rng = [j.gen.get_state() for j in jobs]
-        while True:
-            try:
-                return self._step_group(jobs)
-            except torch.OutOfMemoryError as e:
-                batches, most = self._cut_batches(jobs), min(j.settings.cutouts.cutn for j in jobs)
-                if batches >= most:
-                    w, h = jobs[0].size
-                    raise DeviceMemoryError(f"out of {self.device.type} memory stepping {len(jobs)} job(s) at {w}x{h} "
-                                            "even one cutout at a time; use a smaller size or fewer jobs") from e
-            for job, state in zip(jobs, rng):
-                job.gen.set_state(state)  # the retry draws the same cutouts
-                job.opt.zero_grad(set_to_none=True)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            self.min_cut_batches = min(most, 2 * batches)
-            log.warning("out of %s memory at %d job(s) of %dx%d: running the cutouts in %d micro-batches with "
-                        "accumulated gradients from now on", self.device.type, len(jobs), *jobs[0].size,
-                        self.min_cut_batches)
-
-    def _cut_batches(self, jobs: list[Job]) -> int:
-        return min(max(self.min_cut_batches, *(j.settings.cut_batches for j in jobs)),
-                   min(j.settings.cutouts.cutn for j in jobs))
 
     def _autocast(self, jobs: list[Job]):
         precision = jobs[0].settings.precision
@@ -324,35 +298,7 @@ class Generator:
 
     def _step_group(self, jobs: list[Job]) -> list[StepEvent]:
         t0 = time.perf_counter()
-        w, h = jobs[0].size
-        for job in jobs:
-            job.opt.zero_grad(set_to_none=True)
-        z = torch.cat([j.z for j in jobs])  # (J, C, h, w): gradients flow back to each job's leaf
-        params = [draw(j.settings.cutouts, j.gen, (h, w), self.cut_size) for j in jobs]
-        img = self.decode(z, self._autocast(jobs))  # (J, 3, H, W)
-        batches = self._cut_batches(jobs)
-        parts = [_slice_params(params, k, batches) for k in range(batches)]
-        terms: list[dict[str, float]] = [{} for _ in jobs]
-        for k, part in enumerate(parts):
-            with self._autocast(jobs):
-                cut = apply_cutouts(part, img, self.cut_size)  # (N_k, 3, S, S)
-                emb = self.clip.encode_image((cut - self.mean) / self.std)
-            emb = F.normalize(emb.to(self.dtype), dim=-1)  # (N_k, E)
-            total = img.new_zeros(())
-            start = 0
-            for j, job in enumerate(jobs):
-                n_k, n = len(part[j].noise), job.settings.cutouts.cutn
-                t = job.active_targets()
-                per_prompt = ops.prompt_loss(emb[start:start + n_k], t.embeddings, t.weights, t.stops) * (n_k / n)
-                start += n_k
-                total = total + per_prompt.sum()
-                for prompt, value in zip(t.prompts, per_prompt.detach().tolist()):
-                    terms[j][str(prompt)] = terms[j].get(str(prompt), 0.0) + value
-                if k == 0:
-                    for name, value in self._regularisers(job, img[j:j + 1]).items():
-                        total = total + value
-                        terms[j][name] = float(value.detach())
-            total.backward(retain_graph=k + 1 < batches)
+        img, terms = self._gradients_fitting(jobs)
         dt = time.perf_counter() - t0
         events = []
         with torch.no_grad():
@@ -365,6 +311,69 @@ class Generator:
                 job.losses.append(loss)
                 events.append(self._after_step(job, img[j], terms[j], loss, len(jobs) / dt))
         return events
+
+    def _gradients_fitting(self, jobs: list[Job]) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """``_gradients``, retried with the cutouts in twice as many micro-batches (pixray's
+        "batches": gradients accumulated) after an out-of-memory error, instead of failing;
+        the split is kept for this size and job count."""
+        key = (*jobs[0].size, len(jobs))
+        rng = [j.gen.get_state() for j in jobs]
+        most = max(j.settings.cutouts.cutn for j in jobs)
+        while True:
+            batches = min(most, max(self.cut_split.get(key, 1), *(j.settings.cut_batches for j in jobs)))
+            try:
+                return self._gradients(jobs, batches)
+            except _OUT_OF_MEMORY as e:
+                reason = str(e).splitlines()[0] if str(e) else "out of memory"
+            # here, outside the handler, the failed attempt's tensors are already released
+            for job, state in zip(jobs, rng):
+                job.gen.set_state(state)  # the retry draws the same cutouts
+                job.opt.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batches >= most:
+                self.cut_split.pop(key, None)
+                raise DeviceMemoryError(f"out of {self.device.type} memory stepping {len(jobs)} job(s) at "
+                                        f"{key[0]}x{key[1]} even one cutout at a time ({reason}); use a smaller "
+                                        "size or fewer jobs")
+            self.cut_split[key] = min(most, 2 * batches)
+            log.warning("out of %s memory at %d job(s) of %dx%d: running the cutouts in %d micro-batches with "
+                        "accumulated gradients from now on", self.device.type, len(jobs), key[0], key[1],
+                        self.cut_split[key])
+
+    def _gradients(self, jobs: list[Job], batches: int) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """Forward and backward of one step for ``jobs``, the cutouts in ``batches`` micro-batches:
+        the decoded images and each job's loss terms; the gradients are left in each job's z."""
+        w, h = jobs[0].size
+        for job in jobs:
+            job.opt.zero_grad(set_to_none=True)
+        z = torch.cat([j.z for j in jobs])  # (J, C, h, w): gradients flow back to each job's leaf
+        params = [draw(j.settings.cutouts, j.gen, (h, w), self.cut_size) for j in jobs]
+        img = self.decode(z, self._autocast(jobs))  # (J, 3, H, W)
+        parts = [_slice_params(params, k, batches) for k in range(batches)]
+        terms: list[dict[str, float]] = [{} for _ in jobs]
+        for k, part in enumerate(parts):
+            with self._autocast(jobs):
+                cut = apply_cutouts(part, img, self.cut_size)  # (N_k, 3, S, S)
+                emb = self.clip.encode_image((cut - self.mean) / self.std)
+            emb = F.normalize(emb.to(self.dtype), dim=-1)  # (N_k, E)
+            total = img.new_zeros(())
+            start = 0
+            for j, job in enumerate(jobs):
+                n_k, n = len(part[j].noise), job.settings.cutouts.cutn
+                if n_k:  # a job with fewer cutouts than micro-batches sits out the last ones
+                    t = job.active_targets()
+                    per_prompt = ops.prompt_loss(emb[start:start + n_k], t.embeddings, t.weights, t.stops) * (n_k / n)
+                    start += n_k
+                    total = total + per_prompt.sum()
+                    for prompt, value in zip(t.prompts, per_prompt.detach().tolist()):
+                        terms[j][str(prompt)] = terms[j].get(str(prompt), 0.0) + value
+                if k == 0:
+                    for name, value in self._regularisers(job, img[j:j + 1]).items():
+                        total = total + value
+                        terms[j][name] = float(value.detach())
+            total.backward(retain_graph=k + 1 < batches)
+        return img, terms
 
     def _regularisers(self, job: Job, img: torch.Tensor) -> dict[str, torch.Tensor]:
         s, out = job.settings, {}
@@ -495,8 +504,9 @@ class Generator:
         return save_checkpoint(job.out_dir / f"{job.name}.ckpt", state)
 
     def resume(self, checkpoint: str | Path, *, out_dir: str | Path | None = None, video: bool = False,
-               checkpoint_every: int = 0) -> Job:
-        """Continue the job saved in ``checkpoint`` (``--resume``); its models must be these."""
+               checkpoint_every: int = 0, steps: int | None = None) -> Job:
+        """Continue the job saved in ``checkpoint`` (``--resume``); its models must be these.
+        ``steps``: run to this many steps in all (default: the saved run's), e.g. to extend a finished run."""
         from vqclip.jobs.generate.outputs import load_checkpoint
 
         state = load_checkpoint(checkpoint)
@@ -508,6 +518,11 @@ class Generator:
         sets = [tuple(Prompt(p["kind"], p["value"], p["weight"], -math.inf if p["stop"] is None else p["stop"])
                       for p in s) for s in rec["prompt_sets"]]
         settings = GenerateSettings.from_dict(rec["settings"])
+        if steps is not None:
+            settings = settings.with_(steps=steps)
+        if int(state["step"]) >= settings.steps:
+            raise InvalidInputError(f"checkpoint {str(checkpoint)!r} is at step {int(state['step'])} of "
+                                    f"{settings.steps}: nothing left to run; pass more steps to continue it")
         job = self.add_job(sets, settings, out_dir=out_dir or Path(checkpoint).parent, name=Path(checkpoint).stem,
                            video=video, checkpoint_every=checkpoint_every)
         with torch.no_grad():
@@ -527,7 +542,7 @@ def _slice_params(params: list[CutoutParams], k: int, parts: int) -> list[Cutout
         return params
     out = []
     for p in params:
-        idx = torch.arange(k, len(p.noise), parts)
+        idx = torch.arange(k, max(k, len(p.noise)), parts)  # empty where a job has fewer cutouts than k + 1
         out.append(CutoutParams(p.crops[idx] if len(p.crops) else p.crops, p.warp[idx], p.jitter[idx],
                                 p.erase[idx], p.noise[idx], None if p.field is None else p.field[idx]))
     return out

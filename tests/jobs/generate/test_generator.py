@@ -178,30 +178,36 @@ def test_out_of_memory_falls_back_to_cutout_micro_batches(gen, monkeypatch, capl
     # pixray's "batches": the same step with the cutouts in pieces, gradients accumulated
     from vqclip.jobs.generate import generator as module
 
-    reference = gen.add_job("a red star", _settings(seed=5, steps=3))
+    def jobs():  # cutn 4 and 1 in one batch: the second sits out the later micro-batches
+        return [gen.add_job("a red star", _settings(seed=5, steps=3)),
+                gen.add_job("a blue circle", _settings(seed=6, steps=3).with_(cutouts=CutoutSpec(cutn=1)))]
+
+    reference = jobs()
     list(gen.run())
     real, sizes = module.apply_cutouts, []
 
     def small_memory(params, img, size):
         sizes.append(sum(len(p.noise) for p in params))
-        if sizes[-1] > 1:
+        if sizes[-1] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(params, img, size)
 
     monkeypatch.setattr(module, "apply_cutouts", small_memory)
-    job = gen.add_job("a red star", _settings(seed=5, steps=3))
     try:
+        split = jobs()
         list(gen.run())
-        assert gen.min_cut_batches == 4 and sizes[:4] == [4, 2, 1, 1]  # halved until one cutout fits
-        assert "micro-batches" in caplog.text
-        # the retry redraws the same cutouts, so the run is the same computation in other pieces
-        np.testing.assert_allclose(job.losses, reference.losses, rtol=1e-4)
-        job = gen.add_job("a red star", _settings(seed=5, steps=1).with_(cutouts=CutoutSpec(cutn=1)))
+        assert sizes[:6] == [5, 3, 2, 1, 1, 1]  # halved until the pieces fit: 4+1, 2+1, then 1+1, 1, 1, 1
+        assert gen.cut_split == {(64, 64, 2): 4} and "micro-batches" in caplog.text
+        # the retry redraws the same cutouts, so each run is the same computation in other pieces
+        for ref, job in zip(reference, split):
+            np.testing.assert_allclose(job.losses, ref.losses, rtol=1e-4)
+            assert job.step == 3  # one optimiser step per step, whatever the retries
+        gen.add_job("a red star", _settings(seed=5, steps=1).with_(cutouts=CutoutSpec(cutn=1)))
         monkeypatch.setattr(module, "apply_cutouts", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
         with pytest.raises(DeviceMemoryError, match="even one cutout at a time"):
             gen.step()
     finally:
-        gen.min_cut_batches = 1
+        gen.cut_split.clear()
         gen.jobs.clear()
 
 
@@ -215,6 +221,7 @@ def test_a_cuda_step_computes_the_cpu_loss():
         list(g.run())
         losses.append(job.losses)
     assert losses[1][0] == pytest.approx(losses[0][0], rel=1e-3)  # TF32 convolutions allowed
+    assert losses[1][1] == pytest.approx(losses[0][1], rel=2e-2)  # after one optimiser step on each device
     auto = cuda.add_job("a red star", _settings(seed=2, steps=2).with_(precision="auto"))
     list(cuda.run())
     assert np.isfinite(auto.losses).all() and auto.losses[0] == pytest.approx(losses[0][0], rel=5e-2)
