@@ -49,6 +49,9 @@ def add_parser(sub) -> None:
                    help="the VQGAN of generation jobs (default: the bundled shapes-vqgan)")
     p.add_argument("--generation-out", default=None, metavar="DIR",
                    help="also write each job's result PNG and sidecar here (default: kept in memory)")
+    p.add_argument("--trust-request-id", action="store_true", default=None,
+                   help="take the X-Request-Id a load balancer sets as a new generation job's id, so it can "
+                        "route the job's requests by it (see the README's nginx example)")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON file of server settings")
     p.set_defaults(func=_cmd_serve)
 
@@ -59,7 +62,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "backend", "precision", "host", "port", "max_batch",
                                                "max_wait_ms", "max_queue", "timeout_s", "api_key_file",
                                                "rate_limit", "cors_origins", "log_level", "generation_jobs",
-                                               "generation_vqgan", "generation_out")}
+                                               "generation_vqgan", "generation_out", "trust_request_id")}
     cfg = load_config(args.config, overrides)
     if args.index:
         cfg.indexes = {**cfg.indexes, **dict(args.index)}

@@ -68,6 +68,7 @@ class ServerConfig:
     generation_vqgan: str | None = None  # the VQGAN; None: the bundled shapes-vqgan
     generation_out: str | None = None  # folder for the results (PNG + sidecar); None: kept in memory only
     generation_preview_every: int = 10  # steps between preview images in a job's events
+    trust_request_id: bool = False  # take a proxy's X-Request-Id as a new job's id (behind a load balancer)
     max_generation_steps: int = 1000
     max_generation_side: int = 512  # pixels
     max_generation_cutn: int = 128

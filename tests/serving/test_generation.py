@@ -162,8 +162,10 @@ def test_with_generation_off_the_routes_are_absent(make_client):
 
 def test_a_load_balancers_request_id_becomes_the_job_id(make_client):
     # nginx hashes the POST on $request_id and later requests on the id in the path: one key
-    c = make_client(generation_jobs=2)
     rid = "0123456789abcdef0123456789abcdef"
+    c = make_client(generation_jobs=2)  # by default a client cannot choose its job's id
+    assert c.post("/v1/generate", json={"prompt": "a red star", **FAST}, headers={"X-Request-Id": rid}).json()["id"] != rid
+    c = make_client(generation_jobs=2, trust_request_id=True)
     first = c.post("/v1/generate", json={"prompt": "a red star", **FAST}, headers={"X-Request-Id": rid}).json()
     assert first["id"] == rid
     again = c.post("/v1/generate", json={"prompt": "a red star", **FAST}, headers={"X-Request-Id": rid}).json()
