@@ -169,7 +169,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.deterministic:
         _deterministic(gen)
     if args.resume:
-        gen.resume(args.resume, out_dir=args.out, video=args.video, checkpoint_every=args.checkpoint_every)
+        gen.resume(args.resume, out_dir=args.out, video=args.video, checkpoint_every=args.checkpoint_every,
+                   steps=args.steps)
     for sets in jobs_prompts:
         for seed in args.seeds or [None]:
             gen.add_job(sets, settings.with_(seed=seed), out_dir=args.out or "vqclip-generate", video=args.video,

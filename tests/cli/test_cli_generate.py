@@ -81,12 +81,22 @@ def test_a_signal_mid_run_leaves_the_latest_image_whole(tmp_path, sig):
 
 def test_resume_writes_beside_the_checkpoint_unless_out_is_given(tmp_path, capsys):
     first = tmp_path / "first"
-    assert main(["generate", "a red star", "--seeds", "1", "--steps", "4", "--cutn", "2", "--checkpoint-every", "2",
+    assert main(["generate", "a red star", "--seeds", "1", "--steps", "4", "--cutn", "2", "--checkpoint-every", "3",
                  "--out", str(first), "--no-progress"]) == 0
-    ckpt = first / "a-red-star-1.ckpt"
-    assert ckpt.is_file()
-    assert main(["generate", "--resume", str(ckpt), "--no-progress"]) == 0
-    assert str(first) in capsys.readouterr().out
+    ckpt = first / "a-red-star-1.ckpt"  # saved at step 3 of 4
+    capsys.readouterr()
     moved = tmp_path / "moved"
     assert main(["generate", "--resume", str(ckpt), "--out", str(moved), "--no-progress"]) == 0
-    assert (moved / "a-red-star-1.png").is_file() and str(moved) in capsys.readouterr().out
+    assert read_png_settings(moved / "a-red-star-1.png")["step"] == 4 and str(moved) in capsys.readouterr().out
+    assert main(["generate", "--resume", str(ckpt), "--no-progress"]) == 0
+    assert str(first) in capsys.readouterr().out and not (first / "moved").exists()
+
+
+def test_a_finished_run_resumes_only_with_more_steps(tmp_path, capsys):
+    assert main(["generate", "a red star", "--seeds", "1", "--steps", "2", "--cutn", "2", "--checkpoint-every", "2",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    ckpt = tmp_path / "a-red-star-1.ckpt"
+    assert main(["generate", "--resume", str(ckpt), "--no-progress"]) == 2
+    assert "nothing left to run" in capsys.readouterr().err
+    assert main(["generate", "--resume", str(ckpt), "--steps", "3", "--no-progress"]) == 0
+    assert read_png_settings(tmp_path / "a-red-star-1.png")["step"] == 3
