@@ -248,8 +248,11 @@ def _resume(path: Path, resume: bool, parts: dict) -> tuple[int, float]:
         return 0, 0.0
     state = torch.load(path, map_location="cpu", weights_only=True)
     for name, part in parts.items():
-        if name in state:  # a part newly switched on (the critic) starts afresh
+        if name in state:
             part.load_state_dict(state[name])
+        elif name in ("model", "opt"):
+            raise ValueError(f"{path} has no {name!r} state; it is not a resume file of this recipe")
+        # else a part newly switched on (the critic) starts afresh
     log.info("resumed at step %d (%.1f min)", state["step"], state["elapsed"] / 60)
     return int(state["step"]), float(state["elapsed"])
 
