@@ -71,6 +71,21 @@ def with_context_length(spec: GraphSpec, context_length: int | None) -> tuple[Gr
     return replace(spec, inputs=(replace(ids, shape=shape), *spec.inputs[1:])), True
 
 
+def specs_of(manifest: Any, precision: str, fmt: str) -> tuple[dict[str, GraphSpec], set[str]]:
+    """The graphs of ``manifest`` at ``precision`` in ``fmt`` ("onnx", "tensorrt") as callers
+    see them, by component, and the components whose text ids are cut per batch."""
+    config = manifest.config if isinstance(manifest.config, dict) else {}
+    specs: dict[str, GraphSpec] = {}
+    cut_tokens: set[str] = set()
+    for g in manifest.graphs:
+        if g.precision == precision and g.format == fmt:
+            spec, cut = with_context_length(GraphSpec.from_record(g, manifest.directory), config.get("context_length"))
+            specs[g.component] = spec
+            if cut:
+                cut_tokens.add(g.component)
+    return specs, cut_tokens
+
+
 def cut_after_eot(ids: np.ndarray, multiple: int = 1) -> np.ndarray:
     """int64 (B, T) token ids -> (B, T'): the padding after every row's end-of-text cut.
 

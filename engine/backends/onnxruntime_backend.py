@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from vqclip._cpus import available_cpus, int8_gemm_path
-from vqclip.backends._io_spec import GraphSpec, cut_after_eot, with_context_length
+from vqclip.backends._io_spec import GraphSpec, cut_after_eot, specs_of
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError, ManifestError
 from vqclip.manifest import Manifest, read_manifest, verify_sha256
@@ -118,15 +118,8 @@ class OnnxRuntimeBackend(Backend):
             )
         self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each graph is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
-        context = self.manifest.config.get("context_length") if isinstance(self.manifest.config, dict) else None
-        self._graphs: dict[str, GraphSpec] = {}
-        self._cut_tokens: set[str] = set()  # text graphs run on batches cut to their longest query
-        for g in self.manifest.graphs:
-            if g.precision == precision and g.format == "onnx":
-                spec, cut = with_context_length(GraphSpec.from_record(g, self.manifest.directory), context)
-                self._graphs[g.component] = spec
-                if cut:
-                    self._cut_tokens.add(g.component)
+        # text graphs in _cut_tokens run on batches cut to their longest query
+        self._graphs, self._cut_tokens = specs_of(self.manifest, precision, "onnx")
         if not self._graphs:
             raise BackendUnavailableError(
                 f"{export_dir} has no ONNX graphs at {precision}; it has: "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vqclip.backends._io_spec import GraphSpec, cut_after_eot, with_context_length
+from vqclip.backends._io_spec import GraphSpec, cut_after_eot, specs_of
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError, InputShapeError, ManifestError
 from vqclip.manifest import Manifest, read_manifest, verify_sha256
@@ -109,15 +109,8 @@ class TensorRTBackend(Backend):
         self._trt, self._torch = _import_tensorrt_and_cuda()
         self.manifest: Manifest = read_manifest(export_dir, verify=False)  # each plan is hashed as it loads
         super().__init__(precision, vocab_size=self.manifest.vocab_size)
-        context = self.manifest.config.get("context_length") if isinstance(self.manifest.config, dict) else None
-        self._plans: dict[str, GraphSpec] = {}
-        self._cut_tokens: set[str] = set()  # text plans run on batches cut to their longest query
-        for g in self.manifest.graphs:
-            if g.precision == precision and g.format == "tensorrt":
-                spec, cut = with_context_length(GraphSpec.from_record(g, self.manifest.directory), context)
-                self._plans[g.component] = spec
-                if cut:
-                    self._cut_tokens.add(g.component)
+        # text plans in _cut_tokens run on batches cut to their longest query
+        self._plans, self._cut_tokens = specs_of(self.manifest, precision, "tensorrt")
         if not self._plans:
             raise BackendUnavailableError(
                 f"{export_dir} has no TensorRT plans at {precision}; it has: "
