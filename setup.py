@@ -158,7 +158,7 @@ setup(
         "test": ["pytest>=8", "transformers>=4.40", "tritonclient[grpc]>=2.40", "psutil>=5.9", *SERVER,
                  "httpx>=0.27",  # FastAPI's TestClient and the load-run clients
                  "playwright>=1.40"],  # drives Debian's Chromium in the page tests (no browser download)
-        "bench": ["faiss-cpu>=1.8", "transformers>=4.40", "psutil>=5.9"],
+        "bench": ["faiss-cpu>=1.8", "transformers>=4.40", "psutil>=5.9", "kornia>=0.7"],  # kornia: the VQGAN-CLIP step
         "server": SERVER,
         "gpu": ["onnxruntime-gpu>=1.17"],
         "trt": ["tensorrt>=10.0"],

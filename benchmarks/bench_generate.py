@@ -134,8 +134,7 @@ def speed(args) -> dict:
             out["batched"].append(_batched(gen, name, size, cutn, args))
     out["machine"]["load_after"] = os.getloadavg()[0]
     if args.memory:
-        memory = _cuda_memory if args.device.startswith("cuda") else _memory
-        out["memory"] = [memory(name, args.device) for name in args.configs.split(",")]
+        out["memory"] = [_memory(name, args.device) for name in args.configs.split(",")]
     return out
 
 
@@ -146,6 +145,7 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
     for i in range(j):
         (job,) = _ours(gen, size, cutn, precision, seed=100 + i)
         gen.step()  # warm-up step, not timed
+        _sync(args.device)
         t = time.perf_counter()
         for _ in range(steps):
             gen.step()
@@ -154,6 +154,7 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
         gen.jobs = []
     _ours(gen, size, cutn, precision, seed=100, jobs=j)
     gen.step()
+    _sync(args.device)
     t = time.perf_counter()
     for _ in range(steps):
         gen.step()
@@ -168,35 +169,23 @@ def _batched(gen, name: str, size: int, cutn: int, args) -> dict:
     return row
 
 
-def _cuda_memory(name: str, device: str) -> dict:
-    """Peak GPU memory of one job of this configuration over a few steps (torch's allocator)."""
-    from vqclip.jobs.generate import Generator
-
-    kind, size, cutn = CONFIGS[name]
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    gen = Generator(*_models(kind, device), device=device)
-    _ours(gen, size, cutn, "auto")
-    for _ in range(3):
-        gen.step()
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    print(f"  peak GPU memory {name}: {peak:.0f} MiB (allocated by torch)")
-    return {"config": name, "peak_cuda_mib": peak}
-
-
 def _memory(name: str, device: str = "cpu") -> dict:
-    """Peak RSS of one job of this configuration, a few steps, in a fresh process."""
+    """Peak memory of one fp32 job of this configuration over a few steps, in a fresh process:
+    RSS (VmHWM) on the CPU, torch's peak allocation on CUDA."""
+    peak = ("torch.cuda.max_memory_allocated() // 1024" if device.startswith("cuda") else
+            "open('/proc/self/status').read().split('VmHWM:')[1].split()[0]")
     code = (f"import sys; sys.argv=['x']; sys.path.insert(0, {str(Path(__file__).parent)!r});"
             "import bench_generate as b, torch;"
             "from vqclip.jobs.generate import Generator;"
-            f"kind, size, cutn = b.CONFIGS[{name!r}]; clip, vq = b._models(kind); g = Generator(clip, vq);"
-            "b._ours(g, size, cutn, 'fp32'); [g.step() for _ in range(3)];"
-            "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])")
+            f"kind, size, cutn = b.CONFIGS[{name!r}]; g = Generator(*b._models(kind, {device!r}), device={device!r});"
+            f"b._ours(g, size, cutn, 'fp32'); [g.step() for _ in range(3)]; print({peak})")
     # VmHWM, not ru_maxrss: Linux carries the parent's maxrss across fork+exec.
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     kib = int(run.stdout.split()[-1])
-    print(f"  peak RSS {name}: {kib / 1024:.0f} MiB")
-    return {"config": name, "peak_rss_mib": kib / 1024}
+    what = "peak GPU memory (torch)" if device.startswith("cuda") else "peak RSS"
+    print(f"  {what} {name}, fp32: {kib / 1024:.0f} MiB")
+    key = "peak_cuda_mib" if device.startswith("cuda") else "peak_rss_mib"
+    return {"config": name, key: kib / 1024, "precision": "fp32"}
 
 
 def quality(args) -> dict:

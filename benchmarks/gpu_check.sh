@@ -12,11 +12,11 @@
 # Steps, each under its own time limit so the whole run stays under 10 minutes:
 #   1. what the machine has (GPU, torch CUDA, ORT providers, tensorrt)        ~10 s
 #   2. tests/backends: torch CUDA fp32/fp16/bf16 with and without CUDA graphs,
-#      torch.compile, ORT CUDA/TensorRT providers and native TensorRT if present <= 130 s
+#      torch.compile, ORT CUDA/TensorRT providers and native TensorRT if present <= 120 s
 #   3. bench_encoders.py on CUDA: transformers eager fp32, vqclip torch fp32/fp16/bf16,
 #      fp16 + CUDA graphs, ORT CPU fp32/fp16/int8 (+ GPU providers if present),
 #      batches 1, 8, 32, image and text encoders, ViT-B/32 random weights (and the
-#      bundled shapes-clip when the zoo has it)                               <= 170 s
+#      bundled shapes-clip when the zoo has it)                               <= 160 s
 #   4. the CUDA top-k kernels: benchmarks/gpu_check_topk.sh from the kernels work,
 #      when present                                                            <= 110 s
 #   5. generation on CUDA: its tests, then steps/s beside VQGAN-CLIP's step at ViT-B/32 +
@@ -38,7 +38,7 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, record the outcome,
   local name="$1" limit="$2"; shift 2
   echo; echo "=== $name (limit ${limit}s, at $((SECONDS - START))s) ==="
   local t0=$SECONDS rc=0
-  timeout --signal=TERM --kill-after=10 "$limit" "$@" || rc=$?
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" || rc=$?
   local verdict="ok"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMED OUT"; elif [ "$rc" -ne 0 ]; then verdict="FAILED rc=$rc"; fi
   SUMMARY+=("$(printf '%-34s %-14s %4ss' "$name" "$verdict" "$((SECONDS - t0))")")
@@ -59,12 +59,12 @@ PYEOF
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader 2>/dev/null || true
 
 # CUDA tests are the ones that skip on a CPU machine; here they must run (-rs lists any skip).
-step "2 backend tests" 130 "$PY" -m pytest -q -rs -p no:cacheprovider tests/backends
+step "2 backend tests" 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/backends
 
 BENCH=(--device cuda --models shapes-clip,vit-b-32 --batches 1,8,32 --precisions fp32,fp16,int8
        --rounds 2 --seconds 1.5 --max-iters 40 --no-targets --json "$OUT/gpu_check_encoders.json")
 if [ "${GPU_CHECK_COMPILE:-0}" = "1" ]; then BENCH+=(--compile); fi
-step "3 encoder benchmark" 170 "$PY" benchmarks/bench_encoders.py "${BENCH[@]}"
+step "3 encoder benchmark" 160 "$PY" benchmarks/bench_encoders.py "${BENCH[@]}"
 
 # ---------------------------------------------------------------------------------------------
 # CUDA TOP-K HOOK: the kernels work provides benchmarks/gpu_check_topk.sh (build with nvcc,
@@ -77,11 +77,12 @@ else
 fi
 # ---------------------------------------------------------------------------------------------
 
+"$PY" -c "import kornia" 2>/dev/null || echo "kornia is missing: the VQGAN-CLIP baseline rows need it (pip install kornia)"
 step "5 generation tests" 40 "$PY" -m pytest -q -rs -p no:cacheprovider tests/jobs/generate -k "cuda or memory"
 step "5 generation benchmark" 100 "$PY" benchmarks/bench_generate.py speed --device cuda --configs vit256,vit512 \
   --batched vit256 --steps 5 --memory --json "$OUT/gpu_check_generate.json"
 
-echo; echo "=== summary (total $((SECONDS - START))s, limit 580s) ==="
+echo; echo "=== summary (total $((SECONDS - START))s, limit 590s) ==="
 failed=0
 for line in "${SUMMARY[@]}"; do
   echo "  $line"
