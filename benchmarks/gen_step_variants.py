@@ -1,0 +1,47 @@
+"""Generation step variants on this CPU: fp32 as shipped, channels_last models, or a
+torch.compile-d decoder; one config and variant per run (a fresh process each), so run the
+variants one after another, twice, to see the machine's noise.
+
+Usage: python benchmarks/gen_step_variants.py bundled|vit128|vit256 fp32|channels_last|compile [STEPS]
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_generate as b  # noqa: E402
+
+from vqclip.jobs.generate import Generator  # noqa: E402
+
+
+def main() -> None:
+    name, mode = sys.argv[1], sys.argv[2]
+    steps = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+    kind, size, cutn = b.CONFIGS[name]
+    gen = Generator(*b._models(kind))
+    if mode == "channels_last":
+        gen.vqgan.to(memory_format=torch.channels_last)
+        gen.clip.to(memory_format=torch.channels_last)
+    elif mode == "compile":
+        gen.vqgan.decoder = torch.compile(gen.vqgan.decoder)
+    elif mode != "fp32":
+        raise SystemExit(f"unknown variant {mode!r}")
+    b._ours(gen, size, cutn, "fp32")
+    t0 = time.perf_counter()
+    gen.step()  # warm-up (and compilation)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        gen.step()
+        times.append(time.perf_counter() - t)
+    print(f"{name} {mode}: first step {first:.2f} s, median {1 / statistics.median(times):.3f} steps/s")
+
+
+if __name__ == "__main__":
+    main()
