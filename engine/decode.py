@@ -28,7 +28,7 @@ import numpy as np
 from vqclip._cpus import available_cpus
 from vqclip._hashing import sha256_bytes
 from vqclip.errors import ImageDecodeError
-from vqclip.preprocess import load_image
+from vqclip.preprocess import load_image, read_image_file
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,7 @@ def read_and_decode(path: str) -> Loaded:
     Raises ``ImageDecodeError`` for a file that cannot be read or decoded (unreadable,
     zero-size, truncated, over the pixel limit).
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageDecodeError(f"{path}: cannot read the file ({e.strerror}); check it exists and is readable") from e
-    if not data:
-        raise ImageDecodeError(f"{path}: the file is empty (0 bytes); it holds no image")
+    data = read_image_file(path)  # regular files only, at most the byte limit
     try:
         image = load_image(data)
     except ImageDecodeError as e:  # name the file, not the in-memory buffer it was decoded from

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from collections.abc import Sequence
 from typing import BinaryIO, Union
@@ -40,9 +41,10 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from vqclip.constants import OPENAI_MEAN, OPENAI_STD
-from vqclip.errors import ImageDecodeError, InputShapeError
+from vqclip.errors import ImageDecodeError, InputShapeError, InvalidInputError
 
-__all__ = ["ImageSource", "Preprocessor", "load_image", "DEFAULT_MAX_PIXELS", "INTERPOLATIONS"]
+__all__ = ["ImageSource", "Preprocessor", "load_image", "read_image_file", "DEFAULT_MAX_PIXELS",
+           "DEFAULT_MAX_BYTES", "INTERPOLATIONS"]
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
 
@@ -51,6 +53,11 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Im
 # image buys nothing and lets one request take gigabytes when decoded in parallel;
 # callers who need more pass max_pixels (Pillow itself refuses above twice its limit).
 DEFAULT_MAX_PIXELS = 89_478_485
+# Bytes read from one image file at most: far above any real photo (a 90-megapixel PNG is
+# ~270 MB uncompressed, far less encoded), so /dev/zero or a huge non-image stops here.
+DEFAULT_MAX_BYTES = 512 << 20
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
 
 
 # What Pillow raises on corrupt data, by plugin: OSError (truncated, decoder errors),
@@ -129,7 +136,9 @@ def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, copy: 
 
     if isinstance(src, (bytes, bytearray, memoryview)):
         fp: object = io.BytesIO(src)
-    elif isinstance(src, (str, os.PathLike)) or hasattr(src, "read"):
+    elif isinstance(src, (str, os.PathLike)):
+        fp = io.BytesIO(read_image_file(src))
+    elif hasattr(src, "read"):
         fp = src
     else:
         raise InputShapeError(
@@ -155,6 +164,67 @@ def load_image(src: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS, *, copy: 
         ) from e
 
 
+
+
+def max_image_bytes() -> int:
+    """The byte limit for one image file: ``VQCLIP_MAX_IMAGE_BYTES`` if set, else the default."""
+    raw = os.environ.get("VQCLIP_MAX_IMAGE_BYTES")
+    if raw is None:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidInputError(f"VQCLIP_MAX_IMAGE_BYTES={raw!r} is not a whole number of bytes >= 1")
+    return value
+
+
+def _require_regular(name: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise ImageDecodeError(f"{name}: is {kind}, not an image file; give a regular file")
+
+
+def read_image_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), never blocking on a FIFO
+    and never reading more than ``max_bytes`` (default ``max_image_bytes()``).
+
+    Raises ``ImageDecodeError`` for a file that is missing, unreadable, not a regular file
+    (a FIFO, socket, device or folder: said which), empty, or over the limit.
+    """
+    limit = max_image_bytes() if max_bytes is None else max_bytes
+    name = os.fspath(path)
+    try:  # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError as e:
+        raise ImageDecodeError(f"{name}: the file does not exist; check the path") from e
+    except OSError as e:
+        try:  # a socket cannot be opened at all: say what it is
+            _require_regular(name, os.stat(path).st_mode)
+        except OSError:
+            pass
+        raise ImageDecodeError(f"{name}: cannot read the file ({e.strerror}); check it is readable") from e
+    try:
+        _require_regular(name, os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if st.st_size > limit:
+            raise ImageDecodeError(f"{name}: {st.st_size} bytes is over the {limit}-byte limit for an "
+                                   "image; set VQCLIP_MAX_IMAGE_BYTES higher if it really is one")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise ImageDecodeError(f"{name}: cannot read the file ({e.strerror})") from e
+    if len(data) > limit:  # it grew while being read
+        raise ImageDecodeError(f"{name}: over the {limit}-byte limit for an image; set "
+                               "VQCLIP_MAX_IMAGE_BYTES higher if it really is one")
+    if not data:
+        raise ImageDecodeError(f"{name}: the file is empty (0 bytes); it holds no image")
+    return data
 
 
 INTERPOLATIONS = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,9 @@ def _sync(store: IndexStore, encoder: Encoder, batch_size: int, workers: int | N
             st = os.stat(p)
         except OSError as e:  # a dangling symlink, a file removed mid-walk
             report.failed.append((rel, f"{p}: cannot stat the file ({e.strerror}); a dangling symlink?"))
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a device never end
+            report.failed.append((rel, f"{p}: not a regular file (mode {stat.filemode(st.st_mode)}); skipped"))
             continue
         seen.add(rel)
         e = known.get(rel)

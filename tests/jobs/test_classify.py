@@ -155,7 +155,7 @@ def test_bad_images_are_reported_and_the_rest_classified(tiny, images, tmp_path)
     res = clf.classify_paths(paths, top_k=2, batch_size=2)
     assert [r.image for r in res] == paths  # input order kept
     assert [r.error is None for r in res] == [True, False, True, False, False, True]
-    assert "empty" in res[1].error and "cannot read" in res[4].error
+    assert "empty" in res[1].error and "does not exist" in res[4].error
     for r in res:
         if r.error is None:
             assert len(r.labels) == 2 and r.labels[0].prob >= r.labels[1].prob
