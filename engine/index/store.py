@@ -42,7 +42,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
@@ -324,7 +324,18 @@ class IndexStore:
         if not rows:
             return {}
         q = f"SELECT row, path FROM entries WHERE row IN ({','.join('?' * len(rows))})"
-        return dict(self._reader().execute(q, [int(r) for r in rows]).fetchall())
+        found = dict(self._reader().execute(q, [int(r) for r in rows]).fetchall())
+        for rel in found.values():
+            self._check_entry_path(rel)
+        return found
+
+    def _check_entry_path(self, rel: object) -> None:
+        """Refuse an entry path that could name a file outside the root: an index only ever
+        writes relative paths without '..' (a hostile or damaged one may hold anything)."""
+        p = PurePosixPath(rel) if isinstance(rel, str) else None
+        if p is None or not rel or "\0" in rel or p.is_absolute() or ".." in p.parts:
+            raise SearchIndexError(f"index {str(self.path)!r} has an entry path {rel!r} outside its image folder; "
+                                   "the index is damaged or was tampered with: rebuild it")
 
     def skipped(self) -> dict[str, tuple[int, int, str]]:
         return {r[0]: (r[1], r[2], r[3]) for r in

@@ -134,3 +134,19 @@ def test_an_index_built_by_name_opens_with_the_loaded_module(tmp_path, images):
     build_index(src, tmp_path / "idx", open_encoder("shapes-clip"), progress=False)
     with Index.open(tmp_path / "idx", model=load_clip("shapes-clip")) as idx:
         assert len(idx.search(text="a red circle", k=2)) == 2
+
+
+@pytest.mark.parametrize("hostile", ["../../etc/passwd", "/etc/passwd", "sub/../../x.png", ""])
+def test_an_entry_path_outside_the_root_is_refused_not_returned(tiny, built, tmp_path, hostile):
+    import sqlite3
+
+    src, _ = built
+    idx = tmp_path / "idx"
+    build_index(src, idx, tiny.encoder(), storage="fp32", progress=False)
+    db = sqlite3.connect(idx / "entries.sqlite")
+    db.execute("UPDATE entries SET path = ? WHERE path = 'img00.png'", (hostile,))
+    db.commit()
+    db.close()
+    with Index.open(idx, encoder=tiny.encoder()) as ix:
+        with pytest.raises(SearchIndexError, match="outside its image folder"):
+            ix.search(text="a red circle", k=N)
