@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +201,8 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
 
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(name).name)[:40]
     folder = cache_root() / "exports" / f"{slug}-{digest[:16]}"
+    if folder.exists() and not (folder / "manifest.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # a leftover in vqclip's own cache, never a user's folder
     if (folder / "manifest.json").is_file():
         try:
             from vqclip.manifest import read_manifest, verify_sha256
@@ -217,6 +220,7 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
                      name, made_by, __version__)
         except ManifestError as e:
             log.warning("re-exporting %s: the cached export is damaged (%s)", name, e)
+            shutil.rmtree(folder, ignore_errors=True)  # vqclip's own cache: export's --force would keep it
     from vqclip.errors import ParityError
     from vqclip.export import export_model  # the engine never imports export at import time
 

@@ -154,9 +154,23 @@ def _export_component(comp: Component, tmp: Path, precisions: list[str],
 
 
 def _refuse_existing(path: Path, force: bool, what: str) -> None:
-    if path.exists() and not force:
+    """Refuse an existing ``path``; with ``force``, refuse it unless it is what an export
+    writes (a folder with a vqclip manifest) or an empty folder: never a user's files."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not force:
         raise OutputExistsError(f"{what} {path} already exists; pass --force (force=True) to replace it, "
                                 "or choose another path")
+    if path.is_symlink() or not path.is_dir():
+        raise OutputExistsError(f"{path} is a file, not an export folder; --force replaces only a vqclip export "
+                                "folder (or an empty one): choose another path")
+    if any(path.iterdir()):
+        try:
+            read_manifest(path, verify=False)
+        except Exception:  # no readable vqclip manifest: someone else's folder
+            raise OutputExistsError(f"{path} holds files that are not a vqclip export (no manifest.json of one); "
+                                    "--force replaces only a vqclip export folder or an empty one: choose "
+                                    "another path") from None
 
 
 def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions: Iterable[str] = ("fp32",), *,

@@ -64,24 +64,44 @@ def test_out_of_tolerance_writes_nothing_and_keeps_the_old_export(tmp_path, monk
     # A real export judged against a bound no graph can meet: the export must fail with the
     # report, and even with force=True the previous folder must survive untouched.
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("old export")
+    export_model(tiny.vqgan(with_encoder=False), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setitem(TOLERANCES, "fp32", {"max_abs_diff": -1.0})
     with pytest.raises(ParityError, match=r"failed validation, nothing written: vqgan_decoder fp32: "
                                           r"max_abs_diff .* > -1"):
         export_model(tiny.vqgan(with_encoder=False), out, force=True)
-    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _leftovers(tmp_path) == []
+
+
+def test_force_replaces_only_an_export_or_an_empty_folder(tmp_path, capsys, tiny):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("years of work")
+    afile = tmp_path / "afile"
+    afile.write_text("a file")
+    for out, words in ((mine, "not a vqclip export"), (afile, "is a file")):
+        with pytest.raises(OutputExistsError, match=words):
+            export_model(tiny.vqgan(with_encoder=False), out, force=True)
+        assert main(["export", "vqgan-f16-1024", "--out", str(out), "--force"]) == 2
+        assert words in capsys.readouterr().err
+    assert (mine / "thesis.txt").read_text() == "years of work" and (mine / "sub").is_dir()
+    assert afile.read_text() == "a file" and _leftovers(tmp_path) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_model(tiny.vqgan(with_encoder=False), empty, force=True)  # an empty folder may be filled
+    export_model(tiny.vqgan(with_encoder=False), empty, force=True)  # and an export replaced
+    assert (empty / "manifest.json").is_file() and _leftovers(tmp_path) == []
 
 
 def test_swap_in_replaces_only_with_force(tmp_path):
     new, out = tmp_path / "new", tmp_path / "out"
-    for d, text in ((new, "new"), (out, "old")):
-        d.mkdir()
-        (d / "f").write_text(text)
+    new.mkdir()
+    (new / "f").write_text("new")
+    out.mkdir()  # appeared while the export worked (empty, as a --force target may be)
     with pytest.raises(OutputExistsError):
         _swap_in(new, out, force=False)
-    assert (out / "f").read_text() == "old" and new.exists()
+    assert new.exists()
     _swap_in(new, out, force=True)
     assert (out / "f").read_text() == "new" and not new.exists()
     assert _leftovers(tmp_path) == []
