@@ -12,9 +12,15 @@ def cache_root() -> Path:
     """Where vqclip caches derived data: ``$VQCLIP_CACHE``, else ``$XDG_CACHE_HOME/vqclip``,
     else ``~/.cache/vqclip``. Not created here."""
     if os.environ.get("VQCLIP_CACHE"):
-        return Path(os.environ["VQCLIP_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vqclip"
+        root, what = Path(os.environ["VQCLIP_CACHE"]), "VQCLIP_CACHE"
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root, what = Path(base) / "vqclip", "the cache folder"
+    if root.exists() and not root.is_dir():
+        from vqclip.errors import InvalidInputError
+
+        raise InvalidInputError(f"{what} {str(root)!r} is a file, not a folder; point VQCLIP_CACHE at a folder")
+    return root
 
 
 def fsync_dir(path: str | Path) -> None:

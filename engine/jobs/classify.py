@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Prediction", "ImageResult", "ZeroShotClassifier", "label_embeddings", "check_labels"]
 
-_CACHE_VERSION = 1  # bump when the cached file's layout or the averaging rule changes
+_CACHE_VERSION = 2  # bump when the cached file's layout or the averaging rule changes
 
 
 @dataclass(frozen=True)
@@ -85,29 +85,35 @@ def label_embeddings(encoder: Encoder, labels: Sequence[str], templates: Sequenc
                      cache_dir: str | Path | None = None, use_cache: bool = True) -> tuple[np.ndarray, bool]:
     """float32 (L, E) unit rows, one per label, and whether they came from the cache.
 
-    ``cache_dir`` defaults to ``<cache_root>/labels``. A cache file that is unreadable or
-    of the wrong shape is ignored (with a warning) and rewritten; writes are atomic.
+    ``cache_dir`` defaults to ``<cache_root>/labels``. Each cache file holds its key and the
+    sha256 of its rows; one that does not verify (unreadable, another key, other bytes) is
+    ignored with a warning and rewritten; writes are atomic.
     """
     labels, templates = list(labels), list(templates)
     key = _cache_key(encoder, labels, templates)
     path = Path(cache_dir) if cache_dir is not None else cache_root() / "labels"
-    path = path / f"{key[:40]}.npy"
+    path = path / f"{key[:40]}.npz"
     if use_cache and path.is_file():
         try:
-            emb = np.load(path, allow_pickle=False)
-            if emb.dtype == np.float32 and emb.ndim == 2 and emb.shape[0] == len(labels):
-                log.info("label embeddings from cache %s", path)
-                return emb, True
-            log.warning("ignoring label cache %s: shape %s does not match %d labels", path, emb.shape, len(labels))
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable label cache %s (%s); recomputing", path, e)
+            with np.load(path, allow_pickle=False) as f:
+                emb, stored_key, digest = f["emb"], str(f["key"]), str(f["sha256"])
+            if stored_key != key:
+                raise ValueError("it was written for other labels, templates or model")
+            if digest != hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest():
+                raise ValueError("its rows do not match their recorded sha256 (changed on disk)")
+            if emb.dtype != np.float32 or emb.shape[:1] != (len(labels),) or emb.ndim != 2:
+                raise ValueError(f"its rows have shape {emb.shape} {emb.dtype}, not ({len(labels)}, E) float32")
+            log.info("label embeddings from cache %s", path)
+            return emb, True
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("recomputing label cache %s: it does not verify (%s)", path, e)
     prompts = format_prompts(labels, templates)
     emb = encoder.encode_texts(prompts)  # (L*T, E), unit rows
     emb = emb.reshape(len(labels), len(templates), -1).mean(axis=1)  # (L, E)
     emb = (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     if use_cache:
         buf = io.BytesIO()
-        np.save(buf, emb, allow_pickle=False)
+        np.savez(buf, emb=emb, key=np.array(key), sha256=np.array(hashlib.sha256(emb.tobytes()).hexdigest()))
         try:
             atomic_write_bytes(path, buf.getvalue())
         except OSError as e:  # a read-only cache must not stop classification

@@ -130,18 +130,45 @@ def test_cache_key_covers_model_templates_and_labels(tiny, tmp_path):
         assert not clf.text_from_cache and enc.session.texts > 0
 
 
-def test_damaged_cache_is_recomputed(tiny, tmp_path, caplog):
+def _scribble(f):  # other numbers of the same shape, the recorded key and digest kept
+    with np.load(f) as d:
+        emb, key, digest = d["emb"], d["key"], d["sha256"]
+    np.savez(f.with_suffix(".tmp.npz"), emb=np.roll(emb, 1, axis=0), key=key, sha256=digest)
+    f.with_suffix(".tmp.npz").replace(f)
+
+
+def _other_key(f):  # a verified file written for other labels, put in this one's place
+    with np.load(f) as d:
+        emb = d["emb"]
+    np.savez(f.with_suffix(".tmp.npz"), emb=emb, key=np.array("0" * 64),
+             sha256=np.array(__import__("hashlib").sha256(emb.tobytes()).hexdigest()))
+    f.with_suffix(".tmp.npz").replace(f)
+
+
+@pytest.mark.parametrize("damage", [lambda f: f.write_bytes(b"PK garbage"), _scribble, _other_key],
+                         ids=["garbage", "scribbled", "other-key"])
+def test_a_cache_that_does_not_verify_is_recomputed(tiny, tmp_path, caplog, damage):
     # On the module's own logger: other suites raise the root logger's level for the session.
     caplog.set_level(logging.WARNING, logger="vqclip.jobs.classify")
     first = ZeroShotClassifier(tiny.encoder(), LABELS, "single", cache_dir=tmp_path)
-    [f] = list(tmp_path.glob("*.npy"))
-    f.write_bytes(b"\x93NUMPY garbage")
+    [f] = list(tmp_path.glob("*.npz"))
+    damage(f)
     enc = tiny.encoder()
     again = ZeroShotClassifier(enc, LABELS, "single", cache_dir=tmp_path)
     assert not again.text_from_cache and enc.session.texts == 3
     np.testing.assert_array_equal(first.text_embeddings, again.text_embeddings)
-    assert "ignoring" in caplog.text
+    assert "does not verify" in caplog.text
     assert ZeroShotClassifier(tiny.encoder(), LABELS, "single", cache_dir=tmp_path).text_from_cache
+
+
+def test_a_cache_root_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    from vqclip._files import cache_root
+    from vqclip.errors import InvalidInputError
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "afile"))
+    with pytest.raises(InvalidInputError, match="is a file, not a folder"):
+        cache_root()
 
 
 # ----- files -----
