@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import sys
 
 from vqclip import __version__
@@ -50,4 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         # Python flushes stdout at exit and would fail again; point it at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (OSError, sqlite3.Error) as e:  # a file's fault, not ours: one line, the trace in the log
+        logging.getLogger("vqclip.cli").info("the trace of that error", exc_info=True)
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"vqclip: error: {type(e).__name__}{where}: {getattr(e, 'strerror', None) or e}; "
+              "check the path, its permissions and free space (-v shows the trace)", file=sys.stderr)
+        return 2
 

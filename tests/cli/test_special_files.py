@@ -76,3 +76,13 @@ def test_cli_commands_on_special_files_answer_in_one_line(specials, tmp_path):
     for name in ("fifo.png", "zero.png"):
         r = _vqclip(tmp_path, "search", str(tmp_path / "idx"), "--image", str(specials / name))
         assert r.returncode != 0 and "not an image file" in r.stderr, r.stderr
+
+
+def test_a_file_error_is_one_line_not_a_traceback(specials, tmp_path, capsys):
+    from vqclip.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    rc = main(["index", "build", str(specials), "--out", str(afile / "idx"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("vqclip: error: NotADirectoryError") and err.count("\n") == 1, err
