@@ -20,8 +20,15 @@ from vqclip.errors import VqclipError
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(2, f"vqclip: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vqclip", description="CLIP and VQGAN inference engine")
+    p = _Parser(prog="vqclip", description="CLIP and VQGAN inference engine")
     p.add_argument("--version", action="version", version=f"vqclip {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

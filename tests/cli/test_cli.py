@@ -175,3 +175,15 @@ def test_backends_says_which_simd_and_int8_gemm_paths_run_here(capsys):
     k = kernels.info()
     assert f"SIMD path {k['simd']}" in out and f"CPU class {k['cpu_class']}" in out
     assert f"int8 GEMM    {k['int8_gemm']}" in out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["index", "build", "x", "--out", "y", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["search", "idx", "q", "--k", "abc"], "invalid int value: 'abc'"),
+    (["nosuch"], "invalid choice: 'nosuch'"),
+])
+def test_argument_errors_are_one_line(capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("vqclip: error: ") and err.count("\n") == 1 and words in err, err
