@@ -64,6 +64,9 @@ class Index:
         self._encoder_lock = threading.Lock()  # first queries from several threads open one encoder
         self._gallery = None
         self._build_gallery()
+        if not Path(store.header.root).is_dir():
+            log.warning("the image folder %s of index %s is missing: hits name files that are not there",
+                        store.header.root, store.path)
 
     @classmethod
     def open(cls, path: str | Path, model: Any = None, backend: str = "torch",
@@ -175,6 +178,10 @@ class Index:
             paths = s.paths_for_rows(valid)
             hits = [Hit(s.absolute(paths[int(i)]), float(sc), int(i))
                     for sc, i in zip(srow, irow) if i >= 0 and int(i) in paths]
+            if len(hits) < min(k, s.n_entries):  # the kernel drops rows whose scores are not numbers
+                raise SearchIndexError(f"index {str(s.path)!r} gave {len(hits)} of {min(k, s.n_entries)} hits: "
+                                       "stored rows are damaged (not numbers); rebuild it with `vqclip index build "
+                                       f"DIR --out {s.path} --force`")
             out.append(hits[:k])
         return out
 

@@ -169,12 +169,17 @@ class IndexStore:
         self._fds: dict[str, int] = {}
         if writable:
             self._take_lock()
-        self._db = self._connect()  # the writer's connection, or the opening thread's reader
-        if writable:
-            self._db.executescript(_SCHEMA)
-            for name in self._array_names():
-                self._fds[name] = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
-        self.refresh()
+        try:
+            self._db = self._connect()  # the writer's connection, or the opening thread's reader
+            if writable:
+                self._db.executescript(_SCHEMA)
+                for name in self._array_names():
+                    self._fds[name] = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)
+            self.refresh()
+        except (sqlite3.Error, ValueError, TypeError) as e:  # garbage, an empty file, no table, bad numbers
+            self.close()
+            raise SearchIndexError(f"index {str(path)!r} is damaged ({type(e).__name__}: {e}); rebuild it with "
+                                   f"`vqclip index build DIR --out {path} --force`") from e
 
     # ----- opening -----
     @classmethod
@@ -217,6 +222,8 @@ class IndexStore:
             raise SearchIndexError(f"index {str(path)!r} {what}; build one with `vqclip index build DIR --out {path}`")
         try:
             d = json.loads(hp.read_text(encoding="utf-8"))
+            if not isinstance(d, dict):
+                raise ValueError(f"a JSON {type(d).__name__}, not an object")
             if d.get("format") != FORMAT:
                 raise ValueError(f"format {d.get('format')!r}")
             if d.get("version") != VERSION:
@@ -225,7 +232,11 @@ class IndexStore:
                             d["root"], d.get("created", ""))
             if header.storage not in STORAGE_TYPES:
                 raise ValueError(f"storage {header.storage!r}")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            if header.embed_dim < 1 or header.embed_dim > 65536:
+                raise ValueError(f"embed_dim {header.embed_dim}")
+            if not all(isinstance(v, str) for v in (header.model_name, header.model_digest, header.root)):
+                raise ValueError("model name, digest and root must be strings")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise SearchIndexError(f"index {str(path)!r} has an unreadable header.json ({e}); rebuild it") from e
         return cls(path, header, writable)
 
@@ -267,7 +278,8 @@ class IndexStore:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-        self._db.close()
+        if getattr(self, "_db", None) is not None:
+            self._db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -284,6 +296,11 @@ class IndexStore:
         db = self._reader()
         self.count = int(db.execute("SELECT value FROM meta WHERE key='committed_rows'").fetchone()[0])
         self.n_entries = int(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        if self.count < 0:
+            raise ValueError(f"committed_rows {self.count}")
+        bad = db.execute("SELECT path, row FROM entries WHERE row < 0 OR row >= ? LIMIT 1", (self.count,)).fetchone()
+        if bad is not None:
+            raise ValueError(f"entry {bad[0]!r} points at row {bad[1]}, outside the {self.count} committed rows")
         E, dt = self.header.embed_dim, _DTYPES[self.header.storage]
         need = {"vectors.bin": self.count * E * np.dtype(dt).itemsize, "norms.bin": 4 * self.count,
                 "scales.bin": 4 * self.count}
