@@ -19,6 +19,9 @@ def add_parser(sub) -> None:
     b.add_argument("--out", required=True, metavar="INDEX", help="new folder to write the index to")
     b.add_argument("--storage", choices=["fp32", "fp16", "int8"], default="fp16",
                    help="embedding storage type (default fp16)")
+    b.add_argument("--force", action="store_true",
+                   help="replace an existing vqclip index at INDEX (a damaged one included) once the new one "
+                        "is complete; never any other folder")
     _add_build_args(b)
     add_model_args(b)
     b.set_defaults(func=_cmd_index_build)
@@ -54,7 +57,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
 
     enc = open_encoder(args.model, backend=args.backend, precision=args.precision)
     report = build_index(args.dir, args.out, enc, storage=args.storage, batch_size=args.batch_size,
-                         workers=args.workers, progress=False if args.no_progress else None)
+                         workers=args.workers, progress=False if args.no_progress else None, force=args.force)
     return _print_report(report, args.out)
 
 

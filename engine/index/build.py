@@ -17,8 +17,10 @@ Example::
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -65,18 +67,22 @@ class IndexReport:
 
 def build_index(folder: str | Path, out: str | Path, encoder: Encoder, storage: str = "fp16",
                 batch_size: int = 32, workers: int | None = None, progress: bool | None = None,
-                commit_every: int = 256) -> IndexReport:
+                commit_every: int = 256, force: bool = False) -> IndexReport:
     """Index every image under ``folder`` (recursively) into a new index folder ``out``.
 
     ``storage``: "fp32", "fp16" (default: half the disk, cosine error ~1e-3) or "int8".
     Encoded images are committed every ``commit_every`` images or 2 seconds, whichever
     comes first; a kill loses at most that much encoding, never committed entries.
-    Raises ``SearchIndexError`` if ``out`` already holds an index (use ``update_index``)
-    and ``InvalidInputError`` if ``folder`` is not a folder.
+    Raises ``SearchIndexError`` if ``out`` already holds an index (use ``update_index``, or
+    ``force`` to build a new one in its place: only a vqclip index is ever replaced, and only
+    once the new one is complete) and ``InvalidInputError`` if ``folder`` is not a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InvalidInputError(f"{str(folder)!r} is not a folder; give the folder of images to index")
+    out = Path(out)
+    if force and (out / "header.json").is_file():
+        return _rebuild(folder, out, encoder, storage, batch_size, workers, progress, commit_every)
     probe = encoder.encode_texts(["a"])  # the embedding size, whatever the backend
     store = IndexStore.create(out, model_name=encoder.identity.name, model_digest=encoder.identity.digest,
                               embed_dim=probe.shape[1], storage=storage, root=folder)
@@ -84,6 +90,32 @@ def build_index(folder: str | Path, out: str | Path, encoder: Encoder, storage: 
         return _sync(store, encoder, batch_size, workers, progress, commit_every)
     finally:
         store.close()
+
+
+def _rebuild(folder: Path, out: Path, encoder: Encoder, storage: str, batch_size: int, workers: int | None,
+             progress: bool | None, commit_every: int) -> IndexReport:
+    """Build beside the index at ``out`` (a damaged one included), then swap it in; the old
+    one is kept until the new one is whole, and a writer holding it is waited for, not run over."""
+    lock = os.open(out / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SearchIndexError(f"index {str(out)!r} is being written by another process; wait for it to "
+                                   "finish") from None
+        stamp = f"{os.getpid()}-{int(time.time())}"
+        new, old = out.with_name(f".{out.name}.new-{stamp}"), out.with_name(f".{out.name}.old-{stamp}")
+        try:
+            report = build_index(folder, new, encoder, storage, batch_size, workers, progress, commit_every)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return report
+    finally:
+        os.close(lock)
 
 
 def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: int = 32,

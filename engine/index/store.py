@@ -190,7 +190,8 @@ class IndexStore:
             raise InvalidInputError(f"storage {storage!r} is not one of {', '.join(STORAGE_TYPES)}")
         path = Path(path)
         if (path / "header.json").exists():
-            raise SearchIndexError(f"{path} already holds an index; run `vqclip index update {path}` to refresh it")
+            raise SearchIndexError(f"{path} already holds an index; run `vqclip index update {path}` to refresh it, "
+                                   "or build again with --force to replace it")
         if path.exists() and not path.is_dir():
             raise SearchIndexError(f"{path} is a file, not a folder; give a new folder for the index")
         # Left by a create that was killed before its header: entries.sqlite (empty), the

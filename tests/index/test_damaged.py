@@ -89,3 +89,25 @@ def test_a_missing_image_folder_is_said(tiny, pristine, tmp_path, caplog):
         with Index.open(idx, encoder=tiny.encoder()) as ix:
             assert len(ix.search(text="a red circle", k=3)) == 3
     assert "is missing" in caplog.text
+
+
+def test_build_force_replaces_a_damaged_index_and_nothing_else(tiny, pristine, tmp_path):
+    from vqclip.index.reader import Index as Ix
+
+    with Ix.open(pristine, encoder=tiny.encoder()) as ix:
+        src = ix.store.header.root
+    idx = tmp_path / "idx"
+    shutil.copytree(pristine, idx)
+    (idx / "entries.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(SearchIndexError, match="--force"):
+        build_index(src, idx, tiny.encoder(), storage="fp32", progress=False)
+    report = build_index(src, idx, tiny.encoder(), storage="fp32", progress=False, force=True)
+    assert report.added == N and sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no .new/.old left
+    with Ix.open(idx, encoder=tiny.encoder()) as ix:
+        assert len(ix.search(text="a red circle", k=3)) == 3
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(SearchIndexError, match="not empty and holds no index"):
+        build_index(src, mine, tiny.encoder(), progress=False, force=True)
+    assert (mine / "notes.txt").read_text() == "keep"
