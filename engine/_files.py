@@ -37,6 +37,32 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    try:  # Linux >= 4.7 reports it without changing it
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def user_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a temp file or folder the mode a plain create would (0644 / 0755 under the usual
+    umask): mkstemp and mkdtemp make them private, and the renamed result would stay so."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def make_temp_dir(prefix: str, parent: str | Path) -> Path:
+    """A new folder in ``parent`` to build an output in before renaming it into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    user_mode(tmp, directory=True)
+    return tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
 
@@ -47,6 +73,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        user_mode(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

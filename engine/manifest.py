@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vqclip._files import atomic_write_bytes
 from vqclip._hashing import sha256_file
 from vqclip.errors import ManifestError
 
@@ -246,14 +245,7 @@ def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
     A crash mid-write leaves the previous manifest (or none), never half a file.
     """
     path = Path(directory) / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode("utf-8"))
     return path
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ import onnx
 import torch
 from torch import nn
 
+from vqclip._files import make_temp_dir
 from vqclip._hashing import sha256_file
 from vqclip.errors import CheckpointError, OutputExistsError, ParityError
 from vqclip.export.graphs import Component, components_for
@@ -221,7 +221,7 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
         _refuse_triton_clash(Path(triton_repo), model_name, comps, wanted, tensorrt)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = make_temp_dir(f".{out_dir.name}.tmp-", out_dir.parent)
     try:
         t0 = time.perf_counter()
         results = [r for c in comps for r in _export_component(c, tmp, wanted, opset)]

@@ -20,9 +20,9 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
+from vqclip._files import make_temp_dir
 from vqclip.errors import OutputExistsError
 from vqclip.manifest import GraphRecord, Manifest, TensorSpec
 
@@ -88,7 +88,7 @@ def write_triton_repo(manifest: Manifest, repo: str | Path, *, force: bool = Fal
         raise OutputExistsError(f"{repo}: model folders {', '.join(clash)} already exist; "
                                 "pass --force to replace them or choose another --triton repository")
     repo.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
+    tmp = make_temp_dir(f".{repo.name}.tmp-", repo.parent)
     try:
         for name, record in names.items():
             (tmp / name / "1").mkdir(parents=True)

@@ -245,7 +245,11 @@ class IndexStore:
         return ["vectors.bin", "norms.bin"] + (["scales.bin"] if self.header.storage == "int8" else [])
 
     def _take_lock(self) -> None:
-        fd = os.open(self.path / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as e:
+            raise SearchIndexError(f"index {str(self.path)!r} is read-only for this user; search it here, update it "
+                                   "where it can be written") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -264,6 +268,15 @@ class IndexStore:
             if not dbp.is_file():
                 raise SearchIndexError(f"index {str(self.path)!r} has no entries.sqlite; rebuild it")
             db = sqlite3.connect(f"file:{dbp}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                db.execute("SELECT 1 FROM meta LIMIT 1")
+            except sqlite3.OperationalError as e:
+                if "readonly" not in str(e) and "unable to open" not in str(e):
+                    raise
+                # A folder this process cannot write (a shared volume, a container image): no
+                # writer can be at work here either, so read without WAL's shared-memory file.
+                db.close()
+                db = sqlite3.connect(f"file:{dbp}?mode=ro&immutable=1", uri=True, check_same_thread=False)
         db.execute("PRAGMA busy_timeout=10000")
         return db
 
