@@ -1,7 +1,9 @@
 """File plumbing shared by the jobs: the cache folder and atomic writes (temp + rename)."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -35,6 +37,52 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
+
+
+class NotRegularFileError(OSError):
+    """A path that names a FIFO, socket, device or folder where a file's bytes are wanted."""
+
+
+def _check_regular(path: str | Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise NotRegularFileError(errno.EINVAL, f"is {kind}, not a regular file", os.fspath(path))
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed): never blocking on a FIFO,
+    never reading a device, never more than ``max_bytes`` (an ``OSError`` with EFBIG past it).
+
+    Raises ``NotRegularFileError`` for a FIFO, socket, device or folder and ``OSError`` for
+    a missing or unreadable file.
+    """
+    try:  # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        try:  # a socket cannot be opened at all: say what it is
+            _check_regular(path, os.stat(path).st_mode)
+        except NotRegularFileError:
+            raise
+        except OSError:
+            pass
+        raise
+    try:
+        st = os.fstat(fd)
+        _check_regular(path, st.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"{st.st_size} bytes, over the limit of {max_bytes}", os.fspath(path))
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew while being read
+        raise OSError(errno.EFBIG, f"over the limit of {max_bytes} bytes", os.fspath(path))
+    return data
 
 
 def _umask() -> int:

@@ -30,9 +30,9 @@ Example:
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
-import stat
 import struct
 from collections.abc import Sequence
 from typing import BinaryIO, Union
@@ -40,6 +40,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from vqclip._files import NotRegularFileError, read_regular
 from vqclip.constants import OPENAI_MEAN, OPENAI_STD
 from vqclip.errors import ImageDecodeError, InputShapeError, InvalidInputError
 
@@ -56,9 +57,6 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # Bytes read from one image file at most: far above any real photo (a 90-megapixel PNG is
 # ~270 MB uncompressed, far less encoded), so /dev/zero or a huge non-image stops here.
 DEFAULT_MAX_BYTES = 512 << 20
-_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
-
 
 # What Pillow raises on corrupt data, by plugin: OSError (truncated, decoder errors),
 # SyntaxError (bad headers), ValueError / struct.error (bad fields), EOFError (short
@@ -180,12 +178,6 @@ def max_image_bytes() -> int:
     return value
 
 
-def _require_regular(name: str, mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-        raise ImageDecodeError(f"{name}: is {kind}, not an image file; give a regular file")
-
-
 def read_image_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
     """The bytes of the regular file ``path`` (symlinks followed), never blocking on a FIFO
     and never reading more than ``max_bytes`` (default ``max_image_bytes()``).
@@ -195,33 +187,17 @@ def read_image_file(path: str | os.PathLike, max_bytes: int | None = None) -> by
     """
     limit = max_image_bytes() if max_bytes is None else max_bytes
     name = os.fspath(path)
-    try:  # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        data = read_regular(path, limit)
     except FileNotFoundError as e:
         raise ImageDecodeError(f"{name}: the file does not exist; check the path") from e
+    except NotRegularFileError as e:
+        raise ImageDecodeError(f"{name}: {e.strerror}; give an image file") from e
     except OSError as e:
-        try:  # a socket cannot be opened at all: say what it is
-            _require_regular(name, os.stat(path).st_mode)
-        except OSError:
-            pass
+        if e.errno == errno.EFBIG:
+            raise ImageDecodeError(f"{name}: {e.strerror} for an image; set VQCLIP_MAX_IMAGE_BYTES higher if it "
+                                   "really is one") from e
         raise ImageDecodeError(f"{name}: cannot read the file ({e.strerror}); check it is readable") from e
-    try:
-        _require_regular(name, os.fstat(fd).st_mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if st.st_size > limit:
-            raise ImageDecodeError(f"{name}: {st.st_size} bytes is over the {limit}-byte limit for an "
-                                   "image; set VQCLIP_MAX_IMAGE_BYTES higher if it really is one")
-        try:
-            data = f.read(limit + 1)
-        except OSError as e:
-            raise ImageDecodeError(f"{name}: cannot read the file ({e.strerror})") from e
-    if len(data) > limit:  # it grew while being read
-        raise ImageDecodeError(f"{name}: over the {limit}-byte limit for an image; set "
-                               "VQCLIP_MAX_IMAGE_BYTES higher if it really is one")
     if not data:
         raise ImageDecodeError(f"{name}: the file is empty (0 bytes); it holds no image")
     return data

@@ -17,6 +17,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from vqclip._files import read_regular
 from vqclip.errors import InvalidInputError
 
 __all__ = ["SINGLE_TEMPLATE", "NAMED_TEMPLATES", "resolve_templates", "read_lines", "format_prompts"]
@@ -40,7 +41,7 @@ def read_lines(path: str | Path, what: str = "file") -> list[str]:
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, 64 << 20)  # a FIFO or a device would block or never end
     except OSError as e:
         raise InvalidInputError(f"cannot read {what} {str(path)!r} ({e.strerror}); give a readable text file") from e
     try:

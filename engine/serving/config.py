@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vqclip._files import read_regular
 from vqclip.errors import VqclipError
 
 __all__ = ["ServerConfig", "ServerSetupError", "load_config", "is_loopback"]
@@ -154,7 +155,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     import yaml  # a dependency already (taming-transformers configs); reads JSON too
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, 16 << 20).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ServerSetupError(f"cannot read the server config {str(path)!r} ({e}); give a UTF-8 YAML or JSON file") from e
     try:

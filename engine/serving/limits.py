@@ -20,6 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
+from vqclip._files import read_regular
 from vqclip.serving.config import ServerSetupError
 from vqclip.serving.responses import ApiError, error_response
 
@@ -44,7 +45,7 @@ class ApiKeys:
         """Read a key file; ``ServerSetupError`` for an unreadable, empty or weak one."""
         path = Path(path).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_regular(path, 1 << 20).decode("utf-8")
             mode = path.stat().st_mode
         except (OSError, UnicodeDecodeError) as e:
             raise ServerSetupError(f"cannot read the API key file {str(path)!r} ({e}); give a UTF-8 text file") from e

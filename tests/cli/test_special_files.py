@@ -53,7 +53,7 @@ def test_reading_a_special_file_says_what_it_is_at_once(specials, name, kind):
 def test_the_byte_limit_stops_a_big_file_before_reading_it(tmp_path, monkeypatch):
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * 2048)
-    with pytest.raises(ImageDecodeError, match="over the 1024-byte limit"):
+    with pytest.raises(ImageDecodeError, match="over the limit of 1024"):
         read_image_file(big, max_bytes=1024)
     monkeypatch.setenv("VQCLIP_MAX_IMAGE_BYTES", "1000")
     with pytest.raises(ImageDecodeError, match="VQCLIP_MAX_IMAGE_BYTES"):
@@ -68,14 +68,23 @@ def test_cli_commands_on_special_files_answer_in_one_line(specials, tmp_path):
     for name in ("fifo.png", "socket.png", "zero.png", "folder.png"):
         r = _vqclip(tmp_path, "classify", str(specials / name), "--labels", "a red square", "a blue star")
         assert r.returncode != 0 and name in r.stderr, r.stderr
-        assert ("is a folder" if name == "folder.png" else "not an image file") in r.stderr, r.stderr
+        assert ("is a folder" if name == "folder.png" else "not a regular file") in r.stderr, r.stderr
         assert r.stderr.count("\n") == 1, r.stderr
     r = _vqclip(tmp_path, "index", "build", str(specials), "--out", str(tmp_path / "idx"), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "1 added" in r.stdout and "4 unreadable" in r.stdout, r.stdout  # fifo, socket, zero, dangling
     for name in ("fifo.png", "zero.png"):
         r = _vqclip(tmp_path, "search", str(tmp_path / "idx"), "--image", str(specials / name))
-        assert r.returncode != 0 and "not an image file" in r.stderr, r.stderr
+        assert r.returncode != 0 and "not a regular file" in r.stderr, r.stderr
+    r = _vqclip(tmp_path, "index", "update", str(tmp_path / "idx"), "--no-progress")
+    assert r.returncode == 0 and "4 unreadable" in r.stdout, r.stdout
+    fifo, real = str(specials / "fifo.png"), str(specials / "real.png")
+    for args in (["classify", real, "--labels-file", fifo], ["classify", real, "--labels", "a", "--templates", fifo],
+                 ["generate", "x", "--init-image", fifo, "--steps", "1", "--out", str(tmp_path / "g")],
+                 ["generate", "x", "--image-prompts", f"{fifo}:1", "--steps", "1", "--out", str(tmp_path / "g")],
+                 ["generate", "--resume", fifo], ["serve", "--config", fifo], ["serve", "--api-key-file", fifo]):
+        r = _vqclip(tmp_path, *args)
+        assert r.returncode == 2 and "FIFO" in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
 
 
 def test_a_file_error_is_one_line_not_a_traceback(specials, tmp_path, capsys):

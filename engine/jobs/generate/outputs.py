@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vqclip._files import atomic_write_bytes
+from vqclip._files import atomic_write_bytes, read_regular
 from vqclip.errors import InvalidInputError, OutputPathError
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     import torch
 
     try:
-        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        data = read_regular(path, 4 << 30)  # a FIFO would block torch.load
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise InvalidInputError(f"resume checkpoint {os.fspath(path)!r} does not exist") from e
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
