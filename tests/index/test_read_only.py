@@ -33,6 +33,7 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask_022, tiny, i
     assert stat.S_IMODE((tmp_path / "idx" / "header.json").stat().st_mode) == 0o644
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("capsh"),
                     reason="needs root and capsh to drop CAP_DAC_OVERRIDE, so that a folder's mode binds")
 def test_an_index_on_a_read_only_folder_is_searched_not_written(tmp_path, images):
@@ -62,3 +63,29 @@ def test_an_index_on_a_read_only_folder_is_searched_not_written(tmp_path, images
                                                                  "vectors.bin", "write.lock"])
     finally:
         idx.chmod(0o755)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("capsh"),
+                    reason="needs root and capsh to drop CAP_DAC_OVERRIDE, so that a folder's mode binds")
+def test_an_output_or_cache_folder_that_cannot_be_written_is_one_line(tmp_path, images):
+    src = tmp_path / "photos"
+    src.mkdir()
+    images.png(src / "a.png", 1)
+    ro, cache = tmp_path / "ro", tmp_path / "cache"
+    for d in (ro, cache):
+        d.mkdir()
+        d.chmod(0o555)
+    env = {**os.environ, "VQCLIP_CACHE": str(cache)}
+    cli = [sys.executable, "-m", "vqclip.cli"]
+    try:
+        for args in (["export", "shapes-clip", "--out", str(ro / "exp")],
+                     ["index", "build", str(src), "--out", str(ro / "idx"), "--no-progress"],
+                     ["classify", str(src / "a.png"), "--labels", "a", "b", "--backend", "onnxruntime"]):
+            cmd = " ".join(f"'{a}'" for a in [*cli, *args])
+            r = subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", cmd],
+                               env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 2 and "Permission denied" in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    finally:
+        for d in (ro, cache):
+            d.chmod(0o755)
