@@ -33,31 +33,41 @@ def test_written_files_and_folders_follow_the_umask(tmp_path, umask_022, tiny, i
     assert stat.S_IMODE((tmp_path / "idx" / "header.json").stat().st_mode) == 0o644
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("capsh"),
-                    reason="needs root and capsh to drop CAP_DAC_OVERRIDE, so that a folder's mode binds")
-def test_an_index_on_a_read_only_folder_is_searched_not_written(tmp_path, images):
+CLI = [sys.executable, "-m", "vqclip.cli"]
+needs_capsh = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("capsh"),
+                                 reason="needs root and capsh to drop CAP_DAC_OVERRIDE, so that a folder's mode binds")
+
+
+def _unprivileged(env, *args):
+    """``vqclip ARGS`` as root without the capabilities that override file modes."""
+    cmd = " ".join(f"'{a}'" for a in [*CLI, *args])
+    return subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", cmd],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def photos(tmp_path, images):
     src = tmp_path / "photos"
     src.mkdir()
     images.png(src / "a.png", 1)
+    return src
+
+
+@pytest.mark.slow
+@needs_capsh
+def test_an_index_on_a_read_only_folder_is_searched_not_written(tmp_path, photos):
     env = {**os.environ, "VQCLIP_CACHE": str(tmp_path / "cache")}
-    cli = [sys.executable, "-m", "vqclip.cli"]
-    subprocess.run([*cli, "index", "build", str(src), "--out", str(tmp_path / "idx"), "--no-progress"], env=env,
-                   check=True, capture_output=True, timeout=300)
     idx = tmp_path / "idx"
+    subprocess.run([*CLI, "index", "build", str(photos), "--out", str(idx), "--no-progress"], env=env,
+                   check=True, capture_output=True, timeout=300)
     for p in idx.iterdir():
         p.chmod(0o444)
     idx.chmod(0o555)
     try:
-        def unprivileged(*args):
-            cmd = " ".join(f"'{a}'" for a in [*cli, *args])
-            return subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", cmd],
-                                  env=env, capture_output=True, text=True, timeout=300)
-
-        r = unprivileged("search", str(idx), "a red square", "--k", "1")
+        r = _unprivileged(env, "search", str(idx), "a red square", "--k", "1")
         assert r.returncode == 0 and "a.png" in r.stdout, r.stderr
-        assert unprivileged("index", "info", str(idx)).returncode == 0
-        r = unprivileged("index", "update", str(idx), "--no-progress")
+        assert _unprivileged(env, "index", "info", str(idx)).returncode == 0
+        r = _unprivileged(env, "index", "update", str(idx), "--no-progress")
         assert r.returncode == 2 and "read-only" in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert sorted(p.name for p in idx.iterdir()) == sorted(["entries.sqlite", "header.json", "norms.bin",
                                                                  "vectors.bin", "write.lock"])
@@ -66,25 +76,18 @@ def test_an_index_on_a_read_only_folder_is_searched_not_written(tmp_path, images
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("capsh"),
-                    reason="needs root and capsh to drop CAP_DAC_OVERRIDE, so that a folder's mode binds")
-def test_an_output_or_cache_folder_that_cannot_be_written_is_one_line(tmp_path, images):
-    src = tmp_path / "photos"
-    src.mkdir()
-    images.png(src / "a.png", 1)
+@needs_capsh
+def test_an_output_or_cache_folder_that_cannot_be_written_is_one_line(tmp_path, photos):
     ro, cache = tmp_path / "ro", tmp_path / "cache"
     for d in (ro, cache):
         d.mkdir()
         d.chmod(0o555)
     env = {**os.environ, "VQCLIP_CACHE": str(cache)}
-    cli = [sys.executable, "-m", "vqclip.cli"]
     try:
         for args in (["export", "shapes-clip", "--out", str(ro / "exp")],
-                     ["index", "build", str(src), "--out", str(ro / "idx"), "--no-progress"],
-                     ["classify", str(src / "a.png"), "--labels", "a", "b", "--backend", "onnxruntime"]):
-            cmd = " ".join(f"'{a}'" for a in [*cli, *args])
-            r = subprocess.run(["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", cmd],
-                               env=env, capture_output=True, text=True, timeout=300)
+                     ["index", "build", str(photos), "--out", str(ro / "idx"), "--no-progress"],
+                     ["classify", str(photos / "a.png"), "--labels", "a", "b", "--backend", "onnxruntime"]):
+            r = _unprivileged(env, *args)
             assert r.returncode == 2 and "Permission denied" in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
     finally:
         for d in (ro, cache):
