@@ -1,4 +1,5 @@
-"""File plumbing shared by the jobs: the cache folder and atomic writes (temp + rename)."""
+"""File plumbing shared by the jobs: the cache folder, atomic writes (temp + rename) with the
+user's umask, and reading a named file without blocking on a FIFO or reading a device."""
 from __future__ import annotations
 
 import errno
@@ -7,7 +8,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["cache_root", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["cache_root", "atomic_write_bytes", "fsync_dir", "read_regular", "NotRegularFileError", "make_temp_dir",
+           "user_mode"]
 
 
 def cache_root() -> Path:
