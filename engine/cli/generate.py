@@ -117,6 +117,7 @@ def _settings(args: argparse.Namespace, base):
         cut_changes |= {"degrees": full.degrees if "affine" in on else 0.0,
                         "translate": full.translate if "affine" in on else 0.0,
                         "shear": full.shear if "affine" in on else 0.0,
+                        "scale": full.scale if "affine" in on else (1.0, 1.0),
                         "perspective": full.perspective if "perspective" in on else 0.0,
                         **{k: getattr(full, k) if "jitter" in on else 0.0
                            for k in ("brightness", "contrast", "saturation", "hue")},

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import re
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -306,7 +304,9 @@ class GenerationService:
             return
         rec.step, rec.loss, rec.losses = ev.step, ev.loss, ev.losses
         if ev.image is not None:
-            rec.preview = _png(ev.image)
+            from vqclip.jobs.generate.outputs import png_bytes
+
+            rec.preview = png_bytes(ev.image)
         if ev.status != "running":
             self._finished(rec, ev.status)
         else:
@@ -315,10 +315,9 @@ class GenerationService:
     def _finished(self, rec: _Record, status: str, error: str | None = None) -> None:
         job = rec.job
         if job is not None and job.result is not None:
-            from vqclip.jobs.generate.outputs import PNG_KEY
+            from vqclip.jobs.generate.outputs import png_bytes
 
-            record = self.generator.record(job)
-            rec.result = _png(job.result, {PNG_KEY: json.dumps(record, default=str)})
+            rec.result = png_bytes(job.result, self.generator.record(job))  # as `vqclip generate` writes it
             rec.preview = rec.preview or rec.result
         rec.error = error or rec.error
         self._set(rec, status)
@@ -339,17 +338,6 @@ class GenerationService:
             counts[r.status] = counts.get(r.status, 0) + 1
         for s in ("queued", "running", *_FINISHED):
             self._jobs_gauge.labels(s).set(counts.get(s, 0))
-
-
-def _png(image: np.ndarray, text: dict[str, str] | None = None) -> bytes:
-    from PIL import Image, PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, v)
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG", pnginfo=info)
-    return buf.getvalue()
 
 
 def setup(state: "ServerState") -> None:

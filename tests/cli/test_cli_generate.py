@@ -100,3 +100,14 @@ def test_a_finished_run_resumes_only_with_more_steps(tmp_path, capsys):
     assert "nothing left to run" in capsys.readouterr().err
     assert main(["generate", "--resume", str(ckpt), "--steps", "3", "--no-progress"]) == 0
     assert read_png_settings(tmp_path / "a-red-star-1.png")["step"] == 3
+
+
+def test_augments_without_affine_turn_every_warp_off():
+    from vqclip.cli.generate import _settings
+    from vqclip.cli.main import build_parser
+    from vqclip.jobs.generate.settings import PRESETS
+
+    preset = PRESETS[("shapes-clip", "shapes-vqgan")]  # zooms 0.8-1.2 in its cutouts
+    args = build_parser().parse_args(["generate", "x", "--augments", "jitter"])
+    cut = _settings(args, preset).cutouts
+    assert (cut.degrees, cut.translate, cut.shear, cut.scale, cut.perspective) == (0.0, 0.0, 0.0, (1.0, 1.0), 0.0)

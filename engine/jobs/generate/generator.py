@@ -96,6 +96,7 @@ class Job:
         self.step = 0
         self.status = "running"
         self.losses: list[float] = []
+        self.palette: torch.Tensor | None = None  # (K, 3) colours of the palette loss, made at the first step
         self.best, self.since_best = math.inf, 0
         self.frames: list[np.ndarray] = []  # kept for a video
         self.video = False
@@ -267,11 +268,11 @@ class Generator:
             yield from self.step()
 
     def step(self) -> list[StepEvent]:
-        """One optimisation step for every running job (grouped by image size); their events."""
+        """One optimisation step for every running job (grouped by image size and precision); their events."""
         events: list[StepEvent] = []
-        groups: dict[tuple[int, int], list[Job]] = {}
+        groups: dict[tuple, list[Job]] = {}
         for job in self.running():
-            groups.setdefault(job.size, []).append(job)
+            groups.setdefault((job.size, job.settings.precision), []).append(job)
         for jobs in groups.values():
             events += self._step_group(jobs)
         return events
@@ -389,8 +390,9 @@ class Generator:
         if s.saturation:
             out["saturation"] = ops.saturation_loss(img).sum() * s.saturation
         if s.palette_weight:
-            colours = torch.tensor([parse_colour(c) for c in s.palette], device=img.device, dtype=img.dtype)
-            out["palette"] = ops.palette_loss(img, colours).sum() * s.palette_weight
+            if job.palette is None:  # parsed once per job, not per step
+                job.palette = torch.tensor([parse_colour(c) for c in s.palette], device=img.device, dtype=img.dtype)
+            out["palette"] = ops.palette_loss(img, job.palette).sum() * s.palette_weight
         return out
 
     def _schedule(self, job: Job) -> None:

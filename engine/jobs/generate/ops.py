@@ -8,7 +8,6 @@ jobs in one batch never mix.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["quantise", "clamp_with_grad", "prompt_loss", "spherical_distance", "smoothness", "symmetry",
            "palette_loss", "saturation_loss", "codebook_bounds"]
@@ -114,8 +113,3 @@ def palette_loss(x: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
 def saturation_loss(x: torch.Tensor) -> torch.Tensor:
     """Negative mean saturation (max - min channel), per image: lower loss is more colourful."""
     return -(x.amax(1) - x.amin(1)).mean(dim=(1, 2))
-
-
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma of (B, 3, H, W) RGB as (B, 1, H, W), ITU-R 601 weights."""
-    return F.conv2d(x, x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))

@@ -50,19 +50,25 @@ def _write(path: Path, data: bytes) -> None:
         raise OutputPathError(f"cannot write {str(path)!r} ({e.strerror}); check the output folder") from e
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray, record: dict) -> Path:
-    """Write ``image`` (H, W, 3) uint8 as a PNG whose ``vqclip`` text chunk holds ``record``
-    (JSON), plus a ``Description`` with the prompts for viewers that show one."""
+def png_bytes(image: np.ndarray, record: dict | None = None) -> bytes:
+    """``image`` (H, W, 3) uint8 as PNG bytes; with ``record``, its ``vqclip`` text chunk holds
+    it (JSON), plus a ``Description`` with the prompts for viewers that show one."""
     from PIL import Image, PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
-    info.add_text(PNG_KEY, json.dumps(record, ensure_ascii=False, default=str))
-    if record.get("prompts"):
-        info.add_text("Description", str(record["prompts"]))
+    if record is not None:
+        info.add_text(PNG_KEY, json.dumps(record, ensure_ascii=False, default=str))
+        if record.get("prompts"):
+            info.add_text("Description", str(record["prompts"]))
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buf, "PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray, record: dict) -> Path:
+    """Write ``png_bytes(image, record)`` to ``path`` atomically."""
     path = Path(path)
-    _write(path, buf.getvalue())
+    _write(path, png_bytes(image, record))
     return path
 
 
@@ -70,8 +76,8 @@ def read_png_settings(path: str | os.PathLike) -> dict:
     """The ``vqclip`` record of a PNG written by ``save_png``; ``InvalidInputError`` if it has none."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
+    try:  # read_regular: a FIFO or a device named here must not block or never end
+        with Image.open(io.BytesIO(read_regular(path, 1 << 30))) as im:
             text = im.text.get(PNG_KEY) if hasattr(im, "text") else None
     except OSError as e:
         raise InvalidInputError(f"cannot read {os.fspath(path)!r} as a PNG ({e})") from e

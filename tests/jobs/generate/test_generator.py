@@ -174,9 +174,12 @@ def test_cuda_without_a_gpu_is_refused():
         Generator(device="cuda")
 
 
-def test_out_of_memory_falls_back_to_cutout_micro_batches(gen, monkeypatch, caplog):
-    # pixray's "batches": the same step with the cutouts in pieces, gradients accumulated
+def test_out_of_memory_falls_back_to_cutout_micro_batches(monkeypatch, caplog):
+    # pixray's "batches": the same step with the cutouts in pieces, gradients accumulated.
+    # fp64, so that no CPU's fp32 rounding of the split sums can flip a near-tie code.
     from vqclip.jobs.generate import generator as module
+
+    gen = Generator(dtype="fp64")
 
     def jobs():  # cutn 4 and 1 in one batch: the second sits out the later micro-batches
         return [gen.add_job("a red star", _settings(seed=5, steps=3)),
@@ -207,7 +210,6 @@ def test_out_of_memory_falls_back_to_cutout_micro_batches(gen, monkeypatch, capl
         with pytest.raises(DeviceMemoryError, match="even one cutout at a time"):
             gen.step()
     finally:
-        gen.cut_split.clear()
         gen.jobs.clear()
 
 
@@ -225,3 +227,14 @@ def test_a_cuda_step_computes_the_cpu_loss():
     auto = cuda.add_job("a red star", _settings(seed=2, steps=2).with_(precision="auto"))
     list(cuda.run())
     assert np.isfinite(auto.losses).all() and auto.losses[0] == pytest.approx(losses[0][0], rel=5e-2)
+
+
+def test_jobs_of_other_precisions_step_in_their_own_batches(gen, monkeypatch):
+    seen = []
+    real = gen._step_group
+    monkeypatch.setattr(gen, "_step_group", lambda jobs: seen.append({j.settings.precision for j in jobs}) or
+                        real(jobs))
+    gen.add_job("a red star", _settings(seed=1, steps=1))
+    gen.add_job("a red star", _settings(seed=2, steps=1).with_(precision="bf16"))
+    list(gen.run())
+    assert sorted(map(sorted, seen)) == [["bf16"], ["fp32"]]
