@@ -144,7 +144,8 @@ class ZeroShotClassifier:
         p = np.exp(logits)
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
-    def _rank(self, probs: np.ndarray, top_k: int) -> list[list[Prediction]]:
+    def rank(self, probs: np.ndarray, top_k: int) -> list[list[Prediction]]:
+        """(B, L) probabilities -> per row the ``top_k`` labels, best first (ties: the earlier label)."""
         k = min(top_k, len(self.labels))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the earlier label first
         return [[Prediction(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
@@ -155,7 +156,7 @@ class ZeroShotClassifier:
         ``top_k`` larger than the number of labels gives all labels; ``top_k < 1`` raises.
         """
         check_k(top_k, "top-k")
-        return self._rank(self.probabilities(self.encoder.encode_image(pixels)), top_k)
+        return self.rank(self.probabilities(self.encoder.encode_image(pixels)), top_k)
 
     def classify_paths(self, paths: Sequence[str], top_k: int = 5, batch_size: int = 32,
                        workers: int | None = None, timings: Timings | None = None) -> list[ImageResult]:

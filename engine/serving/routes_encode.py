@@ -110,13 +110,6 @@ def embed_router(state: "ServerState") -> APIRouter:
     return r
 
 
-def top_labels(probs: np.ndarray, labels: list[str], top_k: int) -> list[list[LabelScore]]:
-    """Per row of (B, L) probabilities, the ``top_k`` labels best first; ties keep the earlier
-    label, as ``ZeroShotClassifier.classify_pixels`` ranks (a test holds the two together)."""
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(labels))]
-    return [[LabelScore(label=labels[j], prob=float(row[j])) for j in idx] for row, idx in zip(probs, order)]
-
-
 def classify_router(state: "ServerState") -> APIRouter:
     r = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(state.access)])
     cfg = state.config
@@ -151,7 +144,8 @@ def classify_router(state: "ServerState") -> APIRouter:
             raise Overloaded("the label embeddings were not ready within the request's deadline; retry (they "
                              "are being cached)", 1.0, "deadline") from None
         emb = await state.guard(request, slot.image.submit(pixels, len(pixels), deadline, coming))
+        ranked = clf.rank(clf.probabilities(emb), req.top_k)
         return ClassifyResponse(model=slot.encoder.identity.name,
-                                results=top_labels(clf.probabilities(emb), clf.labels, req.top_k))
+                                results=[[LabelScore(label=p.label, prob=p.prob) for p in row] for row in ranked])
 
     return r

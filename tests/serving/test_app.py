@@ -15,7 +15,6 @@ pytest.importorskip("httpx", reason="the server tests need httpx (FastAPI's Test
 from vqclip.index import Index  # noqa: E402
 from vqclip.jobs.classify import ZeroShotClassifier  # noqa: E402
 from vqclip.preprocess import load_image  # noqa: E402
-from vqclip.serving.routes_encode import top_labels  # noqa: E402
 
 TOL = 1e-5  # batched and single calls of the torch backend differ by float rounding only
 
@@ -93,18 +92,6 @@ def test_classify_gives_the_numbers_of_vqclip_classify(make_client, images, tmp_
     form = c.post("/v1/classify", files=[("images", (p.name, p.read_bytes(), "image/png")) for p in paths],
                   data={"labels": labels, "templates": "short", "top_k": "2"})
     assert form.status_code == 200 and form.json()["results"] == got
-
-
-def test_top_labels_ranks_as_the_classifier_does(tiny, images, tmp_path):
-    enc = tiny.encoder(0)
-    labels = ["one", "two", "three", "four"]
-    clf = ZeroShotClassifier(enc, labels, use_cache=False)
-    px = enc.preprocess([load_image(images.png(tmp_path / f"{i}.png", seed=i)) for i in range(4)])
-    want = clf.classify_pixels(px, top_k=3)
-    got = top_labels(clf.probabilities(enc.encode_image(px)), labels, 3)
-    assert [[(p.label, p.prob) for p in row] for row in want] == [[(s.label, s.prob) for s in row] for row in got]
-    ties = top_labels(np.array([[0.25, 0.25, 0.25, 0.25]], np.float32), labels, 4)
-    assert [s.label for s in ties[0]] == labels  # ties keep the earlier label
 
 
 def test_search_text_and_image_give_the_hits_of_vqclip_search(make_client, tiny_index, tiny):
