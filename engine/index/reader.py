@@ -173,15 +173,12 @@ class Index:
         kk = min(s.count, k + max(s.holes, 0))
         scores, ids = self._gallery.search(queries, kk, threads=self.threads)  # (B, kk) each; -1 pads past the rows
         out = []
+        if (ids < 0).any():  # kk <= count rows exist, so a -1 is a row the kernel dropped: not a number
+            raise SearchIndexError(f"index {str(s.path)!r} has stored rows that are not numbers (damaged); rebuild "
+                                   f"it with `vqclip index build DIR --out {s.path} --force`")
         for srow, irow in zip(scores, ids):
-            valid = [int(i) for i in irow if i >= 0]
-            paths = s.paths_for_rows(valid)
-            hits = [Hit(s.absolute(paths[int(i)]), float(sc), int(i))
-                    for sc, i in zip(srow, irow) if i >= 0 and int(i) in paths]
-            if len(hits) < min(k, s.n_entries):  # the kernel drops rows whose scores are not numbers
-                raise SearchIndexError(f"index {str(s.path)!r} gave {len(hits)} of {min(k, s.n_entries)} hits: "
-                                       "stored rows are damaged (not numbers); rebuild it with `vqclip index build "
-                                       f"DIR --out {s.path} --force`")
+            paths = s.paths_for_rows([int(i) for i in irow])  # rows an update dropped since open are skipped
+            hits = [Hit(s.absolute(paths[int(i)]), float(sc), int(i)) for sc, i in zip(srow, irow) if int(i) in paths]
             out.append(hits[:k])
         return out
 
