@@ -6,7 +6,7 @@ import functools
 import os
 import platform
 
-__all__ = ["available_cpus", "cpu_features", "simd_class", "int8_gemm_path"]
+__all__ = ["available_cpus", "cpu_features", "simd_class", "has_vnni", "int8_gemm_path"]
 
 
 def available_cpus() -> int:
@@ -43,12 +43,18 @@ def simd_class() -> str:
     return "x86-64" if machine in ("x86_64", "amd64") else machine
 
 
+def has_vnni() -> bool:
+    """Whether ONNX Runtime's int8 GEMM accumulates in int32 here (AVX512-VNNI or AVX-VNNI)."""
+    f = cpu_features()
+    return "avx512_vnni" in f or "avx_vnni" in f
+
+
 def int8_gemm_path() -> str:
     """How ONNX Runtime's x86 int8 GEMM (uint8 activations x int8 weights) runs here.
 
     With VNNI (AVX512-VNNI or AVX-VNNI) its dot products accumulate in int32 and cannot
     saturate; without it, VPMADDUBSW sums pairs of products in int16, which saturates for
-    full-range int8 weights (what ``vqclip.export`` avoids by quantising weights to uint8).
+    full-range int8 weights (what ``vqclip.export`` avoids with 7-bit int8 weights, ``reduce_range``).
     """
     f = cpu_features()
     if "avx512_vnni" in f:

@@ -171,7 +171,7 @@ class TextEncoder(nn.Module):
 
     T is any length that holds every row's end-of-text token: the transformer is causal, so
     the padding after it never reaches the pooled position, and a batch padded to its
-    longest query (rather than to the context length) gives the same embeddings.
+    longest query (rather than to the context length) gives the same embeddings up to rounding.
 
     Pools at the first position of the largest id (OpenAI's rule: the end-of-text token has
     the largest id), like ``CLIP.encode_text``, but finds it with an int32 ArgMax: some ONNX

@@ -186,7 +186,7 @@ def _drop_fp16_round_trips(model: onnx.ModelProto) -> int:
 def to_int8(src: Path, dst: Path) -> None:
     """Write the dynamically quantised int8 graph of ``src`` to ``dst``, CPU-optimised.
 
-    Weights of MatMul/Gemm become int8 in [-64, 63] (symmetric, per tensor; the reduced
+    Weights of MatMul/Gemm become int8 in [-64, 64] (symmetric, per tensor; the reduced
     range keeps AVX2's int16 pair sums from saturating), activations are quantised per
     batch at run time; everything else stays fp32.
     """

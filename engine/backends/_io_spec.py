@@ -11,7 +11,8 @@ input with the same message.
 Text ids reach every backend padded to the context length (``int64 (B, 77)``); a backend
 whose text encoder takes fewer positions (the torch module; exported text graphs with a
 dynamic ``"tokens"`` axis) cuts each batch after its last end-of-text token first
-(``cut_after_eot``), which leaves the embeddings as they are: the text transformer is causal.
+(``cut_after_eot``): the text transformer is causal, so fp32/fp16 embeddings stay the same up to
+rounding, and int8 ones within their parity bound (activations are quantised per tensor).
 """
 from __future__ import annotations
 
@@ -91,8 +92,8 @@ def cut_after_eot(ids: np.ndarray, multiple: int = 1) -> np.ndarray:
 
     ``T'`` is the largest end-of-text position (the first maximal id of a row, where the
     text encoder pools) plus one, rounded up to a multiple of ``multiple`` and at most
-    ``T``; a batch is thus padded to its longest query. The embeddings do not change: no
-    position after a row's end-of-text reaches that row's pooled output. Returns ``ids``
+    ``T``; a batch is thus padded to its longest query. No position after a row's end-of-text
+    reaches its pooled output, so only rounding (and int8's per-tensor activation scale) differs. Returns ``ids``
     itself when nothing can be cut.
 
     Example: ``cut_after_eot(tokenize(["a red circle"])).shape`` -> ``(1, 5)``.

@@ -7,7 +7,8 @@ graphs run alike: the fp16 and int8 graphs keep float32 inputs and outputs.
 
 Text graphs exported with a dynamic token axis (vqclip >= 0.2.1) run each batch cut to
 its longest query (``vqclip.backends._io_spec.cut_after_eot``): callers still pass ids
-padded to the context length, and get the same embeddings for far less work.
+padded to the context length, and get the same embeddings (int8: within its parity bound) for
+less work (benchmarks/RESULTS.md, "Dynamic token axis").
 
 Session defaults are chosen for a small, shared CPU (``benchmarks/bench_encoders.py
 --sweep`` measures them; benchmarks/RESULTS.md has the figures): one intra-op thread per
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from vqclip._cpus import available_cpus, int8_gemm_path
+from vqclip._cpus import available_cpus, has_vnni, int8_gemm_path
 from vqclip.backends._io_spec import GraphSpec, cut_after_eot, specs_of
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError, ManifestError
@@ -207,7 +208,7 @@ class OnnxRuntimeBackend(Backend):
         made_on = self.manifest.measured_on.get("int8_gemm", "an unrecorded CPU")
         redo = "re-export it on this machine (vqclip export MODEL --precision int8 --force) or use precision fp32"
         if not st:
-            if not here.startswith("vnni"):
+            if not has_vnni():
                 raise BackendUnavailableError(
                     f"{spec.path.name} was exported by an older vqclip without an int8 self-test, and this CPU's "
                     f"int8 GEMM ({here}) can saturate on such graphs; {redo}")
@@ -261,7 +262,7 @@ class OnnxRuntimeBackend(Backend):
         spec = self._graphs[component]
         sess = self._session(component)
         if component in self._cut_tokens:
-            x = cut_after_eot(x)  # (B, T' <= T): same embeddings, less work
+            x = cut_after_eot(x)  # (B, T' <= T): the pooled output sees no padding
         (y,) = sess.run([spec.outputs[0].name], {spec.inputs[0].name: x})
         return y
 

@@ -98,9 +98,11 @@ def test_an_int8_export_without_a_selftest_is_refused_where_int8_can_saturate(fo
 
     _edit_manifest(folder, drop)
     monkeypatch.setattr(ortb, "int8_gemm_path", lambda: "avx2 vpmaddubsw (int16 pair sums)")
+    monkeypatch.setattr(ortb, "has_vnni", lambda: False)
     with pytest.raises(BackendUnavailableError, match="older vqclip without an int8 self-test.*avx2"):
         open_backend("onnxruntime", folder, precision="int8").encode_text(_ids())
     monkeypatch.setattr(ortb, "int8_gemm_path", lambda: "vnni (avx512_vnni)")
+    monkeypatch.setattr(ortb, "has_vnni", lambda: True)
     assert open_backend("onnxruntime", folder, precision="int8").encode_text(_ids()).shape == (2, 32)
     open_backend("onnxruntime", folder, precision="fp32").encode_text(_ids())  # fp32 never needs one
 

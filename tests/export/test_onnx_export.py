@@ -83,6 +83,8 @@ def test_text_graphs_take_a_batch_padded_to_its_longest_query(clip_export, tiny_
         assert short.shape == (rows, 32)
         if precision == "int8":
             assert (short * ref[:rows]).sum(1).min() >= 0.99  # unit vectors: the cosine
+        elif precision == "fp16":  # fp16 kernels differ by CPU (AVX512-FP16 or not): its own bound
+            assert np.abs(short - full[:rows]).max() <= 1e-3
         else:
             assert np.abs(short - full[:rows]).max() <= 1e-5
 
