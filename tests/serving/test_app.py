@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,17 @@ def test_concurrent_requests_share_backend_calls(make_client):
     import concurrent.futures
 
     c = make_client(max_wait_ms=50)
+    gate = c.backend.hold()  # the first call blocks, so the other seven queue behind it on any machine
+    queue = c.app.state.vqclip.runtime.main.text
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        rs = list(pool.map(lambda i: c.post("/v1/embed/text", json={"texts": [f"text {i}"]}), range(8)))
+        futures = [pool.submit(c.post, "/v1/embed/text", json={"texts": [f"text {i}"]}) for i in range(8)]
+        assert gate.entered.wait(10)
+        deadline = time.monotonic() + 10
+        while queue.queued < 7:
+            assert time.monotonic() < deadline, "the other requests never queued"
+            time.sleep(0.005)
+        gate.open()
+        rs = [f.result() for f in futures]
     assert all(r.status_code == 200 for r in rs)
     for i, r in enumerate(rs):  # each caller got its own row
         np.testing.assert_allclose(r.json()["embeddings"][0], c.encoder.encode_texts([f"text {i}"])[0], atol=TOL)
