@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vqclip.errors import VqclipError
 from vqclip.serving.batcher import Overloaded
+from vqclip.serving.inputs import check_text_length
 from vqclip.serving.responses import ApiError
 from vqclip.serving.routes_encode import ERRORS_DOC
 
@@ -211,9 +212,7 @@ class GenerationService:
         from vqclip.jobs.generate.prompts import parse_prompts
 
         cfg = self.cfg
-        if len(req.prompt) > cfg.max_text_chars:
-            raise ApiError(400, f"the prompt has {len(req.prompt)} characters, more than the limit of "
-                                f"{cfg.max_text_chars}")
+        check_text_length(req.prompt, cfg.max_text_chars, "the prompt")
         parse_prompts(req.prompt)  # a bad prompt is a 400 now, not a failed job later
         base = self.generator.default_settings()
         changes = {k: v for k, v in req.model_dump().items()

@@ -102,6 +102,12 @@ def decode_base64(items: list[str], what: str) -> list[bytes]:
     return out
 
 
+def check_text_length(text: str, max_chars: int, what: str) -> None:
+    """400 for a text longer than ``max_chars`` (checked before tokenising)."""
+    if len(text) > max_chars:
+        raise ApiError(400, f"{what} has {len(text):,} characters, more than the limit of {max_chars:,}")
+
+
 def check_count(n: int, limit: int, what: str) -> None:
     """400 for none or more than ``limit`` of ``what``."""
     if n < 1:

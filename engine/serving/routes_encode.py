@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 import numpy as np
@@ -21,7 +21,7 @@ from vqclip._validate import check_k
 from vqclip.jobs.classify import check_labels
 from vqclip.jobs.templates import resolve_templates
 from vqclip.serving.batcher import Announcement, Overloaded
-from vqclip.serving.inputs import check_count, decode_base64, decode_images, read_form, read_json
+from vqclip.serving.inputs import check_count, check_text_length, decode_base64, decode_images, read_form, read_json
 from vqclip.serving.responses import EMBEDDING_TYPES, ApiError, embeddings_response, wanted_format
 from vqclip.serving.schemas import (
     ClassifyRequest,
@@ -60,22 +60,20 @@ def request_body_doc(model: type, multipart: dict[str, Any] | None = None) -> di
 _IMAGES_PART = {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}
 
 
-def _check_texts(texts: list[str], max_chars: int, what: str) -> None:
-    for i, t in enumerate(texts):
-        if len(t) > max_chars:
-            raise ApiError(400, f"{what}[{i}] has {len(t):,} characters, more than the limit of {max_chars:,}")
-
-
-async def _image_pixels(state: "ServerState", request: Request, model: type) -> tuple[Any, np.ndarray]:
-    """Read a JSON or multipart images request, then decode its images (JSON base64 first, then
-    uploads); only the decoding is given up when the client disconnects (``guard`` must not
-    listen for a disconnect while the body is still being read)."""
+async def _image_pixels(state: "ServerState", request: Request, model: type,
+                        check: Callable[[Any], Any] | None = None) -> tuple[Any, np.ndarray, Any]:
+    """Read a JSON or multipart images request, run ``check`` on it (the cheap refusals; its
+    result is returned third), then
+    decode its images (JSON base64 first, then uploads); only the decoding is given up when the
+    client disconnects (``guard`` must not listen for a disconnect while the body is still being read)."""
     cfg = state.config
     req, uploads = await read_form(request, model, "images", cfg.max_items, cfg.max_body_bytes)
     check_count(len(req.images) + len(uploads), cfg.max_items, "images")
+    checked = check(req) if check is not None else None
     blobs = decode_base64(req.images, "images") + uploads
-    return req, await state.guard(request, decode_images(blobs, state.encoder, cfg.max_image_pixels,
-                                                         state.decode_limiter))
+    pixels = await state.guard(request, decode_images(blobs, state.encoder, cfg.max_image_pixels,
+                                                      state.decode_limiter))
+    return req, pixels, checked
 
 
 def embed_router(state: "ServerState") -> APIRouter:
@@ -90,7 +88,8 @@ def embed_router(state: "ServerState") -> APIRouter:
         with slot.text.announce() as coming:
             req = await read_json(request, EmbedTextRequest)
             check_count(len(req.texts), state.config.max_items, "texts")
-            _check_texts(req.texts, state.config.max_text_chars, "texts")
+            for i, t in enumerate(req.texts):
+                check_text_length(t, state.config.max_text_chars, f"texts[{i}]")
             fmt = wanted_format(request, req.format)
             ids = tokenize(req.texts, context_length=slot.encoder.context_length, truncate=req.truncate)
             emb = await state.guard(request, slot.text.submit(ids, len(ids), deadline, coming))
@@ -102,7 +101,7 @@ def embed_router(state: "ServerState") -> APIRouter:
         """L2-normalised image embeddings, one row per image: base64 JSON images, then multipart uploads."""
         deadline = state.deadline(request)
         with slot.image.announce() as coming:
-            req, pixels = await _image_pixels(state, request, EmbedImageRequest)
+            req, pixels, _ = await _image_pixels(state, request, EmbedImageRequest)
             fmt = wanted_format(request, req.format)
             emb = await state.guard(request, slot.image.submit(pixels, len(pixels), deadline, coming))
         return embeddings_response(emb, fmt, meta)
@@ -125,17 +124,22 @@ def classify_router(state: "ServerState") -> APIRouter:
         with slot.image.announce() as coming:
             return await _classify(request, deadline, coming)
 
-    async def _classify(request: Request, deadline: float, coming: Announcement) -> ClassifyResponse:
-        req, pixels = await _image_pixels(state, request, ClassifyRequest)
+    def _labels_and_templates(req: ClassifyRequest) -> tuple[list[str], list[str]]:
         check_k(req.top_k, "top_k")
         check_count(len(req.labels), cfg.max_labels, "labels")
         labels = check_labels(req.labels)
-        _check_texts(labels, cfg.max_text_chars, "labels")
+        for i, label in enumerate(labels):
+            check_text_length(label, cfg.max_text_chars, f"labels[{i}]")
         templates = resolve_templates(req.templates, slot.encoder.default_template)
         if len(labels) * len(templates) > cfg.max_prompts:
             raise ApiError(400, f"{len(labels)} labels x {len(templates)} templates = {len(labels) * len(templates)} "
                                 f"prompts, more than the limit of {cfg.max_prompts}; give fewer labels or templates",
                            "too_many_items")
+        return labels, templates
+
+    async def _classify(request: Request, deadline: float, coming: Announcement) -> ClassifyResponse:
+        req, pixels, (labels, templates) = await _image_pixels(state, request, ClassifyRequest,
+                                                                _labels_and_templates)
         # Abandoned, not awaited, at the deadline: the thread finishes and caches the labels for the retry.
         made = anyio.to_thread.run_sync(state.runtime.classifier, labels, templates, abandon_on_cancel=True)
         try:

@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from vqclip._validate import check_k
 from vqclip.serving.batcher import Announcement
 from vqclip.serving.files import entry_path, media_type, read_inside
-from vqclip.serving.inputs import decode_base64, decode_images, read_form
+from vqclip.serving.inputs import check_text_length, decode_base64, decode_images, read_form
 from vqclip.serving.responses import ApiError
 from vqclip.serving.routes_encode import ERRORS_DOC, request_body_doc
 from vqclip.serving.runtime import LoadedIndex
@@ -71,9 +71,7 @@ def router(state: "ServerState") -> APIRouter:
             text = req.text.strip()
             if not text:
                 raise ApiError(400, "the text query is empty or only whitespace; give some words to search for")
-            if len(text) > cfg.max_text_chars:
-                raise ApiError(400, f"the text query has {len(text):,} characters, more than the limit of "
-                                    f"{cfg.max_text_chars:,}")
+            check_text_length(text, cfg.max_text_chars, "the text query")
             ids = tokenize([text], context_length=slot.encoder.context_length, truncate=req.truncate)
             query = await state.guard(request, slot.text.submit(ids, 1, deadline))
         else:

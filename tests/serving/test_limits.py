@@ -54,6 +54,8 @@ def test_item_label_prompt_k_and_text_limits(make_client, tiny_index, images, tm
     refused(c.post("/v1/classify", json={"images": [png], "labels": ["a", "b"], "templates": "short"}), 400,
             "14 prompts")
     refused(c.post("/v1/classify", json={"images": [png], "labels": ["a", "a"]}), 400, "twice")
+    not_an_image = base64.b64encode(b"not an image").decode()  # the labels are judged before any decoding
+    refused(c.post("/v1/classify", json={"images": [not_an_image], "labels": ["a", "a"]}), 400, "twice")
     refused(c.post("/v1/classify", json={"images": [png], "labels": ["a"], "top_k": 0}), 400, "top_k")
     refused(c.post("/v1/classify", json={"images": [png], "labels": ["a"], "templates": ["no slot"]}), 400, "{}")
     refused(c.post("/v1/search", json={"text": "a", "k": 6}), 400, "k=6", "limit of 5")
