@@ -35,7 +35,6 @@ import http.client
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -50,21 +49,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_runtime import make_big_index  # noqa: E402  (the one way benchmarks write a big index)
 
+from vqclip._cpus import simd_class  # noqa: E402
+
 LEVELS = (1, 4, 16, 32, 64)
 VIT_FILE = "vit-b-32-random-seed0.safetensors"  # a fixed name: the export cache is keyed by it and the digest
 
 
 def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) * 1000
-
-
-def cpu_class() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    if "avx512_vnni" in flags or "avx512vnni" in flags:
-        return "avx512-vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2" if "avx2" in flags else platform.machine()
 
 
 def render_jpeg() -> bytes:
@@ -364,7 +356,7 @@ def main() -> int:
     from vqclip.zoo import get
 
     load_before = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores ({cpu_class()}), load average {load_before[0]:.2f} "
+    print(f"machine: {os.cpu_count()} cores ({simd_class()}), load average {load_before[0]:.2f} "
           f"{load_before[1]:.2f} {load_before[2]:.2f}")
     jpeg = render_jpeg()
     images: dict[str, dict] = {}
@@ -401,7 +393,7 @@ def main() -> int:
               f"({', '.join(f'{k}={v:.2f}' for k, v in t.items() if isinstance(v, float))})")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     if a.json:
-        doc = {"machine": {"cpus": os.cpu_count(), "cpu_class": cpu_class(), "load_before": load_before,
+        doc = {"machine": {"cpus": os.cpu_count(), "cpu_class": simd_class(), "load_before": load_before,
                            "load_after": load_after, "command": " ".join(sys.argv)},
                "images": images, "search": search, "targets": met}
         Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
