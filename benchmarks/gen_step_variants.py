@@ -1,8 +1,8 @@
-"""Generation step variants on this CPU: fp32 as shipped, channels_last models, or a
-torch.compile-d decoder; one config and variant per run (a fresh process each), so run the
-variants one after another, twice, to see the machine's noise.
+"""Generation step variants on this CPU: fp32 as shipped, channels_last models, a
+torch.compile-d decoder, bf16 autocast, or fp64 (--fp64); one config and variant per run (a
+fresh process each), so run the variants one after another, twice, to see the machine's noise.
 
-Usage: python benchmarks/gen_step_variants.py bundled|vit128|vit256 fp32|channels_last|compile [STEPS]
+Usage: python benchmarks/gen_step_variants.py bundled|vit128|vit256 fp32|channels_last|compile|bf16|fp64 [STEPS]
 """
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ def main() -> None:
     name, mode = sys.argv[1], sys.argv[2]
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 6
     kind, size, cutn = b.CONFIGS[name]
-    gen = Generator(*b._models(kind))
+    gen = Generator(*b._models(kind), dtype="fp64" if mode == "fp64" else "fp32")
     if mode == "channels_last":
         gen.vqgan.to(memory_format=torch.channels_last)
         gen.clip.to(memory_format=torch.channels_last)
     elif mode == "compile":
         gen.vqgan.decoder = torch.compile(gen.vqgan.decoder)
-    elif mode != "fp32":
+    elif mode not in ("fp32", "bf16", "fp64"):
         raise SystemExit(f"unknown variant {mode!r}")
-    b._ours(gen, size, cutn, "fp32")
+    b._ours(gen, size, cutn, "bf16" if mode == "bf16" else "fp32")
     t0 = time.perf_counter()
     gen.step()  # warm-up (and compilation)
     first = time.perf_counter() - t0

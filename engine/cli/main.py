@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: a spinning team on a machine with
-    # another busy process slows torch and the kernels by an order of magnitude
-    # (benchmarks/RESULTS.md). Read when OpenMP loads, i.e. before torch is imported.
+    # Idle OpenMP threads sleep instead of spinning: with another process busy, a spinning
+    # team made torch generation 20x slower here (benchmarks/RESULTS.md, "OpenMP waiting").
+    # Read when OpenMP loads, i.e. before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
