@@ -39,6 +39,14 @@ vq::Storage parse_storage(int storage) {
     return static_cast<vq::Storage>(storage);
 }
 
+const float* float_vector_or_null(const py::object& v, int64_t n, const char* what) {
+    if (v.is_none()) return nullptr;
+    const auto a = v.cast<py::array>();
+    if (a.ndim() != 1 || a.shape(0) != n || !c_contiguous(a) || !py::isinstance<py::array_t<float>>(a))
+        throw std::invalid_argument(std::string(what) + " must be a C-contiguous float32 array [n] or None");
+    return static_cast<const float*>(a.data());
+}
+
 py::tuple topk(const py::array& queries, const py::list& segments, int storage, int64_t k,
                int threads, const std::string& simd_name) {
     const vq::Simd simd = parse_simd(simd_name);
@@ -59,14 +67,8 @@ py::tuple topk(const py::array& queries, const py::list& segments, int storage, 
         if (rows.ndim() != 2 || rows.shape(1) != d || !c_contiguous(rows) ||
             static_cast<size_t>(rows.itemsize()) != itemsize_of(st))
             throw std::invalid_argument("segment rows must be C-contiguous [n, d] in the storage dtype");
-        const float* factors = nullptr;  // None: raw rows, normed in the same pass (one-shot)
-        if (!pair[1].is_none()) {
-            const auto factor = pair[1].cast<py::array>();
-            if (factor.ndim() != 1 || factor.shape(0) != rows.shape(0) || !c_contiguous(factor) ||
-                !py::isinstance<py::array_t<float>>(factor))
-                throw std::invalid_argument("segment factors must be C-contiguous float32 [n] or None");
-            factors = static_cast<const float*>(factor.data());
-        }
+        // None: raw rows, normed in the same pass (one-shot)
+        const float* factors = float_vector_or_null(pair[1], rows.shape(0), "segment factors");
         if (rows.shape(0) == 0) continue;
         segs.push_back({rows.data(), factors, rows.shape(0), first});
         first += rows.shape(0);
@@ -83,14 +85,6 @@ py::tuple topk(const py::array& queries, const py::list& segments, int storage, 
         bad = vq::topk_cosine(q, b, d, segs, st, k, threads, simd, s, ix);
     }
     return py::make_tuple(scores, ids, bad);
-}
-
-const float* float_vector_or_null(const py::object& v, int64_t n, const char* what) {
-    if (v.is_none()) return nullptr;
-    const auto a = v.cast<py::array>();
-    if (a.ndim() != 1 || a.shape(0) != n || !c_contiguous(a) || !py::isinstance<py::array_t<float>>(a))
-        throw std::invalid_argument(std::string(what) + " must be a C-contiguous float32 array [n] or None");
-    return static_cast<const float*>(a.data());
 }
 
 // Encodes float32 rows [n, d]; returns (data or None for float32, norms, scales or None,
