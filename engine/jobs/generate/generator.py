@@ -40,15 +40,16 @@ from vqclip.jobs.generate import ops
 from vqclip.jobs.generate.cutouts import CutoutParams, draw
 from vqclip.jobs.generate.cutouts import apply as apply_cutouts
 from vqclip.jobs.generate.prompts import Prompt, parse_prompts
-from vqclip.jobs.generate.settings import GenerateSettings, parse_colour
+from vqclip.jobs.generate.settings import OPTIMISERS, GenerateSettings, parse_colour
 
 log = logging.getLogger(__name__)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5
 
 __all__ = ["Generator", "Job", "StepEvent"]
 
-_OPTIMISERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax,
-               "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop, "radam": torch.optim.RAdam}
+# settings.OPTIMISERS names them; each is the torch.optim class of that name, any case
+_OPTIMISERS = {name.lower(): getattr(torch.optim, name) for name in dir(torch.optim)
+               if name.lower() in OPTIMISERS and isinstance(getattr(torch.optim, name), type)}
 
 
 @dataclass

@@ -238,3 +238,11 @@ def test_jobs_of_other_precisions_step_in_their_own_batches(gen, monkeypatch):
     gen.add_job("a red star", _settings(seed=2, steps=1).with_(precision="bf16"))
     list(gen.run())
     assert sorted(map(sorted, seen)) == [["bf16"], ["fp32"]]
+
+
+def test_every_optimiser_the_settings_accept_is_a_torch_optimiser():
+    from vqclip.jobs.generate.generator import _OPTIMISERS
+    from vqclip.jobs.generate.settings import OPTIMISERS
+
+    assert sorted(_OPTIMISERS) == sorted(OPTIMISERS)
+    assert all(issubclass(cls, torch.optim.Optimizer) for cls in _OPTIMISERS.values())
