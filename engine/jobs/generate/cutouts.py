@@ -179,6 +179,12 @@ def _sources(images: torch.Tensor, params: list[CutoutParams], cut_size: int) ->
     return torch.cat(out)
 
 
+# RGB <-> YIQ (NTSC), for the hue rotation; float64, cast to the images' dtype where used.
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                       dtype=torch.float64)
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+
+
 def _jitter(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """Brightness, contrast, saturation (multiplicative) and hue (YIQ rotation) per cutout."""
     b, c, s, hue = (f[:, i].view(-1, 1, 1, 1) for i in range(4))
@@ -188,13 +194,12 @@ def _jitter(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     luma = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     x = (x - luma) * s + luma
     # Hue: rotate the chroma plane of YIQ by hue * 2 pi.
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    yiq = torch.einsum("ij,njhw->nihw", to_yiq, x)
+    yiq = torch.einsum("ij,njhw->nihw", _TO_YIQ.to(x), x)
     angle = hue.view(-1) * 2 * math.pi
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], i * cos - q * sin, i * sin + q * cos], 1)
-    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)  # kornia clamps too
+    return torch.einsum("ij,njhw->nihw", _FROM_YIQ.to(x), yiq).clamp(0, 1)  # kornia clamps too
 
 
 def apply(params: list[CutoutParams], images: torch.Tensor, cut_size: int) -> torch.Tensor:
