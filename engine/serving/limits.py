@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from vqclip._files import read_regular
 from vqclip.serving.config import ServerSetupError
-from vqclip.serving.responses import ApiError, error_response
+from vqclip.serving.responses import ApiError, error_response, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class RateLimiter:
                 self._buckets[caller] = (tokens, now)
                 wait = (1.0 - tokens) / self.rate
                 raise ApiError(429, f"rate limit of {self.rate:g} requests/s exceeded; retry in {wait:.1f} s",
-                               "rate_limited", {"Retry-After": str(max(1, int(wait + 0.999)))})
+                               "rate_limited", retry_after(wait))
             self._buckets[caller] = (tokens - 1.0, now)
             while len(self._buckets) > self._max_callers:
                 self._buckets.popitem(last=False)

@@ -56,7 +56,8 @@ def error_response(status: int, kind: str, message: str, headers: dict | None = 
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
-def _retry_after(seconds: float) -> dict:
+def retry_after(seconds: float) -> dict:
+    """The Retry-After header for a wait of ``seconds``: whole seconds, at least 1."""
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
@@ -69,7 +70,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def _overloaded(_: Request, e: Overloaded) -> JSONResponse:
-        return error_response(503, e.reason, str(e), _retry_after(e.retry_after_s))
+        return error_response(503, e.reason, str(e), retry_after(e.retry_after_s))
 
     @app.exception_handler(VqclipError)
     async def _vqclip(_: Request, e: VqclipError) -> JSONResponse:
