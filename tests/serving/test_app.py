@@ -68,14 +68,18 @@ def test_concurrent_requests_share_backend_calls(make_client):
     c = make_client(max_wait_ms=50)
     gate = c.backend.hold()  # the first call blocks, so the other seven queue behind it on any machine
     queue = c.app.state.vqclip.runtime.main.text
+    post = lambda i: c.post("/v1/embed/text", json={"texts": [f"text {i}"]})  # noqa: E731
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(c.post, "/v1/embed/text", json={"texts": [f"text {i}"]}) for i in range(8)]
-        assert gate.entered.wait(10)
-        deadline = time.monotonic() + 10
-        while queue.queued < 7:
-            assert time.monotonic() < deadline, "the other requests never queued"
-            time.sleep(0.005)
-        gate.open()
+        try:
+            futures = [pool.submit(post, 0)]
+            assert gate.entered.wait(10)  # request 0 alone is being computed (held)
+            futures += [pool.submit(post, i) for i in range(1, 8)]
+            deadline = time.monotonic() + 10
+            while queue.queued < 7:
+                assert time.monotonic() < deadline, "the other requests never queued"
+                time.sleep(0.005)
+        finally:
+            gate.open()
         rs = [f.result() for f in futures]
     assert all(r.status_code == 200 for r in rs)
     for i, r in enumerate(rs):  # each caller got its own row
