@@ -25,16 +25,34 @@ class CLIPConfig:
     image_size: int = 224  # square input resolution of the image tower
     vision_patch_size: int = 32  # pixels per side of one patch token
     vision_width: int = 768  # residual width of the image transformer
-    vision_layers: int = 12  # residual blocks in the image transformer
-    vision_heads: int = 12  # attention heads in the image transformer (OpenAI: width // 64)
+    vision_layers: int | tuple[int, ...] = 12  # transformer blocks; a tuple: a ResNet's bottlenecks per stage
+    vision_heads: int = 12  # attention heads of the image tower (ViT: width // head width; ResNet pool: width / 2)
     vision_stem: str = "patch"  # "patch": OpenAI's strided conv; "conv": a small conv stem, same token grid
     context_length: int = 77  # text tokens, start and end included
     vocab_size: int = 49408  # BPE vocabulary (OpenAI's, 49,152 merges + 256 bytes + start/end)
     text_width: int = 512  # residual width of the text transformer
     text_layers: int = 12  # residual blocks in the text transformer
     text_heads: int = 8  # attention heads in the text transformer (OpenAI: width // 64)
+    # What the released families differ in beyond shapes; the shapes cannot tell them.
+    activation: str = "quick_gelu"  # MLP nonlinearity: OpenAI's weights "quick_gelu", OpenCLIP's LAION ViTs "gelu"
+    layer_norm_eps: float = 1e-5  # every LayerNorm of both towers
+    vision_mlp_width: int = 0  # hidden units of each image MLP; 0: 4 x vision_width (OpenCLIP's ViT-g/bigG differ)
+    text_mlp_width: int = 0  # hidden units of each text MLP; 0: 4 x text_width
 
     def __post_init__(self) -> None:
+        if isinstance(self.vision_layers, list):  # a config read back from JSON
+            object.__setattr__(self, "vision_layers", tuple(self.vision_layers))
+        for name, width in (("vision_mlp_width", self.vision_width), ("text_mlp_width", self.text_width)):
+            if not getattr(self, name):
+                object.__setattr__(self, name, 4 * width)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {self.activation!r}")
+        if self.is_resnet:
+            if len(self.vision_layers) != 4 or self.image_size % 32:
+                raise ValueError("a ResNet image tower has 4 stages and an image_size that is a multiple of 32")
+            if (self.vision_width * 32) % self.vision_heads or self.text_width % self.text_heads:
+                raise ValueError("each attention width must be a multiple of its head count")
+            return
         if self.image_size % self.vision_patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of vision_patch_size "
@@ -48,12 +66,35 @@ class CLIPConfig:
             raise ValueError("the conv stem needs a power-of-two vision_patch_size")
 
     @property
+    def is_resnet(self) -> bool:
+        """True for OpenAI's ResNet image towers (RN50 ...), whose layers are per-stage counts."""
+        return isinstance(self.vision_layers, tuple)
+
+    @property
     def grid_size(self) -> int:
-        """Patch tokens per side of the image."""
-        return self.image_size // self.vision_patch_size
+        """Tokens per side of the image tower's last feature map (ResNet: 32x downsampled)."""
+        return self.image_size // (32 if self.is_resnet else self.vision_patch_size)
+
+    @property
+    def vision_head_width(self) -> int:
+        return (self.vision_width * 32 if self.is_resnet else self.vision_width) // self.vision_heads
+
+    @property
+    def text_head_width(self) -> int:
+        return self.text_width // self.text_heads
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, plus the derived head widths, so a manifest says what was built."""
+        d = asdict(self)
+        if self.is_resnet:
+            d["vision_layers"] = list(self.vision_layers)
+        d["vision_head_width"], d["text_head_width"] = self.vision_head_width, self.text_head_width
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CLIPConfig":
+        """The config ``to_dict`` wrote (derived entries are dropped)."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 class LayerNorm(nn.LayerNorm):
@@ -69,6 +110,11 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+# CLIPConfig.activation -> module. Exact GELU is what OpenCLIP's LAION/DataComp ViTs were
+# trained with; on QuickGELU their embeddings move by ~0.05 (tests/checkpoints).
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 
 
 class Attention(nn.Module):
@@ -98,20 +144,22 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, mlp_width: int | None = None, activation: str = "quick_gelu",
+                 eps: float = 1e-5):
         super().__init__()
+        mlp_width = mlp_width or 4 * width
         self.attn = Attention(width, heads)
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=eps)
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", nn.Linear(width, width * 4)),
-                    ("gelu", QuickGELU()),
-                    ("c_proj", nn.Linear(width * 4, width)),
+                    ("c_fc", nn.Linear(width, mlp_width)),
+                    ("gelu", ACTIVATIONS[activation]()),
+                    ("c_proj", nn.Linear(mlp_width, width)),
                 ]
             )
         )
-        self.ln_2 = LayerNorm(width)
+        self.ln_2 = LayerNorm(width, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask)
@@ -119,9 +167,11 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int):
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int | None = None,
+                 activation: str = "quick_gelu", eps: float = 1e-5):
         super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_width, activation, eps)
+                                       for _ in range(layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self.resblocks:
@@ -165,9 +215,11 @@ class VisionTransformer(nn.Module):
         scale = w**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(w))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, w))
-        self.ln_pre = LayerNorm(w)
-        self.transformer = Transformer(w, cfg.vision_layers, cfg.vision_heads)
-        self.ln_post = LayerNorm(w)
+        eps = cfg.layer_norm_eps
+        self.ln_pre = LayerNorm(w, eps=eps)
+        self.transformer = Transformer(w, cfg.vision_layers, cfg.vision_heads, cfg.vision_mlp_width,
+                                       cfg.activation, eps)
+        self.ln_post = LayerNorm(w, eps=eps)
         self.proj = nn.Parameter(scale * torch.randn(w, cfg.embed_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,13 +249,21 @@ class CLIP(nn.Module):
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.config = cfg
-        self.visual = VisionTransformer(cfg)
+        self.preprocess_cfg: dict = {}  # mean / std / interpolation a checkpoint's config file states, if any
+        if cfg.is_resnet:
+            from vqclip.models.resnet import ModifiedResNet
+
+            self.visual = ModifiedResNet(cfg.vision_layers, cfg.embed_dim, cfg.vision_heads, cfg.image_size,
+                                         cfg.vision_width)
+        else:
+            self.visual = VisionTransformer(cfg)
         w = cfg.text_width
         self.context_length = cfg.context_length
         self.token_embedding = nn.Embedding(cfg.vocab_size, w)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, w))
-        self.transformer = Transformer(w, cfg.text_layers, cfg.text_heads)
-        self.ln_final = LayerNorm(w)
+        self.transformer = Transformer(w, cfg.text_layers, cfg.text_heads, cfg.text_mlp_width, cfg.activation,
+                                       cfg.layer_norm_eps)
+        self.ln_final = LayerNorm(w, eps=cfg.layer_norm_eps)
         self.text_projection = nn.Parameter(torch.empty(w, cfg.embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(4.6052))  # ln(100), OpenAI's trained value
         # Causal mask: -inf above the diagonal. Derived, so not saved in the state dict.
@@ -215,7 +275,7 @@ class CLIP(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.positional_embedding.dtype
+        return self.token_embedding.weight.dtype
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, E) unnormalised embeddings."""

@@ -12,7 +12,10 @@ def test_registry_configs_build(name):
     # Build on the meta device: the shapes are checked without allocating ViT-L.
     with torch.device("meta"):
         model = CLIP(cfg)
-    assert model.visual.positional_embedding.shape == (cfg.grid_size**2 + 1, cfg.vision_width)
+    if cfg.is_resnet:  # the attention pool's tokens: the 32x-downsampled grid and the mean
+        assert model.visual.attnpool.positional_embedding.shape == (cfg.grid_size**2 + 1, 32 * cfg.vision_width)
+    else:
+        assert model.visual.positional_embedding.shape == (cfg.grid_size**2 + 1, cfg.vision_width)
     assert model.text_projection.shape == (cfg.text_width, cfg.embed_dim)
 
 
