@@ -290,7 +290,7 @@ def _clip_components(clip: nn.Module) -> list[Component]:
         return out
 
     heads_v, heads_t = cfg.vision_heads, cfg.text_heads
-    # ORT's "clip" fusion set for both towers: it fuses QuickGelu, which both use; its
+    # ORT's "clip" fusion set for both towers: it fuses QuickGelu (and exact Gelu); its
     # "vit" set fused nothing on these graphs (benchmarks/bench_export.py).
     return [
         Component(
@@ -299,8 +299,10 @@ def _clip_components(clip: nn.Module) -> list[Component]:
             outputs=(TensorSpec("embedding", "float32", ("batch", E)),),
             dummy=lambda: (pixels(2, 0),), parity_inputs=lambda: (pixels(_PARITY_BATCH, 1),),
             normalised=True, dynamic_shapes={"pixels": {0: batch}},
-            transformer={"model_type": "clip", "num_heads": heads_v, "hidden_size": cfg.vision_width},
-            graph=ImageEncoderGraph(clip).eval(),
+            # A ResNet tower is convolutions and one attention row: traced as it is, no transformer fusion.
+            transformer=None if cfg.is_resnet else {"model_type": "clip", "num_heads": heads_v,
+                                                    "hidden_size": cfg.vision_width},
+            graph=None if cfg.is_resnet else ImageEncoderGraph(clip).eval(),
         ),
         Component(
             name="text_encoder", module=TextEncoder(clip).eval(),

@@ -32,6 +32,44 @@ VIT_L_14_336 = ModelRecord(
     description="OpenAI CLIP ViT-L/14@336px architecture (weights from a local file)",
 )
 
+# OpenAI's released ResNet CLIPs: ModifiedResNet image towers (layers per stage), 32x downsampling.
+def _openai_resnet(name: str, embed: int, size: int, stages: tuple[int, ...], width: int, text_width: int):
+    return ModelRecord(
+        name=name, family="clip",
+        config=CLIPConfig(embed_dim=embed, image_size=size, vision_width=width, vision_layers=stages,
+                          vision_heads=width * 32 // 64, text_width=text_width, text_heads=text_width // 64),
+        description=f"OpenAI CLIP {name} architecture, ResNet image tower, {size} px (weights from a local file)",
+    )
+
+
+RN50 = _openai_resnet("RN50", 1024, 224, (3, 4, 6, 3), 64, 512)
+RN101 = _openai_resnet("RN101", 512, 224, (3, 4, 23, 3), 64, 512)
+RN50X4 = _openai_resnet("RN50x4", 640, 288, (4, 6, 10, 6), 80, 640)
+RN50X16 = _openai_resnet("RN50x16", 768, 384, (6, 8, 18, 8), 96, 768)
+RN50X64 = _openai_resnet("RN50x64", 1024, 448, (3, 15, 36, 10), 128, 1024)
+
+
+# OpenCLIP's ViTs trained on LAION / DataComp: exact GELU, and head width 80-104 from ViT-H up
+# (their model_configs/*.json). Same tensors as OpenAI's QuickGELU ViTs of the same size.
+def _openclip_vit(name: str, embed: int, patch: int, layers: int, width: int, head_width: int, mlp_width: int,
+                  text: tuple[int, int, int], aliases: tuple[str, ...] = ()):
+    text_width, text_heads, text_layers = text
+    return ModelRecord(
+        name=name, family="clip", aliases=(f"openclip/{name.removesuffix('-gelu')}", *aliases),
+        config=CLIPConfig(embed_dim=embed, image_size=224, vision_patch_size=patch, vision_width=width,
+                          vision_layers=layers, vision_heads=width // head_width, vision_mlp_width=mlp_width,
+                          text_width=text_width, text_layers=text_layers, text_heads=text_heads, activation="gelu"),
+        description=f"OpenCLIP {name.removesuffix('-gelu')} (exact GELU; LAION/DataComp weights from a local file)",
+    )
+
+
+VIT_B_32_GELU = _openclip_vit("ViT-B-32-gelu", 512, 32, 12, 768, 64, 3072, (512, 8, 12))
+VIT_B_16_GELU = _openclip_vit("ViT-B-16-gelu", 512, 16, 12, 768, 64, 3072, (512, 8, 12))
+VIT_L_14_GELU = _openclip_vit("ViT-L-14-gelu", 768, 14, 24, 1024, 64, 4096, (768, 12, 12))
+VIT_H_14 = _openclip_vit("ViT-H-14", 1024, 14, 32, 1280, 80, 5120, (1024, 16, 24), ("ViT-H/14",))
+VIT_G_14 = _openclip_vit("ViT-g-14", 1024, 14, 40, 1408, 88, 6144, (1024, 16, 24), ("ViT-g/14",))
+VIT_BIGG_14 = _openclip_vit("ViT-bigG-14", 1280, 14, 48, 1664, 104, 8192, (1280, 20, 32), ("ViT-bigG/14",))
+
 # taming-transformers' released ImageNet VQGANs (f16: a 256x256 image is a 16x16 code grid).
 VQGAN_F16_1024 = ModelRecord(
     name="vqgan-f16-1024", family="vqgan", aliases=("vqgan_imagenet_f16_1024",),
@@ -73,4 +111,8 @@ SHAPES_VQGAN = ModelRecord(
     description="tiny f4 VQGAN trained on the synthetic shapes world (bundled; 64x64 -> 16x16 codes of 512)",
 )
 
-RECORDS: tuple[ModelRecord, ...] = (VIT_B_32, VIT_B_16, VIT_L_14, VIT_L_14_336, VQGAN_F16_1024, VQGAN_F16_16384, SHAPES_CLIP, SHAPES_VQGAN)
+RECORDS: tuple[ModelRecord, ...] = (
+    VIT_B_32, VIT_B_16, VIT_L_14, VIT_L_14_336, RN50, RN101, RN50X4, RN50X16, RN50X64,
+    VIT_B_32_GELU, VIT_B_16_GELU, VIT_L_14_GELU, VIT_H_14, VIT_G_14, VIT_BIGG_14,
+    VQGAN_F16_1024, VQGAN_F16_16384, SHAPES_CLIP, SHAPES_VQGAN,
+)
