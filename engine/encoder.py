@@ -68,7 +68,7 @@ class Encoder:
     def __init__(self, session: Any, identity: ModelIdentity, *, image_size: int,
                  mean: Sequence[float], std: Sequence[float], default_template: str,
                  logit_scale: float, context_length: int = 77, backend: str = "torch",
-                 interpolation: str = "bicubic"):
+                 interpolation: str = "bicubic", architecture: str | None = None):
         self.session = session  # has encode_image(np) / encode_text(np) -> np
         self.identity = identity
         self.image_size = int(image_size)
@@ -79,6 +79,7 @@ class Encoder:
         self.context_length = int(context_length)
         self.backend = backend
         self.interpolation = interpolation  # the resize filter the model was trained with
+        self.architecture = architecture  # zoo name given for weights that do not state it (index headers keep it)
         self._preprocessor = None
 
     def describe(self) -> str:
@@ -127,14 +128,16 @@ class Encoder:
 
 
 def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = "fp32",
-                 device: str = "cpu", export_dir: str | Path | None = None) -> Encoder:
+                 device: str = "cpu", export_dir: str | Path | None = None, config: Any = None) -> Encoder:
     """An ``Encoder`` for ``model`` (a zoo name, a checkpoint file or folder, or a ``CLIP``
     module) on ``backend`` ("torch", "onnxruntime", "tensorrt", any case) at ``precision``.
+    ``config`` names the architecture of a weights file that does not state it
+    (``load_clip``'s ``config``).
 
     ``None`` means the bundled ``shapes-clip``. The model's identity is its weights digest
     (``vqclip.checkpoints.weights_digest``), the same for a zoo name, its file and a module
     loaded from either; a zoo record with those weights gives the preprocessing mean/std
-    and the default prompt, anything else gets OpenAI's. The exported backends run the
+    and the default prompt, else the checkpoint's own config file, else OpenAI's. The exported backends run the
     graphs in ``export_dir``, by default an export cached under ``<cache_root>/exports``
     keyed by the digest and made on first use (``vqclip.export.export_model``; seconds for
     the bundled model, minutes for ViT-B/32). Raises ``UnknownModelError`` /
@@ -153,7 +156,8 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
     if isinstance(model, CLIP):
         module = model
     else:
-        module = load_clip(Path(model).expanduser() if Path(str(model)).expanduser().exists() else str(model))
+        module = load_clip(Path(model).expanduser() if Path(str(model)).expanduser().exists() else str(model),
+                           config=config)
     digest = weights_digest(module)
     record = record_with_weights(digest, "clip")
     if record is not None:
@@ -172,14 +176,16 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
         session = open_backend(backend, folder, precision=precision, device=device, verify=False)
     cfg = module.config
     weights = record.weights if record is not None else None
+    stated = getattr(module, "preprocess_cfg", None) or {}
     return Encoder(
         session, ModelIdentity(name, digest), image_size=cfg.image_size,
-        mean=weights.mean if weights else OPENAI_MEAN,
-        std=weights.std if weights else OPENAI_STD,
+        mean=weights.mean if weights else stated.get("mean", OPENAI_MEAN),
+        std=weights.std if weights else stated.get("std", OPENAI_STD),
         default_template=record.default_template if record else "a photo of a {}.",
         logit_scale=float(module.logit_scale.detach().exp().clamp(max=100.0)),
         context_length=cfg.context_length, backend=f"{backend}-{precision}",
-        interpolation=weights.interpolation if weights else "bicubic",
+        interpolation=weights.interpolation if weights else stated.get("interpolation", "bicubic"),
+        architecture=config if isinstance(config, str) else None,
     )
 
 

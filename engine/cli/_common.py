@@ -31,7 +31,10 @@ def nonneg_int(text: str) -> int:
 def add_model_args(p: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         p.add_argument("--model", default=None, metavar="NAME|PATH",
-                       help="zoo name (see `vqclip models`) or checkpoint file; default: shapes-clip")
+                       help="zoo name (see `vqclip models`), checkpoint file or model folder; default: shapes-clip")
+        p.add_argument("--arch", default=None, metavar="NAME",
+                       help="architecture of a --model file that does not state it (a zoo name, e.g. ViT-B-32 "
+                            "for OpenAI's weights, ViT-B-32-gelu for OpenCLIP's LAION ones)")
     p.add_argument("--backend", default="torch", metavar="NAME",
                    help="torch (default), onnxruntime or tensorrt (exports the model to ONNX once, cached)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],

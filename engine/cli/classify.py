@@ -41,7 +41,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if not labels:
         raise InvalidInputError("no labels were given; pass --labels LABEL... or --labels-file FILE")
     files, missing = expand_images(args.images)
-    enc = open_encoder(args.model, backend=args.backend, precision=args.precision)
+    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, config=args.arch)
     clf = ZeroShotClassifier(enc, labels, args.templates, use_cache=not args.no_cache)
     results = clf.classify_paths(files, top_k=args.top_k, batch_size=args.batch_size) if files else []
     bad = [f"{a}: {r}" for a, r in missing] + [r.error for r in results if r.error]  # decode errors name the file

@@ -55,7 +55,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     from vqclip.encoder import open_encoder
     from vqclip.index.build import build_index
 
-    enc = open_encoder(args.model, backend=args.backend, precision=args.precision)
+    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, config=args.arch)
     report = build_index(args.dir, args.out, enc, storage=args.storage, batch_size=args.batch_size,
                          workers=args.workers, progress=False if args.no_progress else None, force=args.force)
     return _print_report(report, args.out)

@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from vqclip.serving.config import ServerSetupError, is_loopback, load_config
 
-    overrides = {k: getattr(args, k) for k in ("model", "backend", "precision", "host", "port", "max_batch",
+    overrides = {k: getattr(args, k) for k in ("model", "arch", "backend", "precision", "host", "port", "max_batch",
                                                "max_wait_ms", "max_queue", "timeout_s", "api_key_file",
                                                "rate_limit", "cors_origins", "log_level", "generation_jobs",
                                                "generation_vqgan", "generation_out", "trust_request_id")}

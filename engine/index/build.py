@@ -85,7 +85,8 @@ def build_index(folder: str | Path, out: str | Path, encoder: Encoder, storage: 
         return _rebuild(folder, out, encoder, storage, batch_size, workers, progress, commit_every)
     probe = encoder.encode_texts(["a"])  # the embedding size, whatever the backend
     store = IndexStore.create(out, model_name=encoder.identity.name, model_digest=encoder.identity.digest,
-                              embed_dim=probe.shape[1], storage=storage, root=folder)
+                              embed_dim=probe.shape[1], storage=storage, root=folder,
+                              model_config=encoder.architecture)
     try:
         return _sync(store, encoder, batch_size, workers, progress, commit_every)
     finally:
@@ -134,7 +135,8 @@ def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: i
         if encoder is None:
             from vqclip.encoder import open_encoder
 
-            encoder = open_encoder(store.header.model_name, backend=backend, precision=precision)
+            encoder = open_encoder(store.header.model_name, backend=backend, precision=precision,
+                                   config=store.header.model_config)
         store.check_model(encoder.identity.digest, encoder.identity.name)
         if not Path(store.header.root).is_dir():
             raise SearchIndexError(f"the image folder {store.header.root!r} of index {str(path)!r} is gone; "

@@ -121,7 +121,7 @@ class Index:
                 from vqclip.encoder import open_encoder
 
                 enc = open_encoder(self.store.header.model_name, backend=self._backend[0],
-                                   precision=self._backend[1])
+                                   precision=self._backend[1], config=self.store.header.model_config)
                 self.store.check_model(enc.identity.digest, enc.identity.name)
                 self._encoder = enc
         return self._encoder

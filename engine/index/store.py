@@ -135,10 +135,13 @@ class Header:
     storage: str
     root: str  # absolute folder the entry paths are relative to
     created: str = ""
+    model_config: str | None = None  # the zoo architecture named for a weights file that does not state it
 
     def to_json(self) -> bytes:
-        d = {"format": FORMAT, "version": VERSION,
-             "model": {"name": self.model_name, "digest": self.model_digest},
+        model = {"name": self.model_name, "digest": self.model_digest}
+        if self.model_config is not None:
+            model["config"] = self.model_config
+        d = {"format": FORMAT, "version": VERSION, "model": model,
              "embed_dim": self.embed_dim, "storage": self.storage, "root": self.root, "created": self.created}
         return (json.dumps(d, indent=2) + "\n").encode("utf-8")
 
@@ -184,7 +187,7 @@ class IndexStore:
     # ----- opening -----
     @classmethod
     def create(cls, path: str | Path, *, model_name: str, model_digest: str, embed_dim: int,
-               storage: str, root: str | Path) -> "IndexStore":
+               storage: str, root: str | Path, model_config: str | None = None) -> "IndexStore":
         """A new empty index at ``path`` (created; must not already hold an index or other files)."""
         if storage not in STORAGE_TYPES:
             raise InvalidInputError(f"storage {storage!r} is not one of {', '.join(STORAGE_TYPES)}")
@@ -202,7 +205,7 @@ class IndexStore:
             raise SearchIndexError(f"{path} is not empty and holds no index; give a new or empty folder")
         path.mkdir(parents=True, exist_ok=True)
         header = Header(model_name, model_digest, int(embed_dim), storage, str(Path(root).resolve()),
-                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), model_config)
         db = sqlite3.connect(path / "entries.sqlite")
         try:
             db.executescript(_SCHEMA)
@@ -230,13 +233,15 @@ class IndexStore:
             if d.get("version") != VERSION:
                 raise ValueError(f"version {d.get('version')!r}, this vqclip reads version {VERSION}")
             header = Header(d["model"]["name"], d["model"]["digest"], int(d["embed_dim"]), d["storage"],
-                            d["root"], d.get("created", ""))
+                            d["root"], d.get("created", ""), d["model"].get("config"))
             if header.storage not in STORAGE_TYPES:
                 raise ValueError(f"storage {header.storage!r}")
             if header.embed_dim < 1 or header.embed_dim > 65536:
                 raise ValueError(f"embed_dim {header.embed_dim}")
             if not all(isinstance(v, str) for v in (header.model_name, header.model_digest, header.root)):
                 raise ValueError("model name, digest and root must be strings")
+            if not isinstance(header.model_config, (str, type(None))):
+                raise ValueError("model config must be a zoo name")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise SearchIndexError(f"index {str(path)!r} has an unreadable header.json ({e}); rebuild it") from e
         return cls(path, header, writable)

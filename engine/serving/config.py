@@ -34,6 +34,7 @@ class ServerConfig:
 
     # What is served.
     model: str | None = None  # zoo name or checkpoint path; None: the bundled shapes-clip
+    arch: str | None = None  # zoo architecture of a ``model`` file that does not state it
     backend: str = "torch"  # torch, onnxruntime or tensorrt (onnxruntime + int8 is the fast CPU one)
     precision: str = "fp32"
     indexes: dict[str, str] = field(default_factory=dict)  # name in the API -> index folder

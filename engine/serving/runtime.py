@@ -108,7 +108,8 @@ class Runtime:
         from vqclip.encoder import open_encoder
 
         if encoder is None:
-            encoder = open_encoder(config.model, backend=config.backend, precision=config.precision)
+            encoder = open_encoder(config.model, backend=config.backend, precision=config.precision,
+                                   config=config.arch)
         indexes: dict[str, Index] = {}
         try:
             for name, path in config.indexes.items():
