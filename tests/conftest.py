@@ -4,10 +4,9 @@ and image files good and bad.
 One tiny CLIP for the whole suite: small enough that export, four ORT sessions and
 hundreds of images a second fit a shared 2-core CPU; two layers and two heads per tower
 (so attention and the causal mask matter); OpenAI's vocabulary (the real tokenizer's ids
-index it, and the end-of-text id is OpenAI's 49407). Saved to a file without a config
-(``tiny.checkpoint``), it loads by OpenAI's heads = width // 64 rule as one head per
-tower: a different model of the same weights, which is all the CLI's ``--model FILE``
-tests need.
+index it, and the end-of-text id is OpenAI's 49407). Saved to a file (``tiny.checkpoint``)
+with its config in the safetensors metadata, as vqclip's recipe saves models, so the
+file loads as the same model.
 """
 from __future__ import annotations
 
@@ -83,9 +82,13 @@ def make_encoder(seed: int = 0, default_template: str | None = None):
 
 def save_checkpoint(path: Path, seed: int = 0) -> Path:
     """The tiny CLIP saved as a safetensors file, as a user would pass it to --model."""
+    import json
+
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in make_clip(seed).state_dict().items()}, str(path))
+    model = make_clip(seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"config": json.dumps(model.config.to_dict())})
     return path
 
 

@@ -1,7 +1,8 @@
 """The README's examples, run as written, in order, in a folder holding what they name:
 ``photos/`` (scenes of the shapes world), ``query.jpg``, ``labels.txt``, and small
 stand-ins for the real checkpoints (``ViT-B-32.pt``: a random tiny CLIP in OpenAI's key
-layout; ``clip-vit-base-patch32/``: a tiny Hugging Face CLIPModel; ``last.ckpt`` +
+layout, with its metadata entries; ``clip-vit-base-patch32/``: a tiny Hugging Face
+CLIPModel; ``CLIP-ViT-H-14-laion2B/``: a tiny OpenCLIP Hub folder; ``last.ckpt`` +
 ``model.yaml``: a tiny taming-transformers VQGAN). The install commands are not run here:
 the test command is what ``.ci/run`` runs, checked verbatim below."""
 from __future__ import annotations
@@ -47,12 +48,31 @@ def sandbox(tmp_path_factory, tiny):
         Image.fromarray(shapes.render(scene, 96)).save(base / "photos" / f"{i}.jpg", quality=95)
     Image.fromarray(shapes.render(scenes[6], 96)).save(base / "query.jpg", quality=95)
     (base / "labels.txt").write_text("a red circle\na blue star\na green square\n")
-    torch.save(tiny.clip(0).state_dict(), base / "ViT-B-32.pt")
+    openai_meta = {"input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
+                   "vocab_size": torch.tensor(49408)}  # what OpenAI's files hold besides the weights
+    torch.save({**tiny.clip(0).state_dict(), **openai_meta}, base / "ViT-B-32.pt")
     _tiny_hf_folder(base / "clip-vit-base-patch32")
+    _tiny_openclip_folder(base / "CLIP-ViT-H-14-laion2B", tiny.clip(0))
     vqgan = tiny.vqgan(0)
     torch.save({"state_dict": vqgan.state_dict(), "global_step": 1}, base / "last.ckpt")
     (base / "model.yaml").write_text(_taming_yaml(vqgan.config))
     return base
+
+
+def _tiny_openclip_folder(path: Path, clip) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    c = clip.config
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path / "open_clip_model.safetensors"))
+    model_cfg = {"embed_dim": c.embed_dim,
+                 "vision_cfg": {"image_size": c.image_size, "layers": c.vision_layers, "width": c.vision_width,
+                                "head_width": c.vision_head_width, "patch_size": c.vision_patch_size},
+                 "text_cfg": {"context_length": c.context_length, "vocab_size": c.vocab_size,
+                              "width": c.text_width, "heads": c.text_heads, "layers": c.text_layers}}
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
 
 
 def _tiny_hf_folder(path: Path) -> None:

@@ -21,7 +21,7 @@ from vqclip.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_json", "read_tensors", "sniff_format"]
+__all__ = ["read_json", "read_metadata", "read_tensors", "sniff_format"]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save (>= 1.6) and torch.jit.save write zips
 _PICKLE_PROTO = 0x80  # legacy torch.save: a pickle stream, protocol 2+
@@ -93,6 +93,19 @@ def read_tensors(path: str | Path) -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0]}); "
                               "is it truncated or of another format?") from e
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (``{}`` for other formats or none)."""
+    if sniff_format(path) != "safetensors":
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
 
 
 def read_json(path: str | Path) -> dict | None:

@@ -1,10 +1,15 @@
 """Loading CLIP weights from OpenAI, OpenCLIP and Hugging Face files, strictly.
 
-One path for every format: read the file safely (``read_tensors``), unwrap a training
-checkpoint, strip wrapper prefixes, rename Hugging Face keys (``convert_hf_clip``), drop
-OpenAI's metadata entries, pick the architecture (given, from the zoo, from a
-``config.json`` next to the weights, or inferred from the tensor shapes), then copy the
-tensors key for key into ``vqclip.models.clip.CLIP`` with a full key and shape check.
+One path for every format: read the file safely (``read_tensors``; shards merged), unwrap
+a training checkpoint, strip wrapper prefixes, rename Hugging Face keys
+(``convert_hf_clip``), drop OpenAI's metadata entries, pick the architecture, then copy
+the tensors key for key into ``vqclip.models.clip.CLIP`` with a full key and shape check.
+
+The architecture is what the checkpoint or the caller says (``clip_configs``): a given
+config or zoo name (checked against the file's own config where it has one), the
+config file beside the weights, vqclip's safetensors metadata, or, for OpenAI's own
+files, their shapes under OpenAI's rules. Anything else is refused: the same tensors
+are a QuickGELU or a GELU model, and shapes cannot tell which.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from typing import Mapping
 
 import torch
 
-from vqclip.checkpoints._io import read_json, read_tensors
-from vqclip.checkpoints.identity import remember_source, weights_file_of
+from vqclip.checkpoints._io import read_metadata, read_tensors, sniff_format
+from vqclip.checkpoints.clip_configs import FileConfig, check_agrees, config_beside, config_from_metadata
+from vqclip.checkpoints.identity import remember_source, shard_files, weights_file_of
 from vqclip.errors import CheckpointError, UnknownModelError
 from vqclip.models.clip import CLIP, CLIPConfig
 
@@ -173,13 +179,15 @@ def clip_state_dict(obj: Mapping[str, object]) -> dict[str, torch.Tensor]:
     sd = convert_openclip(obj)
     if _is_hf(sd):
         sd = convert_hf_clip(sd)
-    if "visual.positional_embedding" not in sd or "token_embedding.weight" not in sd:
+    resnet = "visual.attnpool.positional_embedding" in sd
+    if (not resnet and "visual.positional_embedding" not in sd) or "token_embedding.weight" not in sd:
         sample = ", ".join(sorted(sd)[:5]) or "none"
         hint = " (it looks like a VQGAN checkpoint)" if any(k.startswith(("encoder.", "decoder.", "quantize."))
                                                              for k in sd) else ""
         raise CheckpointError(
-            f"not a CLIP checkpoint{hint}: no 'visual.positional_embedding' / 'token_embedding.weight' "
-            f"(or Hugging Face 'vision_model.*') keys; it has {len(sd)} keys, e.g. {sample}"
+            f"not a CLIP checkpoint{hint}: no 'visual.positional_embedding' (ViT) or 'visual.attnpool.*' "
+            f"(ResNet) and 'token_embedding.weight' keys (nor Hugging Face 'vision_model.*' ones); it has "
+            f"{len(sd)} keys, e.g. {sample}"
         )
     return sd
 
@@ -189,6 +197,12 @@ def _layer_count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
     if idx != set(range(len(idx))):
         raise CheckpointError(f"checkpoint's {prefix}N blocks are not numbered 0..{len(idx) - 1}: {sorted(idx)}")
     return len(idx)
+
+
+def _mlp_width(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Hidden units of a tower's MLPs (``c_fc`` is (hidden, width)); 0, the 4x default, for no blocks."""
+    w = sd.get(prefix + "0.mlp.c_fc.weight")
+    return int(w.shape[0]) if w is not None else 0
 
 
 def _heads(width: int, tower: str) -> int:
@@ -204,13 +218,16 @@ def infer_clip_config(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
     As OpenAI's ``build_model``: widths from the embeddings, layer counts from the
     block indices, patch size from ``visual.conv1`` (or, for vqclip's conv stem,
     ``2 ** number of stride-2 3x3 convs`` in ``visual.stem``), image size from the
-    positional embedding's grid, heads = width // 64 (shapes cannot tell heads; pass a
-    config for models that break this rule).
+    positional embedding's grid, MLP widths from ``c_fc``; and OpenAI's conventions for what
+    shapes cannot tell: heads = width // 64, QuickGELU, eps 1e-5 (``load_clip`` uses this
+    only for OpenAI's own formats). ModifiedResNet towers as ``build_model`` infers them.
 
     Example::
 
         cfg = infer_clip_config(CLIP(get("ViT-B/32").config).state_dict())  # == that config
     """
+    if "visual.attnpool.positional_embedding" in state_dict:
+        return _infer_resnet_config(state_dict)
     try:
         vis_pos = state_dict["visual.positional_embedding"]  # (1 + g*g, Wv)
         vision_width = vis_pos.shape[1]
@@ -229,6 +246,8 @@ def infer_clip_config(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
                                   "square grid of patches")
         text_width = state_dict["ln_final.weight"].shape[0]
         return CLIPConfig(
+            vision_mlp_width=_mlp_width(state_dict, "visual.transformer.resblocks."),
+            text_mlp_width=_mlp_width(state_dict, "transformer.resblocks."),
             embed_dim=state_dict["visual.proj"].shape[1],  # (Wv, E)
             image_size=grid * patch,
             vision_patch_size=patch,
@@ -246,41 +265,27 @@ def infer_clip_config(state_dict: Mapping[str, torch.Tensor]) -> CLIPConfig:
         raise CheckpointError(f"cannot infer the CLIP architecture: key {e.args[0]!r} is missing") from e
 
 
-def _config_from_hf_json(cfg: Mapping[str, object]) -> CLIPConfig:
-    """A CLIPConfig from a Hugging Face ``config.json`` of a ``CLIPModel``."""
-    if cfg.get("model_type", "clip") != "clip":
-        raise CheckpointError(f"config.json describes a {cfg.get('model_type')!r} model, not 'clip'; remove it "
-                              "or pass config= if the weights really are CLIP's")
+def _infer_resnet_config(sd: Mapping[str, torch.Tensor]) -> CLIPConfig:
+    """A ModifiedResNet CLIP's config from its shapes, by OpenAI's ``build_model`` rules."""
     try:
-        t, v = cfg["text_config"], cfg["vision_config"]
+        stages = tuple(len({k.split(".")[2] for k in sd if k.startswith(f"visual.layer{b}.")}) for b in (1, 2, 3, 4))
+        width = sd["visual.layer1.0.conv1.weight"].shape[0]  # (W, W, 1, 1): the stem's output width
+        pos = sd["visual.attnpool.positional_embedding"]  # (1 + g*g, 32 W)
+        grid = round((pos.shape[0] - 1) ** 0.5)
+        if grid * grid + 1 != pos.shape[0] or 0 in stages:
+            raise CheckpointError(f"visual.attnpool.positional_embedding has {pos.shape[0]} rows and the stages "
+                                  f"{stages} blocks; not a ModifiedResNet image tower")
+        text_width = sd["ln_final.weight"].shape[0]
         return CLIPConfig(
-            embed_dim=int(cfg.get("projection_dim", 512)),
-            image_size=int(v.get("image_size", 224)),
-            vision_patch_size=int(v.get("patch_size", 32)),
-            vision_width=int(v.get("hidden_size", 768)),
-            vision_layers=int(v.get("num_hidden_layers", 12)),
-            vision_heads=int(v.get("num_attention_heads", 12)),
-            context_length=int(t.get("max_position_embeddings", 77)),
-            vocab_size=int(t.get("vocab_size", 49408)),
-            text_width=int(t.get("hidden_size", 512)),
-            text_layers=int(t.get("num_hidden_layers", 12)),
-            text_heads=int(t.get("num_attention_heads", 8)),
+            embed_dim=sd["text_projection"].shape[1],  # (Wt, E)
+            image_size=grid * 32, vision_patch_size=32, vision_width=width, vision_layers=stages,
+            vision_heads=width * 32 // _HEAD_DIM,
+            context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
+            text_width=text_width, text_layers=_layer_count(sd, "transformer.resblocks."),
+            text_heads=_heads(text_width, "text"), text_mlp_width=_mlp_width(sd, "transformer.resblocks."),
         )
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise CheckpointError(f"config.json is not a Hugging Face CLIPModel config ({e!r}); remove it to "
-                              "infer the architecture from the weights") from e
-
-
-def _check_hf_json(cfg: Mapping[str, object]) -> None:
-    # Our towers are OpenAI's: QuickGELU, LayerNorm eps 1e-5. A config asking for others
-    # would load without a shape error and give wrong embeddings, so refuse it.
-    for tower in ("text_config", "vision_config"):
-        sub = cfg.get(tower) or {}
-        act = sub.get("hidden_act", "quick_gelu")
-        eps = float(sub.get("layer_norm_eps", 1e-5))
-        if act != "quick_gelu" or abs(eps - 1e-5) > 1e-12:
-            raise CheckpointError(f"config.json {tower} uses hidden_act={act!r}, layer_norm_eps={eps}; vqclip's "
-                                  "CLIP implements OpenAI's quick_gelu with eps 1e-5 only")
+    except KeyError as e:
+        raise CheckpointError(f"cannot infer the ResNet CLIP architecture: key {e.args[0]!r} is missing") from e
 
 
 def strict_load(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str = "checkpoint", *,
@@ -316,6 +321,8 @@ def _build_loaded(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source: str, 
     """
     with torch.device("meta"):
         model = CLIP(cfg)
+    counters = [k for k in model.state_dict() if k.endswith(".num_batches_tracked") and k not in sd]
+    sd = {**sd, **{k: torch.tensor(0) for k in counters}}  # BatchNorm's training counter: some saves drop it
     cast = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in sd.items()}
     strict_load(model, cast, source=source, assign=True)
     # The causal mask is the one non-persistent buffer: derived from the config, never saved.
@@ -327,8 +334,8 @@ def _build_loaded(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source: str, 
 
 
 def _resolve(source: str | os.PathLike) -> tuple[Path, CLIPConfig | None]:
-    """A file to read and, for a zoo name, its config."""
-    path = Path(source)
+    """A file to read (a shard index for a sharded folder) and, for a zoo name, its config."""
+    path = Path(os.path.expanduser(os.fspath(source)))
     if path.is_dir():  # a Hugging Face or OpenCLIP model folder
         return weights_file_of(path), None
     if path.is_file():
@@ -341,12 +348,81 @@ def _resolve(source: str | os.PathLike) -> tuple[Path, CLIPConfig | None]:
         raise CheckpointError(f"{str(source)!r} is neither a file nor a known CLIP model ({e}); give a local "
                               "weights path or a zoo name") from e
     if rec.weights is None:
-        raise CheckpointError(f"zoo model {rec.name!r} has no bundled weights; download them yourself and pass "
-                              f"the file path, e.g. load_clip('ViT-B-32.pt', config=get({rec.name!r}).config)")
+        raise CheckpointError(f"zoo model {rec.name!r} has no bundled weights; give the weights file or folder "
+                              f"and name {rec.name!r} as its architecture")
     from vqclip.zoo.bundled import weights_file
 
     wpath = weights_file(rec)  # missing or corrupt: an error naming the file and the recipe
     return wpath, rec.config
+
+
+def _read_all(path: Path) -> dict:
+    """The checkpoint object of ``path``; a shard index's shards merged into one dict."""
+    files = shard_files(path)
+    if files == [path]:
+        return read_tensors(path)
+    merged: dict = {}
+    for f in files:
+        part = read_tensors(f)
+        if not isinstance(part, Mapping):
+            raise CheckpointError(f"shard {f} holds a {type(part).__name__}, expected a dict of tensors")
+        twice = set(part) & set(merged)
+        if twice:
+            raise CheckpointError(f"shards of {path} both hold {sorted(twice)[:3]}; is the index damaged?")
+        merged.update(part)
+    return merged
+
+
+def _is_openai_file(path: Path, raw: Mapping[str, object]) -> bool:
+    """OpenAI's own formats, whose architecture their shapes decide under OpenAI's rules
+    (QuickGELU, heads = width // 64): their TorchScript archives, and state dicts that
+    still hold the archives' metadata entries."""
+    return sniff_format(path) == "torchscript" or any(k in raw for k in OPENAI_METADATA_KEYS)
+
+
+def _matching_zoo_names(shapes: CLIPConfig) -> list[str]:
+    """Zoo architectures with these shapes, whatever their activation and heads."""
+    from vqclip.zoo import get, list_models
+
+    keep = ("activation", "vision_heads", "text_heads", "layer_norm_eps")
+    def shape_of(c: CLIPConfig) -> dict:
+        return {k: v for k, v in c.to_dict().items() if k not in keep and not k.endswith("head_width")}
+    return [n for n in list_models("clip") if shape_of(get(n).config) == shape_of(shapes)]
+
+
+def _undetermined(path: Path, sd: Mapping[str, torch.Tensor]) -> CheckpointError:
+    try:
+        names = _matching_zoo_names(infer_clip_config(sd))
+    except CheckpointError:
+        names = []
+    pick = f"one of {', '.join(names)}" if names else "a zoo name or a CLIPConfig"
+    return CheckpointError(
+        f"{path} does not say its architecture (the same tensors are a QuickGELU or a GELU model, and head "
+        f"counts cannot be told from shapes): name it ({pick}; CLI --arch NAME), or put the model's "
+        "config.json / open_clip_config.json beside it")
+
+
+def _choose_config(path: Path, raw: Mapping[str, object], sd: Mapping[str, torch.Tensor],
+                   found: FileConfig | None, given: CLIPConfig | None, given_name: str,
+                   zoo_config: CLIPConfig | None) -> FileConfig:
+    """The architecture to build, from the caller and what the checkpoint says (module docstring)."""
+    if zoo_config is not None:
+        if given is not None:
+            check_agrees(given, FileConfig(zoo_config, "the zoo record"), given_name)
+        return FileConfig(zoo_config, "the zoo")
+    if found is None:
+        meta = config_from_metadata(read_metadata(path) if path.suffix != ".json" else {}, str(path))
+        found = FileConfig(meta, f"{path.name}'s metadata") if meta is not None else None
+    if given is not None:
+        if found is not None:
+            check_agrees(given, found, given_name)
+            return FileConfig(given, given_name, found.mean, found.std, found.interpolation)
+        return FileConfig(given, given_name)
+    if found is not None:
+        return found
+    if _is_openai_file(path, raw):
+        return FileConfig(infer_clip_config(sd), "OpenAI's format")
+    raise _undetermined(path, sd)
 
 
 def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = None, device: str | torch.device = "cpu",
@@ -354,39 +430,45 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = No
     """A ``CLIP`` in eval mode with the weights of ``source``, checked key for key.
 
     ``source`` is a zoo name with bundled weights (``vqclip/zoo/weights``), a local
-    weights file, or a Hugging Face model folder. Files: OpenAI ``ViT-*.pt`` TorchScript
-    archives (read without executing them), OpenAI / OpenCLIP state dicts and training
-    checkpoints (``.pt``/``.bin``/``.safetensors``), Hugging Face ``CLIPModel``
-    ``model.safetensors`` / ``pytorch_model.bin``. The architecture is ``config`` if
-    given (a ``CLIPConfig`` or a zoo name such as ``"ViT-B/32"``), else the zoo's, else a
-    ``config.json`` beside a HF file, else inferred from the shapes (``infer_clip_config``). Weights are cast to ``dtype`` (OpenAI's files are
-    float16) and moved to ``device``.
+    weights file, or a Hugging Face / OpenCLIP model folder (sharded ones included).
+    Files: OpenAI ``ViT-*.pt`` / ``RN*.pt`` TorchScript archives (read without executing
+    them), OpenAI / OpenCLIP state dicts and training checkpoints
+    (``.pt``/``.bin``/``.safetensors``), Hugging Face ``CLIPModel`` weights.
 
-    Raises ``CheckpointError`` for a missing, truncated, unsafe or non-CLIP file and for
-    missing / unexpected / mis-shaped keys (all listed in one message).
+    The architecture (module docstring): ``config`` (a ``CLIPConfig`` or a zoo name such
+    as ``"ViT-B/32"``), checked against the checkpoint's own ``config.json`` /
+    ``open_clip_config.json`` when one is beside it; else that file; else vqclip's
+    safetensors metadata; else, for OpenAI's formats, the shapes. A checkpoint that says
+    none of these is refused: loading it as QuickGELU would be silently wrong for
+    OpenCLIP's GELU models. Weights are cast to ``dtype`` (OpenAI's files are float16)
+    and moved to ``device``; a file's stated preprocessing is kept in ``model.preprocess_cfg``.
+
+    Raises ``CheckpointError`` for a missing, truncated, unsafe or non-CLIP file, for an
+    undetermined or contradicted architecture, and for missing / unexpected / mis-shaped
+    keys (all listed in one message).
 
     Example::
 
         model = load_clip("ViT-B-32.pt")  # OpenAI's file; architecture inferred
         emb = model.encode_image(pixels)  # (B, 3, 224, 224) -> (B, 512)
     """
+    given_name = repr(config) if isinstance(config, str) else "given"
     if isinstance(config, str):
         from vqclip.zoo import get
 
         config = get(config, family="clip").config  # UnknownModelError lists the known names
     path, zoo_config = _resolve(source)
-    raw = read_tensors(path)
+    raw = _read_all(path)
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}, expected a dict of tensors")
     unwrapped = convert_openclip(raw)
-    # A Hugging Face export keeps its architecture (incl. head counts) in config.json beside the weights.
-    hf_json = read_json(path.parent / "config.json") if _is_hf(unwrapped) else None
+    beside = config_beside(path, _is_hf(unwrapped)) if zoo_config is None else None  # refuses what it describes
     sd = clip_state_dict(unwrapped)
-    if config is None and zoo_config is None and hf_json is not None:
-        config = _config_from_hf_json(hf_json)
-        _check_hf_json(hf_json)
-    cfg = config or zoo_config or infer_clip_config(sd)
-    log.info("loading CLIP from %s (%d tensors) as %s", path, len(sd), cfg)
+    chosen = _choose_config(path, raw, sd, beside, config, given_name, zoo_config)
+    cfg = chosen.config
+    log.info("loading CLIP from %s (%d tensors) as %s (architecture from %s)", path, len(sd), cfg, chosen.source)
     model = _build_loaded(cfg, sd, str(path), device, dtype).eval()
+    model.preprocess_cfg = {k: v for k, v in (("mean", chosen.mean), ("std", chosen.std),
+                                              ("interpolation", chosen.interpolation)) if v is not None}
     remember_source(model, path)
     return model

@@ -18,15 +18,18 @@ from typing import Any
 from vqclip._hashing import sha256_file, state_dict_sha256
 from vqclip.errors import CheckpointError
 
-__all__ = ["HF_WEIGHT_FILES", "weights_file_of", "weights_digest", "remember_source"]
+__all__ = ["HF_WEIGHT_FILES", "weights_file_of", "shard_files", "weights_digest", "remember_source"]
 
 # The weights file a model folder is read from, in order of preference.
 HF_WEIGHT_FILES = (
     "model.safetensors",  # Hugging Face CLIPModel (save_pretrained)
+    "model.safetensors.index.json",  # the same, sharded (save_pretrained(max_shard_size=...))
     "pytorch_model.bin",  # Hugging Face, older pickled form
+    "pytorch_model.bin.index.json",
     "open_clip_model.safetensors",  # OpenCLIP's Hub folders
     "open_clip_pytorch_model.bin",
 )
+_INDEX_SUFFIX = ".index.json"  # a sharded checkpoint's map from tensor name to shard file
 
 _SOURCE_ATTR = "_vqclip_weights_source"  # the file a loader read, and the tensors as they were then
 
@@ -41,6 +44,41 @@ def weights_file_of(folder: str | os.PathLike) -> Path:
                           "give the weights file itself")
 
 
+def shard_files(path: str | os.PathLike) -> list[Path]:
+    """The files holding a checkpoint's tensors: the shards an ``*.index.json`` names (in
+    name order, each once), or the file itself."""
+    path = Path(path)
+    if not path.name.endswith(_INDEX_SUFFIX):
+        return [path]
+    from vqclip.checkpoints._io import read_json
+
+    index = read_json(path)
+    weight_map = (index or {}).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{path}: a shard index needs a non-empty 'weight_map'; is the file damaged?")
+    names = sorted(set(weight_map.values()))
+    if any(not isinstance(n, str) or Path(n).name != n for n in names):
+        raise CheckpointError(f"{path}: shard names must be plain file names beside the index")
+    return [path.parent / n for n in names]
+
+
+def _digest_files(path: Path) -> str:
+    """sha256 of a file's bytes; for a shard index, of its shards' names and digests."""
+    files = shard_files(path)
+    if files == [path]:
+        return sha256_file(path)
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name} {sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _stats(path: Path) -> tuple:
+    return tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in shard_files(path))
+
+
 def _tensor_state(module: Any) -> tuple:
     """Where each tensor lives and how often it was changed in place: cheap, and it moves
     when a weight is edited (``add_``, an optimiser step) or replaced."""
@@ -49,8 +87,7 @@ def _tensor_state(module: Any) -> tuple:
 
 def remember_source(module: Any, path: str | os.PathLike) -> None:
     """Record on ``module`` the file its weights were read from (loaders call this)."""
-    st = Path(path).stat()
-    setattr(module, _SOURCE_ATTR, (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, _tensor_state(module)))
+    setattr(module, _SOURCE_ATTR, (str(Path(path).resolve()), _stats(Path(path)), _tensor_state(module)))
 
 
 def weights_digest(source: Any) -> str:
@@ -59,8 +96,9 @@ def weights_digest(source: Any) -> str:
     ``source``: a zoo name with bundled weights, a weights file, a model folder, or a
     module. A module remembers the file a vqclip loader read it from and gets that file's
     digest while neither the file nor the module's tensors have changed; otherwise (built
-    in memory, edited, or the file rewritten since) the digest of its tensors. Raises ``CheckpointError`` for a name that is
-    neither a path nor a zoo model with weights.
+    in memory, edited, or the file rewritten since) the digest of its tensors. A sharded
+    checkpoint's digest is that of its shards' names and digests. Raises ``CheckpointError``
+    for a name that is neither a path nor a zoo model with weights.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(os.path.expanduser(os.fspath(source)))
@@ -76,16 +114,15 @@ def weights_digest(source: Any) -> str:
             except UnknownModelError as e:
                 raise CheckpointError(f"{os.fspath(source)!r} is neither a file nor a known model ({e})") from e
         try:
-            return sha256_file(path)
+            return _digest_files(path)
         except OSError as e:
             raise CheckpointError(f"cannot read {str(path)!r} to identify its weights ({e.strerror})") from e
     recorded = getattr(source, _SOURCE_ATTR, None)
-    if recorded is not None and recorded[3] == _tensor_state(source):
-        path, size, mtime, _ = recorded
+    if recorded is not None and recorded[2] == _tensor_state(source):
+        path, stats, _ = recorded
         try:
-            st = os.stat(path)
-            if (st.st_size, st.st_mtime_ns) == (size, mtime):
-                return sha256_file(path)
-        except OSError:
-            pass  # the file is gone: the tensors themselves are the identity
+            if _stats(Path(path)) == stats:
+                return _digest_files(Path(path))
+        except (OSError, CheckpointError):
+            pass  # the file is gone or changed: the tensors themselves are the identity
     return state_dict_sha256(source)

@@ -187,3 +187,29 @@ def test_argument_errors_are_one_line(capsys, argv, words):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("vqclip: error: ") and err.count("\n") == 1 and words in err, err
+
+
+def test_a_weights_file_that_does_not_state_its_architecture_takes_arch(tiny, env, capsys, monkeypatch):
+    # A bare state dict (no config beside it, no vqclip metadata, not OpenAI's format) is refused
+    # in one line that names --arch; with --arch it loads, and the index built from it keeps the
+    # architecture so that search reopens the same model.
+    import torch
+
+    from vqclip.zoo import ModelRecord, registry
+
+    tmp, _, src = env
+    monkeypatch.setitem(registry._REGISTRY, "tiny-arch", ModelRecord(name="tiny-arch", family="clip",
+                                                                       config=tiny.CLIP))
+    bare = tmp / "epoch_3.pt"
+    torch.save(tiny.clip(0).state_dict(), bare)
+    img = str(src / "img0.png")
+    _one_line_error(capsys, main(["classify", img, "--labels", "x", "y", "--model", str(bare)]),
+                    "does not say its architecture")
+    assert main(["classify", img, "--labels", "x", "y", "--model", str(bare), "--arch", "tiny-arch"]) == 0
+    idx = str(tmp / "idx")
+    assert main(["index", "build", str(src), "--out", idx, "--model", str(bare), "--arch", "tiny-arch",
+                 "--no-progress"]) == 0
+    assert json.loads((Path(idx) / "header.json").read_text())["model"]["config"] == "tiny-arch"
+    capsys.readouterr()
+    assert main(["search", idx, "circle", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) >= 1
