@@ -24,7 +24,7 @@ from typing import Mapping
 
 from vqclip.checkpoints._io import read_json
 from vqclip.errors import CheckpointError
-from vqclip.models.clip import ACTIVATIONS, CLIPConfig
+from vqclip.models.configs import ACTIVATION_NAMES, CLIPConfig
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def config_from_metadata(metadata: Mapping[str, str] | None, where: str) -> CLIP
         cfg = CLIPConfig.from_dict(d)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: its metadata's CLIP config is invalid ({e}); pass config=") from e
-    if "activation" in d and d["activation"] not in ACTIVATIONS:
+    if "activation" in d and d["activation"] not in ACTIVATION_NAMES:
         raise CheckpointError(f"{where}: metadata activation {d['activation']!r} is unknown")
     return cfg
 

@@ -8,93 +8,13 @@ so an OpenAI state dict loads with a shape check and nothing else. Other layouts
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqclip.models.configs import ACTIVATION_NAMES, CLIPConfig
+
 __all__ = ["CLIPConfig", "CLIP", "VisionTransformer"]
-
-
-@dataclass(frozen=True)
-class CLIPConfig:
-    """Architecture of one CLIP model; named instances live in ``vqclip.zoo``."""
-
-    embed_dim: int = 512  # size of the joint image/text embedding
-    image_size: int = 224  # square input resolution of the image tower
-    vision_patch_size: int = 32  # pixels per side of one patch token
-    vision_width: int = 768  # residual width of the image transformer
-    vision_layers: int | tuple[int, ...] = 12  # transformer blocks; a tuple: a ResNet's bottlenecks per stage
-    vision_heads: int = 12  # attention heads of the image tower (ViT: width // head width; ResNet pool: width / 2)
-    vision_stem: str = "patch"  # "patch": OpenAI's strided conv; "conv": a small conv stem, same token grid
-    context_length: int = 77  # text tokens, start and end included
-    vocab_size: int = 49408  # BPE vocabulary (OpenAI's, 49,152 merges + 256 bytes + start/end)
-    text_width: int = 512  # residual width of the text transformer
-    text_layers: int = 12  # residual blocks in the text transformer
-    text_heads: int = 8  # attention heads in the text transformer (OpenAI: width // 64)
-    # What the released families differ in beyond shapes; the shapes cannot tell them.
-    activation: str = "quick_gelu"  # MLP nonlinearity: OpenAI's weights "quick_gelu", OpenCLIP's LAION ViTs "gelu"
-    layer_norm_eps: float = 1e-5  # every LayerNorm of both towers
-    vision_mlp_width: int = 0  # hidden units of each image MLP; 0: 4 x vision_width (OpenCLIP's ViT-g/bigG differ)
-    text_mlp_width: int = 0  # hidden units of each text MLP; 0: 4 x text_width
-
-    def __post_init__(self) -> None:
-        if isinstance(self.vision_layers, list):  # a config read back from JSON
-            object.__setattr__(self, "vision_layers", tuple(self.vision_layers))
-        for name, width in (("vision_mlp_width", self.vision_width), ("text_mlp_width", self.text_width)):
-            if not getattr(self, name):
-                object.__setattr__(self, name, 4 * width)
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {self.activation!r}")
-        if self.is_resnet:
-            if len(self.vision_layers) != 4 or self.image_size % 32:
-                raise ValueError("a ResNet image tower has 4 stages and an image_size that is a multiple of 32")
-            if (self.vision_width * 32) % self.vision_heads or self.text_width % self.text_heads:
-                raise ValueError("each attention width must be a multiple of its head count")
-            return
-        if self.image_size % self.vision_patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of vision_patch_size "
-                f"{self.vision_patch_size}"
-            )
-        if self.vision_width % self.vision_heads or self.text_width % self.text_heads:
-            raise ValueError("each transformer width must be a multiple of its head count")
-        if self.vision_stem not in ("patch", "conv"):
-            raise ValueError(f"vision_stem must be 'patch' or 'conv', not {self.vision_stem!r}")
-        if self.vision_stem == "conv" and self.vision_patch_size & (self.vision_patch_size - 1):
-            raise ValueError("the conv stem needs a power-of-two vision_patch_size")
-
-    @property
-    def is_resnet(self) -> bool:
-        """True for OpenAI's ResNet image towers (RN50 ...), whose layers are per-stage counts."""
-        return isinstance(self.vision_layers, tuple)
-
-    @property
-    def grid_size(self) -> int:
-        """Tokens per side of the image tower's last feature map (ResNet: 32x downsampled)."""
-        return self.image_size // (32 if self.is_resnet else self.vision_patch_size)
-
-    @property
-    def vision_head_width(self) -> int:
-        return (self.vision_width * 32 if self.is_resnet else self.vision_width) // self.vision_heads
-
-    @property
-    def text_head_width(self) -> int:
-        return self.text_width // self.text_heads
-
-    def to_dict(self) -> dict:
-        """The fields, plus the derived head widths, so a manifest says what was built."""
-        d = asdict(self)
-        if self.is_resnet:
-            d["vision_layers"] = list(self.vision_layers)
-        d["vision_head_width"], d["text_head_width"] = self.vision_head_width, self.text_head_width
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "CLIPConfig":
-        """The config ``to_dict`` wrote (derived entries are dropped)."""
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 class LayerNorm(nn.LayerNorm):
@@ -115,6 +35,7 @@ class QuickGELU(nn.Module):
 # CLIPConfig.activation -> module. Exact GELU is what OpenCLIP's LAION/DataComp ViTs were
 # trained with; on QuickGELU their embeddings move by ~0.05 (tests/checkpoints).
 ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
 
 
 class Attention(nn.Module):

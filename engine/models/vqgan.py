@@ -11,68 +11,18 @@ apart from global self-attention, so any grid size decodes (a 32x18 grid gives 5
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vqclip.errors import InputShapeError, UnsupportedOperationError
+from vqclip.models.configs import VQGANConfig
 
 __all__ = ["VQGANConfig", "VQGAN", "VectorQuantizer", "Encoder", "Decoder"]
 
 # Rows of the (rows x n_embed) distance matrix computed at once when quantising: bounds the
 # temporary to 4096 * 16384 * 4 B = 256 MiB for the largest released codebook.
 _QUANTIZE_CHUNK = 4096
-
-
-@dataclass(frozen=True)
-class VQGANConfig:
-    """Architecture of one VQGAN; named instances live in ``vqclip.zoo`` (``vqgan-f16-16384``).
-
-    Example: ``VQGANConfig(ch=64, ch_mult=(1, 2), attn_resolutions=(16,), resolution=32,
-    z_channels=64, embed_dim=64, n_embed=512)`` is a small f2 model.
-    """
-
-    ch: int = 128  # base channel width; level i is ch * ch_mult[i] wide
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # width multiplier per level; len - 1 halvings (f16 for 5)
-    num_res_blocks: int = 2  # ResNet blocks per encoder level (decoder levels have one more)
-    attn_resolutions: tuple[int, ...] = (16,)  # nominal side lengths (from `resolution`) given self-attention
-    z_channels: int = 256  # channels between the encoder/decoder and the 1x1 quant convs
-    embed_dim: int = 256  # width of one codebook vector (the latent the quantiser sees)
-    n_embed: int = 16384  # codebook size
-    resolution: int = 256  # training image side; only decides which levels carry attention
-    in_channels: int = 3  # image channels the encoder reads
-    out_ch: int = 3  # image channels the decoder writes
-    dropout: float = 0.0  # ResNet-block dropout (0 in every released model; inert at inference)
-    beta: float = 0.25  # training only: weight of the quantiser's (legacy-placed) loss term
-
-    def __post_init__(self) -> None:
-        # Accept lists (as a YAML file gives them) but store tuples: the config stays hashable.
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
-        if not self.ch_mult or min(self.ch_mult) < 1:
-            raise ValueError(f"ch_mult must be a non-empty sequence of positive ints, not {self.ch_mult}")
-        widths = [self.ch] + [self.ch * m for m in self.ch_mult]
-        if any(w % 32 for w in widths):
-            raise ValueError(f"every level width {widths} must be a multiple of 32 (GroupNorm with 32 groups)")
-        if self.num_res_blocks < 1 or self.n_embed < 1 or self.embed_dim < 1 or self.z_channels < 1:
-            raise ValueError("num_res_blocks, n_embed, embed_dim and z_channels must be positive")
-        if self.resolution < self.factor:
-            raise ValueError(f"resolution {self.resolution} is smaller than the downsampling factor {self.factor}")
-
-    @property
-    def factor(self) -> int:
-        """Image pixels per latent cell along one side (16 for five levels)."""
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def latent_size(self) -> int:
-        """Latent grid side at the training resolution (16 for f16 at 256)."""
-        return self.resolution // self.factor
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _norm(channels: int) -> nn.GroupNorm:

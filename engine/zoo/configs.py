@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from vqclip.constants import OPENAI_MEAN, OPENAI_STD
-from vqclip.models.clip import CLIPConfig
-from vqclip.models.vqgan import VQGANConfig
+from vqclip.models.configs import CLIPConfig, VQGANConfig
 from vqclip.zoo.records import ModelRecord, WeightsRecord
 
 # OpenAI's released CLIP ViTs (the shapes of the files their clip.load downloads).
