@@ -1,7 +1,10 @@
 """The exceptions a user of vqclip can cause, one type per kind of mistake.
 
 Every message says what was given, what was expected, and what to do. The CLI prints
-``str(exc)`` on one line and exits non-zero; the server answers 4xx with it.
+``exc.cli`` (the same message naming its flags, where the raiser gave one) or ``str(exc)``
+on one line and exits non-zero; the server answers 4xx with ``str(exc)``.
+
+Example: ``raise TextTooLongError("... or pass truncate=True", cli="... or pass --truncate")``
 """
 from __future__ import annotations
 
@@ -22,11 +25,24 @@ __all__ = [
     "SearchIndexError",
     "IndexMismatchError",
     "OutputPathError",
+    "DeviceMemoryError",
 ]
 
 
 class VqclipError(Exception):
-    """Base class: every error a user can cause derives from this."""
+    """Base class: every error a user can cause derives from this.
+
+    ``cli``: the message worded for the command line, naming flags (``--truncate``) where
+    ``str(exc)`` names Python arguments (``truncate=True``); None when one wording fits both.
+    """
+
+    def __init__(self, *args: object, cli: str | None = None):
+        super().__init__(*args)
+        self.cli = cli
+
+    def cli_message(self) -> str:
+        """What ``vqclip`` prints for this error: the CLI wording if given, else ``str(self)``."""
+        return self.cli if self.cli is not None else str(self)
 
 
 class UnknownModelError(VqclipError, KeyError):

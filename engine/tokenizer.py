@@ -299,11 +299,9 @@ class Tokenizer:
             if n > context_length:
                 if not truncate:
                     preview = texts[i] if len(texts[i]) <= 40 else texts[i][:37] + "..."
-                    raise TextTooLongError(
-                        f"text {i} ({preview!r}) has {n} tokens, the model takes at most "
-                        f"{context_length} ({context_length - 2} + start/end); shorten it "
-                        f"or pass truncate=True"
-                    )
+                    msg = (f"text {i} ({preview!r}) has {n} tokens, the model takes at most "
+                           f"{context_length} ({context_length - 2} + start/end); shorten it")
+                    raise TextTooLongError(f"{msg} or pass truncate=True", cli=f"{msg} or pass --truncate")
                 ids = ids[: context_length - 2]
             out[i, 0] = SOT_TOKEN
             out[i, 1 : len(ids) + 1] = ids

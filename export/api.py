@@ -19,7 +19,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import onnx
 import torch
@@ -71,8 +71,10 @@ def load_source(source: str | Path | nn.Module, weights: str | Path | None = Non
     record = get(str(source))  # UnknownModelError lists the known names
     if weights is None:
         if record.weights is None:
-            raise CheckpointError(f"model {record.name!r} has no bundled weights and random weights are never "
-                                  f"exported; give its checkpoint: vqclip export {record.name} --weights PATH")
+            msg = f"model {record.name!r} has no bundled weights and random weights are never exported; give its " \
+                  "checkpoint: "
+            raise CheckpointError(f"{msg}export_model({record.name!r}, out_dir, weights=PATH)",
+                                  cli=f"{msg}vqclip export {record.name} --weights PATH")
         weights = weights_file(record)
     model = _load_checkpoint(Path(weights).expanduser(), record)
     return model.eval(), canonical_name(record.name), _file_record(Path(weights).expanduser(), model)
@@ -159,18 +161,23 @@ def _refuse_existing(path: Path, force: bool, what: str) -> None:
     if not (path.exists() or path.is_symlink()):
         return
     if not force:
-        raise OutputExistsError(f"{what} {path} already exists; pass --force (force=True) to replace it, "
-                                "or choose another path")
+        raise _refusal(lambda force: f"{what} {path} already exists; pass {force} to replace it, or choose "
+                                     "another path")
     if path.is_symlink() or not path.is_dir():
-        raise OutputExistsError(f"{path} is a file, not an export folder; --force replaces only a vqclip export "
-                                "folder (or an empty one): choose another path")
+        raise _refusal(lambda force: f"{path} is a file, not an export folder; {force} replaces only a vqclip "
+                                     "export folder (or an empty one): choose another path")
     if any(path.iterdir()):
         try:
             read_manifest(path, verify=False)
         except Exception:  # no readable vqclip manifest: someone else's folder
-            raise OutputExistsError(f"{path} holds files that are not a vqclip export (no manifest.json of one); "
-                                    "--force replaces only a vqclip export folder or an empty one: choose "
-                                    "another path") from None
+            raise _refusal(lambda force: f"{path} holds files that are not a vqclip export (no manifest.json of "
+                                         f"one); {force} replaces only a vqclip export folder or an empty one: "
+                                         "choose another path") from None
+
+
+def _refusal(text: Callable[[str], str]) -> OutputExistsError:
+    """The refusal worded for Python callers (``force=True``) and for the CLI (``--force``)."""
+    return OutputExistsError(text("force=True"), cli=text("--force"))
 
 
 def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions: Iterable[str] = ("fp32",), *,

@@ -12,9 +12,13 @@ from typing import Any
 from vqclip.backends.base import Backend
 from vqclip.errors import BackendUnavailableError, UnknownBackendError
 
-__all__ = ["BACKENDS", "open_backend", "backend_status", "resolve_backend_name"]
+__all__ = ["BACKENDS", "BACKEND_PRECISIONS", "open_backend", "backend_status", "check_device", "resolve_backend_name"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# What each backend runs: torch its dtypes (torch_backend.TORCH_PRECISIONS), the exported ones
+# the graphs `vqclip export` writes (TensorRT int8 needs calibration data, so no int8 plans).
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnxruntime": ("fp32", "fp16", "int8"),
+                      "tensorrt": ("fp32", "fp16")}
 _ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 _CLASSES = {  # name -> (module, class)
     "torch": ("vqclip.backends.torch_backend", "TorchBackend"),
@@ -51,6 +55,7 @@ def open_backend(name: str, source: str | Path | None = None, **options: Any) ->
     key = resolve_backend_name(name)
     module_name, cls_name = _CLASSES[key]
     cls = getattr(importlib.import_module(module_name), cls_name)  # imported only when chosen
+    check_device(key, options.get("device"))
     if key == "torch":
         if source is not None:
             raise BackendUnavailableError(
@@ -61,6 +66,30 @@ def open_backend(name: str, source: str | Path | None = None, **options: Any) ->
     if source is None:
         raise BackendUnavailableError(f"the {key} backend needs an export folder: open_backend({key!r}, 'DIR')")
     return cls(source, **options)
+
+
+def check_device(name: str, device: str | None) -> None:
+    """Refuse a ``device`` the backend ``name`` cannot run on, worded for Python and for the
+    CLI (``BackendUnavailableError``); None (the backend's default) always passes. The CLI
+    calls it before loading a model; the backends check again when built directly.
+
+    Example: ``check_device("tensorrt", "cpu")`` raises; ``check_device("torch", "cpu")`` passes.
+    """
+    key = resolve_backend_name(name)
+    if device is None:
+        return  # each backend's own default: cpu, or cuda for tensorrt
+    device = str(device)
+    if key == "tensorrt" and not device.startswith("cuda"):
+        msg = f"tensorrt backend runs on a CUDA GPU, not {device!r}"
+        raise BackendUnavailableError(f"{msg}; pass device='cuda' (or leave it out)",
+                                      cli=f"{msg}; pass --device cuda (or leave it out)")
+    if key == "torch" and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            msg = (f"torch backend: device {device!r} needs CUDA, but this PyTorch ({torch.__version__}) sees "
+                   "no CUDA GPU")
+            raise BackendUnavailableError(f"{msg}; use device='cpu'", cli=f"{msg}; use --device cpu")
 
 
 def backend_status() -> dict[str, str | None]:
