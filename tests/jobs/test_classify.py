@@ -110,6 +110,47 @@ def test_top_k_below_one_is_refused(tiny, tmp_path):
         clf.classify_pixels(np.zeros((1, 3, 32, 32), np.float32), top_k=0)
 
 
+def test_logits_are_the_softmax_input_and_threshold_keeps_the_likely_labels(tiny, tmp_path):
+    clf = ZeroShotClassifier(tiny.encoder(), LABELS, "single", cache_dir=tmp_path)
+    px = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    every = clf.classify_pixels(px, top_k=10)
+    for p in every:
+        logits = np.array([x.logit for x in p], np.float64)
+        soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        np.testing.assert_allclose([x.prob for x in p], soft, atol=1e-6)  # float32 softmax of the same logits
+        assert all(abs(x.logit) <= clf.encoder.logit_scale + 1e-4 for x in p)  # logit scale x a cosine
+    kept = clf.classify_pixels(px, top_k=10, threshold=0.34)
+    for p, k in zip(every, kept):
+        assert k == [x for x in p if x.prob >= 0.34]  # best first still; a row may keep none
+    assert clf.classify_pixels(px, top_k=10, threshold=1.0) == [[x for x in p if x.prob >= 1.0] for p in every]
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_a_threshold_outside_0_1_is_refused(tiny, tmp_path, threshold):
+    clf = ZeroShotClassifier(tiny.encoder(), LABELS, cache_dir=tmp_path)
+    with pytest.raises(InvalidInputError, match="probability from 0 to 1"):
+        clf.classify_pixels(np.zeros((1, 3, 32, 32), np.float32), threshold=threshold)
+
+
+def test_to_dict_shows_probabilities_or_logits():
+    from vqclip.jobs.classify import ImageResult, Prediction
+
+    r = ImageResult("a.png", [Prediction("cat", 0.9, 3.5)])
+    assert r.to_dict() == {"image": "a.png", "labels": [{"label": "cat", "prob": 0.9}]}
+    assert r.to_dict(logits=True) == {"image": "a.png", "labels": [{"label": "cat", "logit": 3.5}]}
+
+
+def test_a_label_too_long_is_refused_or_truncated(tiny, tmp_path):
+    from vqclip.errors import TextTooLongError
+
+    long_label = " ".join(["word"] * 100)  # 100 tokens: past the 77-token context
+    with pytest.raises(TextTooLongError, match="truncate=True") as e:
+        ZeroShotClassifier(tiny.encoder(), [long_label, "cat"], "single", cache_dir=tmp_path)
+    assert "--truncate" in e.value.cli  # the CLI's wording names its flag
+    clf = ZeroShotClassifier(tiny.encoder(), [long_label, "cat"], "single", cache_dir=tmp_path, truncate=True)
+    assert clf.text_embeddings.shape == (2, 32)
+
+
 # ----- cache -----
 def test_second_run_encodes_no_text(tiny, tmp_path):
     enc = tiny.encoder()
