@@ -120,12 +120,12 @@ def _rebuild(folder: Path, out: Path, encoder: Encoder, storage: str, batch_size
 
 
 def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: int = 32,
-                 workers: int | None = None, progress: bool | None = None, backend: str = "torch",
-                 precision: str = "fp32", commit_every: int = 256) -> IndexReport:
+                 workers: int | None = None, progress: bool | None = None, backend: str | None = "torch",
+                 precision: str | None = "fp32", commit_every: int = 256, device: str | None = None) -> IndexReport:
     """Bring the index at ``path`` up to date with its image folder.
 
     ``encoder`` defaults to the model named in the index header (on ``backend`` at
-    ``precision``); a different model is
+    ``precision`` on ``device``; None: ``open_encoder``'s choice); a different model is
     refused (``IndexMismatchError``, naming both). Raises ``SearchIndexError`` when the
     index is missing, damaged, or being written by another process. ``commit_every`` as
     for ``build_index``.
@@ -135,7 +135,7 @@ def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: i
         if encoder is None:
             from vqclip.encoder import open_encoder
 
-            encoder = open_encoder(store.header.model_name, backend=backend, precision=precision,
+            encoder = open_encoder(store.header.model_name, backend=backend, precision=precision, device=device,
                                    config=store.header.model_config)
         store.check_model(encoder.identity.digest, encoder.identity.name)
         if not Path(store.header.root).is_dir():
@@ -197,9 +197,9 @@ def _sync(store: IndexStore, encoder: Encoder, batch_size: int, workers: int | N
         store.touch(touched)
         report.touched = len(touched)
         report.unchanged += len(touched)
-    if report.not_images:
-        log.warning("skipped %d files that are not images (by extension: %s)", report.not_images,
-                    " ".join(sorted(IMAGE_EXTENSIONS)))
+    if report.not_images:  # counted in the report: its reader says so, this is the detail for -v
+        log.info("skipped %d files that are not images (by extension: %s)", report.not_images,
+                 " ".join(sorted(IMAGE_EXTENSIONS)))
 
     timings = report.timings
     bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=(not progress) if progress is not None else None,
@@ -254,9 +254,6 @@ def _sync(store: IndexStore, encoder: Encoder, batch_size: int, workers: int | N
         raise
     finally:
         bar.close()
-    if report.failed:
-        log.warning("skipped %d images that could not be decoded (first: %s)", len(report.failed),
-                    report.failed[0][1])
     t = time.perf_counter()
     store.compact()
     timings.commit_s += time.perf_counter() - t

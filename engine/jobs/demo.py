@@ -4,8 +4,8 @@ Renders held-out scenes of the shapes world, exports the bundled CLIP to ONNX (c
 classifies the samples on every backend that loads here and keeps the fastest that
 agrees with the torch reference, builds a search index of the samples and answers three
 text queries, generates a few images from text prompts (VQGAN+CLIP, one batch) and judges
-them with checkers that did not guide them, then writes the images, ``results.json`` and an
-``index.html`` to one folder.
+them with checkers that did not guide them, then writes the images, ``results.json`` (every
+path in it relative to the folder, so the folder can move) and an ``index.html`` to one folder.
 
 Example::
 
@@ -30,13 +30,21 @@ from vqclip.errors import BackendUnavailableError, ManifestError, OutputPathErro
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "NEXT_STEPS"]
 
 _RENDER_SIZE = 96  # pixels per side of the saved samples (the model resizes to its input)
 _AGREEMENT_FLOOR = 0.95  # a faster backend must give torch's top-1 label this often to be picked
 _QUERIES = 3
 # Generation prompts the demo runs as one batch (from the shapes world; judged independently).
 _GENERATE = ("a red star", "a blue circle on a white background", "a yellow square", "a green triangle")
+# What the demo suggests running next, named as the README names them (pics.vqindex, ...).
+NEXT_STEPS = (
+    ("real checkpoints", "vqclip classify photo.jpg --model ViT-B-32.pt --labels cat dog --templates ensemble"),
+    ("your own photos", "vqclip index build ~/Pictures --out pics.vqindex && vqclip search pics.vqindex 'a dog'"),
+    ("export", "vqclip export ViT-B-32 --weights ViT-B-32.pt --out exports/vit-b-32 --precision fp16 int8"),
+    ("generate", "vqclip generate 'a purple cross' 'an orange circle' --seeds 1 2 --video"),
+    ("benchmarks", "python benchmarks/bench_runtime.py"),
+)
 
 
 @dataclass
@@ -177,8 +185,8 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
         for q in queries:
             hits = idx.search(text=q, k=3)
             answers.append({"query": q, "hits": [
-                {"path": h.path, "score": h.score, "match": by_path.get(str(Path(h.path).resolve())) == q}
-                for h in hits]})
+                {"path": _relative(h.path, out), "score": h.score,
+                 "match": by_path.get(str(Path(h.path).resolve())) == q} for h in hits]})
             echo(f"      {q!r}: " + ", ".join(f"{'+' if a['match'] else '-'}{Path(a['path']).name} {a['score']:.3f}"
                                              for a in answers[-1]["hits"]))
 
@@ -190,20 +198,16 @@ def run_demo(out: str | Path = "vqclip-demo", samples: int = 48, backend: str | 
         "backends": [{"backend": r.name, "images_per_s": r.images_per_s, "accuracy": r.accuracy,
                       "agreement_with_torch": r.agreement, "error": r.error} for r in runs],
         "used_backend": best.name,
-        "classified": [{"image": str(p), "truth": t, "predicted": best.top1[i]}
+        "classified": [{"image": _relative(p, out), "truth": t, "predicted": best.top1[i]}
                        for i, (p, t) in enumerate(zip(paths, truth))],
         "search": answers,
         "generation": generated,
     }
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2) + "\n").encode("utf-8"))
-    atomic_write_bytes(out / "index.html", _html(results, out).encode("utf-8"))
+    atomic_write_bytes(out / "index.html", _html(results).encode("utf-8"))
     echo(f"done in {time.perf_counter() - t_start:.0f} s. Look at {out / 'index.html'} (and results.json).")
-    echo("next: real checkpoints   vqclip classify photo.jpg --model ViT-B-32.pt --labels cat dog --templates ensemble")
-    echo("      your own photos     vqclip index build ~/Pictures --out pics.idx && vqclip search pics.idx 'a dog'")
-    echo("      export              vqclip export ViT-B-32 --weights ViT-B-32.pt --out exports/vit-b-32 "
-         "--precision fp16 int8")
-    echo("      generate            vqclip generate 'a purple cross' 'an orange circle' --seeds 1 2 --video")
-    echo("      benchmarks          python benchmarks/bench_runtime.py")
+    for i, (what, command) in enumerate(NEXT_STEPS):
+        echo(f"{'next:' if i == 0 else '':<6}{what:<20}{command}")
     return 0
 
 
@@ -231,21 +235,27 @@ def _generate(out: Path, echo: Callable[[str], None], steps: int | None) -> dict
     for job, v in zip(jobs, verdicts):
         ok = "+" if v["colour_ok"] and v["shape_ok"] else "-"
         echo(f"      {ok} {job.prompt_text!r}: reads as {v['judge_colour']} {v['judge_shape']}")
-        rows.append({"prompt": job.prompt_text, "image": str(folder / f"{job.name}.png"), "seed": job.seed,
+        rows.append({"prompt": job.prompt_text, "image": _relative(folder / f"{job.name}.png", out), "seed": job.seed,
                      "judged_colour": v["judge_colour"], "judged_shape": v["judge_shape"],
                      "ok": bool(v["colour_ok"] and v["shape_ok"])})
     return {"steps": settings.steps, "seconds": secs, "images": rows}
 
 
-def _html(results: dict, out: Path) -> str:
+def _relative(path: str | Path, out: Path) -> str:
+    """``path`` relative to the demo folder, POSIX-style: results.json's one convention, so
+    the folder reads the same wherever it is moved; a path outside it stays absolute."""
+    try:
+        return Path(path).resolve().relative_to(out.resolve()).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _html(results: dict) -> str:
     """A self-contained page: the backend table, every sample with its prediction, the queries."""
     e = html.escape
 
-    def rel(p: str) -> str:
-        try:
-            return e(Path(p).resolve().relative_to(out.resolve()).as_posix())
-        except ValueError:
-            return e(Path(p).as_uri())
+    def rel(p: str) -> str:  # results.json's paths are relative to the page's folder already
+        return e(p if not Path(p).is_absolute() else Path(p).as_uri())
 
     def row(b: dict) -> str:
         if b["error"]:
