@@ -1,11 +1,17 @@
-"""Argument helpers the ``vqclip`` subcommands share: sizes, model/backend flags, image globs."""
+"""Argument helpers the ``vqclip`` subcommands share: sizes, paths, model/backend flags, image globs."""
 from __future__ import annotations
 
 import argparse
 import glob
 import os
+import re
 
-__all__ = ["positive_int", "nonneg_int", "add_model_args", "expand_images"]
+__all__ = ["positive_int", "nonneg_int", "probability", "user_path", "device_name", "add_model_args",
+           "check_model_args", "device_arg", "expand_images"]
+
+# What `--precision` offers on the commands with `--backend`: every precision some backend runs;
+# check_model_args narrows it to the chosen backend's (vqclip.backends.factory.BACKEND_PRECISIONS).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def _whole(text: str, low: int) -> int:
@@ -28,17 +34,88 @@ def nonneg_int(text: str) -> int:
     return _whole(text, 0)
 
 
-def add_model_args(p: argparse.ArgumentParser, model: bool = True) -> None:
+def probability(text: str) -> float:
+    """argparse type for a probability threshold: a number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= v <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (a probability), got {text}")
+    return v
+
+
+def user_path(text: str) -> str:
+    """argparse type for every path argument: ``~`` and ``~user`` expanded, as an unquoted shell
+    word would have been (a quoted ``'~/x'`` must not become ``./~/x``).
+
+    Example: ``p.add_argument("--out", type=user_path)``; ``user_path("~/x")`` -> "/home/me/x".
+    """
+    return os.path.expanduser(text)
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """argparse type for ``--device``: cpu, cuda or cuda:N (lower case)."""
+    name = text.strip().lower()
+    if not _DEVICE.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return name
+
+
+def add_model_args(p: argparse.ArgumentParser, model: bool = True, device: bool = True) -> None:
+    """``--model``/``--arch`` (with ``model``), ``--backend``, ``--precision`` and ``--device``
+    (with ``device``). Backend, precision and device default to None: the library chooses."""
     if model:
-        p.add_argument("--model", default=None, metavar="NAME|PATH",
+        p.add_argument("--model", default=None, metavar="NAME|PATH", type=user_path,
                        help="zoo name (see `vqclip models`), checkpoint file or model folder; default: shapes-clip")
         p.add_argument("--arch", default=None, metavar="NAME",
                        help="architecture of a --model file that does not state it (a zoo name, e.g. ViT-B-32 "
                             "for OpenAI's weights, ViT-B-32-gelu for OpenCLIP's LAION ones)")
-    p.add_argument("--backend", default="torch", metavar="NAME",
-                   help="torch (default), onnxruntime or tensorrt (exports the model to ONNX once, cached)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
-                   help="backend precision (default fp32; int8 on onnxruntime, bf16 on torch)")
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help="torch, onnxruntime or tensorrt (the exported ones export the model to ONNX once, cached); "
+                        "default: onnxruntime int8 where a cached export of the model agrees with torch, else "
+                        "torch fp32 (-v says which ran)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="torch: fp32, bf16, fp16; onnxruntime: fp32, fp16, int8; tensorrt: fp32, fp16 "
+                        "(default: chosen with the backend)")
+    if device:
+        p.add_argument("--device", default=None, type=device_name, metavar="cpu|cuda",
+                       help="cpu, cuda or cuda:N (default: the backend's own: cpu, or cuda for tensorrt)")
+
+
+def check_model_args(args: argparse.Namespace) -> None:
+    """Refuse a ``--backend`` that is unknown, a ``--precision`` it does not run, or a
+    ``--device`` it cannot use, in one line naming what it accepts, before any model loads.
+    Without ``--backend`` the library chooses (``--precision``'s choices are what some
+    backend runs); commands without ``--backend`` pass untouched."""
+    if getattr(args, "backend", None) is None:
+        return
+    from vqclip.backends.factory import BACKEND_PRECISIONS, check_device, resolve_backend_name
+    from vqclip.errors import InvalidInputError
+
+    name = resolve_backend_name(args.backend)  # an unknown name: one line listing the known ones
+    check_device(name, getattr(args, "device", None))
+    accepted = BACKEND_PRECISIONS[name]
+    if args.precision is not None and args.precision not in accepted:
+        others = [b for b, ps in BACKEND_PRECISIONS.items() if args.precision in ps]
+        raise InvalidInputError(
+            f"--backend {name} runs --precision {', '.join(accepted)}, not {args.precision}; "
+            f"for {args.precision} use --backend {' or '.join(others)}")
+
+
+def device_arg(args: argparse.Namespace) -> str | None:
+    """The device to pass the library: ``--device`` if given, else the backend's own (None for
+    tensorrt, which means cuda; "cpu" for the others, on which the cached-export fast path runs)."""
+    if args.device is not None:
+        return args.device
+    if getattr(args, "backend", None) is None:
+        return "cpu"
+    from vqclip.backends.factory import resolve_backend_name
+
+    return None if resolve_backend_name(args.backend) == "tensorrt" else "cpu"
 
 
 def expand_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:

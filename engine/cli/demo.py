@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqclip.cli._common import positive_int
+from vqclip.cli._common import positive_int, user_path
 
 __all__ = ["add_parser"]
 
@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: classify, index and search the bundled shapes world offline",
                        description="Render sample images, export the bundled CLIP to ONNX, classify the samples, "
                                    "build an index, answer text queries, and write an HTML report.")
-    p.add_argument("--out", default="vqclip-demo", metavar="DIR", help="output folder (default ./vqclip-demo)")
+    p.add_argument("--out", default="vqclip-demo", type=user_path, metavar="DIR",
+                   help="output folder (default ./vqclip-demo)")
     p.add_argument("--samples", type=positive_int, default=48, help="images to render (default 48)")
     p.add_argument("--backend", default=None, metavar="NAME",
                    help="force a backend (default: the fastest that loads here)")

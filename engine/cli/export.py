@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from vqclip.cli._common import user_path
+
 __all__ = ["add_parser"]
 
 
@@ -29,13 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="export a model to validated ONNX graphs (+ TensorRT, Triton)",
                        description="Export a CLIP (image + text encoders) or VQGAN (decoder + encoder) to "
                                    "ONNX, check each graph against the PyTorch model, write manifest.json.")
-    e.add_argument("model", metavar="MODEL", help="zoo name (see `vqclip models`) or a checkpoint path "
+    e.add_argument("model", type=user_path, metavar="MODEL", help="zoo name (see `vqclip models`) or a checkpoint path "
                                                   "(a Lightning .ckpt is read as a VQGAN, others as CLIP)")
-    e.add_argument("--out", required=True, metavar="DIR", help="export folder to create")
+    e.add_argument("--out", required=True, type=user_path, metavar="DIR", help="export folder to create")
     e.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
                    help="graphs to write besides fp32 (default: fp32 only)")
-    e.add_argument("--weights", metavar="PATH", help="checkpoint for a zoo MODEL without bundled weights")
+    e.add_argument("--weights", type=user_path, metavar="PATH",
+                   help="checkpoint for a zoo MODEL without bundled weights")
     e.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (NVIDIA GPU + tensorrt)")
-    e.add_argument("--triton", metavar="REPO", help="also add the graphs to this Triton model repository")
+    e.add_argument("--triton", type=user_path, metavar="REPO",
+                   help="also add the graphs to this Triton model repository")
     e.add_argument("--force", action="store_true", help="replace an existing --out folder / Triton models")
     e.set_defaults(func=_cmd_export)

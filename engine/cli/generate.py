@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from vqclip.cli._common import nonneg_int, positive_int
+from vqclip.cli._common import device_name, nonneg_int, positive_int, user_path
 from vqclip.errors import InvalidInputError
 
 __all__ = ["add_parser"]
@@ -32,17 +32,19 @@ def add_parser(sub) -> None:
                        description="CLIP-guided VQGAN generation. Each PROMPT is one job ('text:weight:stop|...', "
                                    "'^' separates the sets of a story); all jobs and seeds step as one batch.")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="e.g. 'a red star' or 'a red star:1|blurry:-0.5'")
-    p.add_argument("--image-prompts", nargs="+", default=[], metavar="IMG[:W]", help="images whose embedding to aim at")
+    p.add_argument("--image-prompts", nargs="+", default=[], type=user_path, metavar="IMG[:W]",
+                   help="images whose embedding to aim at")
     p.add_argument("--noise-prompts", nargs="+", default=[], metavar="SEED:W", help="seeded random embeddings")
-    p.add_argument("--clip", metavar="NAME|PATH", help="CLIP model (default: the bundled shapes-clip)")
-    p.add_argument("--vqgan", metavar="NAME|PATH", help="VQGAN model (default: the bundled shapes-vqgan)")
+    p.add_argument("--clip", type=user_path, metavar="NAME|PATH", help="CLIP model (default: the bundled shapes-clip)")
+    p.add_argument("--vqgan", type=user_path, metavar="NAME|PATH",
+                   help="VQGAN model (default: the bundled shapes-vqgan)")
     p.add_argument("--size", nargs="+", type=int, default=[], metavar="PX", help="side, or width height (default: "
                    "the VQGAN's native size); multiples of the VQGAN's factor")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="optimisation steps (default: the models' preset, 200)")
     p.add_argument("--seeds", nargs="+", type=nonneg_int, default=None, metavar="SEED",
                    help="one job per prompt and seed (default: one random seed, recorded)")
-    p.add_argument("--out", metavar="DIR",
+    p.add_argument("--out", type=user_path, metavar="DIR",
                    help="output folder (default ./vqclip-generate; with --resume, the checkpoint's folder)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--optimiser", default=None, help="adam (default), adamw, adamax, adagrad, rmsprop, radam")
@@ -55,7 +57,7 @@ def add_parser(sub) -> None:
     o.add_argument("--init", default=None,
                    help="random (codes), plain, noise, gradient or image "
                         "(default: the preset; bundled plain, others random)")
-    o.add_argument("--init-image", metavar="PATH", help="start from this image (sets --init image)")
+    o.add_argument("--init-image", type=user_path, metavar="PATH", help="start from this image (sets --init image)")
     o.add_argument("--init-colour", default=None, metavar="COLOUR", help="colour for --init plain (default grey)")
     o.add_argument("--init-weight", type=float, default=None,
                    help="z regulariser weight (default: the preset; bundled 0.06, others 0: off)")
@@ -88,10 +90,10 @@ def add_parser(sub) -> None:
     x.add_argument("--zoom-rotate", type=float, default=None, metavar="DEGREES")
     x.add_argument("--checkpoint-every", type=nonneg_int, default=0, metavar="N",
                    help="save z and the optimiser state every N steps (resume with --resume)")
-    x.add_argument("--resume", metavar="CKPT", help="continue a run from its .ckpt")
+    x.add_argument("--resume", type=user_path, metavar="CKPT", help="continue a run from its .ckpt")
     x.add_argument("--truncate", action="store_true", help="cut prompts longer than CLIP's context instead of refusing")
     d = p.add_argument_group("device")
-    d.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    d.add_argument("--device", default="cpu", type=device_name, help="cpu (default), cuda or cuda:N")
     d.add_argument("--precision", default=None,
                    help="fp32 (default), bf16, fp16 or auto (half precision on CUDA and AMX CPUs)")
     d.add_argument("--fp64", action="store_true",

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from vqclip.cli._common import add_model_args, positive_int
+from vqclip.cli._common import add_model_args, device_arg, positive_int, user_path
 
 __all__ = ["add_parser"]
 
@@ -15,8 +15,8 @@ def add_parser(sub) -> None:
                        description="Build an on-disk search index of a folder of images, or update one.")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
     b = isub.add_parser("build", help="index every image under DIR into a new index folder")
-    b.add_argument("dir", metavar="DIR", help="folder of images (walked recursively)")
-    b.add_argument("--out", required=True, metavar="INDEX", help="new folder to write the index to")
+    b.add_argument("dir", type=user_path, metavar="DIR", help="folder of images (walked recursively)")
+    b.add_argument("--out", required=True, type=user_path, metavar="INDEX", help="new folder to write the index to")
     b.add_argument("--storage", choices=["fp32", "fp16", "int8"], default="fp16",
                    help="embedding storage type (default fp16)")
     b.add_argument("--force", action="store_true",
@@ -26,12 +26,14 @@ def add_parser(sub) -> None:
     add_model_args(b)
     b.set_defaults(func=_cmd_index_build)
     u = isub.add_parser("update", help="encode new and changed images, drop deleted ones")
-    u.add_argument("index", metavar="INDEX", help="an index folder made by `vqclip index build`")
+    u.add_argument("index", type=user_path, metavar="INDEX", help="an index folder made by `vqclip index build`")
     _add_build_args(u)
     add_model_args(u, model=False)
     u.set_defaults(func=_cmd_index_update)
     i = isub.add_parser("info", help="what an index holds: model, size, storage, skipped files")
-    i.add_argument("index", metavar="INDEX", help="an index folder")
+    i.add_argument("index", type=user_path, metavar="INDEX", help="an index folder")
+    i.add_argument("--skipped", action="store_true",
+                   help="also list the files skipped as unreadable, each with its reason (JSON: under 'skipped_files')")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     i.set_defaults(func=_cmd_index_info)
 
@@ -55,7 +57,8 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     from vqclip.encoder import open_encoder
     from vqclip.index.build import build_index
 
-    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, config=args.arch)
+    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, device=device_arg(args),
+                       config=args.arch)
     report = build_index(args.dir, args.out, enc, storage=args.storage, batch_size=args.batch_size,
                          workers=args.workers, progress=False if args.no_progress else None, force=args.force)
     return _print_report(report, args.out)
@@ -66,7 +69,7 @@ def _cmd_index_update(args: argparse.Namespace) -> int:
 
     report = update_index(args.index, batch_size=args.batch_size, workers=args.workers,
                           progress=False if args.no_progress else None, backend=args.backend,
-                          precision=args.precision)
+                          precision=args.precision, device=device_arg(args))
     return _print_report(report, args.index)
 
 
@@ -76,12 +79,17 @@ def _cmd_index_info(args: argparse.Namespace) -> int:
     with IndexStore.open(args.index) as st:
         h = st.header
         disk = sum(p.stat().st_size for p in st.path.iterdir() if p.is_file())
+        skipped = st.skipped()  # relative path -> (size, mtime_ns, reason)
         info = {"index": str(st.path), "model": h.model_name, "weights_sha256": h.model_digest,
                 "entries": st.n_entries, "embed_dim": h.embed_dim, "storage": h.storage, "root": h.root,
-                "skipped": len(st.skipped()), "bytes_on_disk": disk, "created": h.created}
+                "skipped": len(skipped), "bytes_on_disk": disk, "created": h.created}
+    files = [{"path": rel, "reason": reason} for rel, (_, _, reason) in sorted(skipped.items())]
     if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        for k, v in info.items():
-            print(f"{k:<15} {v}")
+        print(json.dumps({**info, "skipped_files": files} if args.skipped else info, indent=2, ensure_ascii=False))
+        return 0
+    for k, v in info.items():
+        print(f"{k:<15} {v}")
+    if args.skipped:
+        for f in files:  # each reason names its file
+            print(f"{'skipped file':<15} {f['reason']}")
     return 0

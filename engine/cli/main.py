@@ -1,9 +1,9 @@
 """The ``vqclip`` command line: the parser and ``main``. Each subcommand is a thin layer
 over the library, in its own module of this package.
 
-Errors a user can cause (``VqclipError``) print one line on stderr and exit 2; an
-interrupt exits 130. Heavy imports happen inside the subcommands, so ``vqclip --help``
-starts fast.
+Errors a user can cause (``VqclipError``) print one line on stderr, in their CLI
+wording where they have one (``VqclipError.cli``), and exit 2; an interrupt exits 130.
+Heavy imports happen inside the subcommands, so ``vqclip --help`` starts fast.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import sys
 
 from vqclip import __version__
 from vqclip.cli import classify, demo, export, generate, index, info, search, serve
+from vqclip.cli._common import check_model_args
 from vqclip.errors import VqclipError
 
 __all__ = ["main", "build_parser"]
@@ -47,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_model_args(args)
         return int(args.func(args) or 0)
     except VqclipError as e:
-        print(f"vqclip: error: {e}", file=sys.stderr)
+        print(f"vqclip: error: {e.cli_message()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vqclip: interrupted", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vqclip.cli._common import add_model_args, positive_int
+from vqclip.cli._common import add_model_args, positive_int, user_path
 
 __all__ = ["add_parser"]
 
@@ -13,7 +13,7 @@ def _index_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
+    return name, user_path(path)
 
 
 def add_parser(sub) -> None:
@@ -22,8 +22,7 @@ def add_parser(sub) -> None:
                                    "a web page at /, OpenAPI at /docs, /metrics for Prometheus. Settings come from "
                                    "--config FILE (YAML or JSON, the names of vqclip.serving.config.ServerConfig), "
                                    "then these flags.")
-    add_model_args(p)
-    p.set_defaults(backend=None, precision=None)  # unset: the config file's, else torch / fp32
+    add_model_args(p, device=False)  # the server's device is its config's (ServerConfig has no device yet)
     p.add_argument("--index", action="append", type=_index_arg, default=[], metavar="NAME=PATH",
                    help="serve the index at PATH as NAME (repeat for several)")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
@@ -32,10 +31,11 @@ def add_parser(sub) -> None:
                    "1 turns batching off)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="longest the first queued item waits for a fuller batch (default 2)")
-    p.add_argument("--max-queue", type=positive_int, default=None, help="items waiting per queue before 503 (default 512)")
+    p.add_argument("--max-queue", type=positive_int, default=None,
+                   help="items waiting per queue before 503 (default 512)")
     p.add_argument("--timeout", type=float, default=None, dest="timeout_s", metavar="SECONDS",
                    help="per-request deadline (default 30)")
-    p.add_argument("--api-key-file", default=None, metavar="FILE",
+    p.add_argument("--api-key-file", default=None, type=user_path, metavar="FILE",
                    help="require 'Authorization: Bearer KEY' with a key from FILE (one per line, 'name:key' or 'key')")
     p.add_argument("--rate-limit", type=float, default=None, metavar="PER_S",
                    help="requests per second per key (per client address without keys); default off")
@@ -45,14 +45,15 @@ def add_parser(sub) -> None:
                    help="server log level (default info; debug also logs each request)")
     p.add_argument("--generation-jobs", type=int, default=None, metavar="N",
                    help="generation jobs stepped together (default 4; 0 turns generation off)")
-    p.add_argument("--generation-vqgan", default=None, metavar="NAME|PATH",
+    p.add_argument("--generation-vqgan", default=None, type=user_path, metavar="NAME|PATH",
                    help="the VQGAN of generation jobs (default: the bundled shapes-vqgan)")
-    p.add_argument("--generation-out", default=None, metavar="DIR",
+    p.add_argument("--generation-out", default=None, type=user_path, metavar="DIR",
                    help="also write each job's result PNG and sidecar here (default: kept in memory)")
     p.add_argument("--trust-request-id", action="store_true", default=None,
                    help="take the X-Request-Id a load balancer sets as a new generation job's id, so it can "
                         "route the job's requests by it (see the README's nginx example)")
-    p.add_argument("--config", default=None, metavar="FILE", help="YAML or JSON file of server settings")
+    p.add_argument("--config", default=None, type=user_path, metavar="FILE",
+                   help="YAML or JSON file of server settings")
     p.set_defaults(func=_cmd_serve)
 
 

@@ -7,37 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from vqclip.cli import main
-from vqclip.errors import CheckpointError
-
-
-def _scenes(n):
-    from vqclip.zoo import shapes
-
-    return shapes.sample_scenes("test", 100, n)
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A cache of its own, and 5 rendered held-out scenes (2 in a subfolder), named by class."""
-    from vqclip.checkpoints import load_clip
-    from vqclip.zoo import shapes
-
-    try:
-        load_clip("shapes-clip")
-    except CheckpointError as e:
-        pytest.skip(f"bundled shapes-clip weights missing: {e}")
-    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
-    src = tmp_path / "images"
-    truth = {}
-    for i, (scene, px) in enumerate(zip(_scenes(5), shapes.render_batch(_scenes(5), size=64))):
-        p = src / ("sub" if i % 2 else "") / f"img{i}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(px).save(p)
-        truth[str(p)] = shapes.label(scene.colour, scene.shape)
-    return tmp_path, truth, src
 
 
 def _all_labels():
@@ -124,9 +95,9 @@ def test_search_bad_input(env, capsys):
     assert main(["index", "build", str(src), "--out", idx, "--no-progress"]) == 0
     capsys.readouterr()
     _one_line_error(capsys, main(["search", idx, "   "]), "only whitespace")
-    _one_line_error(capsys, main(["search", idx, "circle", "--k", "0"]), "--k must be at least 1")
+    _one_line_error(capsys, main(["search", idx, "circle", "--k", "0"]), "--top-k must be at least 1")
     _one_line_error(capsys, main(["search", str(tmp / "missing"), "circle"]), "does not exist")
-    _one_line_error(capsys, main(["search", idx]), "either a TEXT query or --image")
+    _one_line_error(capsys, main(["search", idx]), "give one of: a TEXT query, --image PATH")
     _one_line_error(capsys, main(["index", "update", str(tmp / "missing")]), "does not exist")
     _one_line_error(capsys, main(["index", "build", str(src), "--out", idx]), "already holds an index")
 
@@ -163,6 +134,10 @@ def test_demo_writes_its_report_and_reruns(env, capsys):
     gen = doc["generation"]
     assert gen["steps"] == 2 and len(gen["images"]) == 4 and page.count("<img src='generated/") == 4
     assert all((out / "generated" / Path(g["image"]).name).is_file() for g in gen["images"])
+    # One convention for every path in results.json: relative to the demo folder.
+    paths = [c["image"] for c in doc["classified"]] + [h["path"] for q in doc["search"] for h in q["hits"]] + \
+        [g["image"] for g in gen["images"]]
+    assert all(not Path(p).is_absolute() and (out / p).is_file() for p in paths), paths
     (out / "index" / "header.json").unlink()  # no longer the demo's own index: left alone
     _one_line_error(capsys, main(["demo", "--out", str(out)]), "is not a demo index")
 
