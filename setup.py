@@ -128,7 +128,7 @@ SERVER = ["fastapi>=0.115.3", "uvicorn[standard]>=0.30", "python-multipart>=0.0.
 
 setup(
     name="vqclip",
-    version="0.2.1",
+    version="0.3.0",
     description="An optimised inference engine for CLIP and VQGAN",
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

@@ -51,7 +51,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # the layout written here; a reader refuses anything newer
+FORMAT_VERSION = 2  # the layout written here (2: + runtime); a reader refuses anything newer
 MANIFEST_NAME = "manifest.json"
 
 # The exportable components, in the order listings show them.
@@ -205,6 +205,10 @@ class Manifest:
     # Where parity was measured: {"machine", "cpu_class", "int8_gemm", "flags"} (vqclip._cpus);
     # int8 kernels differ between CPU classes, so a reader compares it with its own.
     measured_on: dict = field(default_factory=dict)
+    # What serving the graphs needs besides them, so a runtime can do without the model:
+    # CLIP {"logit_scale": exp(learned temperature), and the mean / std / interpolation its
+    # checkpoint stated, if any}. Empty in exports made before it was recorded.
+    runtime: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     directory: Path | None = field(default=None, compare=False)  # where it was read from; not saved
 
