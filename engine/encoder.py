@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vqclip.constants import DEFAULT_CLIP, OPENAI_MEAN, OPENAI_STD
-from vqclip.errors import InvalidInputError
+from vqclip.errors import InvalidInputError, VqclipError
 
 log = logging.getLogger(__name__)
 
@@ -127,45 +128,63 @@ class Encoder:
         return np.concatenate(out, axis=0)
 
 
-def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = "fp32",
-                 device: str = "cpu", export_dir: str | Path | None = None, config: Any = None) -> Encoder:
+def open_encoder(model: Any = None, backend: str | None = "torch", *, precision: str | None = "fp32",
+                 device: str | None = None, export_dir: str | Path | None = None, config: Any = None,
+                 digest: str | None = None) -> Encoder:
     """An ``Encoder`` for ``model`` (a zoo name, a checkpoint file or folder, or a ``CLIP``
     module) on ``backend`` ("torch", "onnxruntime", "tensorrt", any case) at ``precision``.
     ``config`` names the architecture of a weights file that does not state it
-    (``load_clip``'s ``config``).
+    (``load_clip``'s ``config``). ``device``: None is the backend's own (cuda for tensorrt,
+    else cpu).
 
     ``None`` means the bundled ``shapes-clip``. The model's identity is its weights digest
     (``vqclip.checkpoints.weights_digest``), the same for a zoo name, its file and a module
     loaded from either; a zoo record with those weights gives the preprocessing mean/std
-    and the default prompt, else the checkpoint's own config file, else OpenAI's. The exported backends run the
-    graphs in ``export_dir``, by default an export cached under ``<cache_root>/exports``
-    keyed by the digest and made on first use (``vqclip.export.export_model``; seconds for
-    the bundled model, minutes for ViT-B/32). Raises ``UnknownModelError`` /
-    ``CheckpointError`` for a bad model, ``UnknownBackendError`` / ``BackendUnavailableError``
-    for a backend this machine cannot run.
+    and the default prompt, else the checkpoint's own config file, else OpenAI's. The
+    exported backends run the graphs in ``export_dir``, by default an export cached under
+    ``<cache_root>/exports`` keyed by the digest and made on first use
+    (``vqclip.export.export_model``; seconds for the bundled model, minutes for ViT-B/32).
+
+    A cached export is opened without loading the model or importing torch: the fast
+    start of one-shot commands. ``backend=None`` picks ONNX Runtime (int8 where the export
+    has it and its self-test passes on this CPU, else fp32) when such an export exists,
+    else torch fp32, and logs which at INFO. ``digest``: the weights digest when the caller
+    already knows it (an index header), so that a cached export opens without reading
+    the weights at all.
+
+    Raises ``UnknownModelError`` / ``CheckpointError`` for a bad model,
+    ``UnknownBackendError`` / ``BackendUnavailableError`` for a backend this machine
+    cannot run.
 
     Example: ``enc = open_encoder("shapes-clip", "onnxruntime", precision="int8")``
     """
     from vqclip.backends import open_backend, resolve_backend_name
+
+    auto = backend is None
+    backend = None if auto else resolve_backend_name(backend)  # an unknown name fails before any model loads
+    model = DEFAULT_CLIP if model is None else model
+    device = device or ("cuda" if backend == "tensorrt" else "cpu")
+    module_given = _is_clip_module(model)
+    if not module_given and export_dir is None and backend in (None, "onnxruntime") and device == "cpu":
+        enc = _open_cached(model, precision, config, digest, auto)
+        if enc is not None:
+            return enc
+    if auto:
+        backend, precision = "torch", precision or "fp32"
+        log.info("%s has no cached export yet: running on torch fp32 (`--backend onnxruntime` exports it once)",
+                 model)
+    precision = precision or "fp32"
     from vqclip.checkpoints import load_clip, weights_digest
-    from vqclip.models.clip import CLIP
     from vqclip.zoo import record_with_weights
 
-    backend = resolve_backend_name(backend)  # an unknown name fails before any model loads
-    model = DEFAULT_CLIP if model is None else model
-    if isinstance(model, CLIP):
+    if module_given:
         module = model
     else:
         module = load_clip(Path(model).expanduser() if Path(str(model)).expanduser().exists() else str(model),
                            config=config)
     digest = weights_digest(module)
     record = record_with_weights(digest, "clip")
-    if record is not None:
-        name = record.name
-    elif isinstance(model, CLIP):
-        name = "in-memory CLIP"
-    else:
-        name = str(Path(model).expanduser().resolve())  # absolute: an index header must find it from any folder
+    name = _display_name(model, record, module_given)
     module = module.eval()
     if backend == "torch":
         session = open_backend("torch", clip=module, precision=precision, device=device)
@@ -174,19 +193,113 @@ def open_encoder(model: Any = None, backend: str = "torch", *, precision: str = 
     else:  # the cache has just checked the graphs this backend loads: no second hashing
         folder = _cached_export(module, name, digest, precision)
         session = open_backend(backend, folder, precision=precision, device=device, verify=False)
-    cfg = module.config
+    stated = dict(getattr(module, "preprocess_cfg", None) or {})
+    stated["logit_scale"] = float(module.logit_scale.detach().exp().clamp(max=100.0))
+    return _encoder(session, name, digest, record, module.config.to_dict(), stated, f"{backend}-{precision}",
+                    config)
+
+
+def _is_clip_module(model: Any) -> bool:
+    """Whether ``model`` is a loaded CLIP module; without torch imported it cannot be one."""
+    clip_module = sys.modules.get("vqclip.models.clip")
+    return clip_module is not None and isinstance(model, clip_module.CLIP)
+
+
+def _display_name(model: Any, record: Any, module_given: bool) -> str:
+    if record is not None:
+        return record.name
+    if module_given:
+        return "in-memory CLIP"
+    return str(Path(model).expanduser().resolve())  # absolute: an index header must find it from any folder
+
+
+def _encoder(session: Any, name: str, digest: str, record: Any, cfg: dict, stated: dict, backend: str,
+             config: Any) -> Encoder:
+    """An Encoder from what is known about the model: its zoo record wins, then what its
+    checkpoint stated (``stated``: mean, std, interpolation, logit_scale), then OpenAI's."""
     weights = record.weights if record is not None else None
-    stated = getattr(module, "preprocess_cfg", None) or {}
     return Encoder(
-        session, ModelIdentity(name, digest), image_size=cfg.image_size,
+        session, ModelIdentity(name, digest), image_size=cfg["image_size"],
         mean=weights.mean if weights else stated.get("mean", OPENAI_MEAN),
         std=weights.std if weights else stated.get("std", OPENAI_STD),
         default_template=record.default_template if record else "a photo of a {}.",
-        logit_scale=float(module.logit_scale.detach().exp().clamp(max=100.0)),
-        context_length=cfg.context_length, backend=f"{backend}-{precision}",
+        logit_scale=stated["logit_scale"], context_length=cfg["context_length"], backend=backend,
         interpolation=weights.interpolation if weights else stated.get("interpolation", "bicubic"),
         architecture=config if isinstance(config, str) else None,
     )
+
+
+def _open_cached(model: Any, precision: str | None, config: Any, digest: str | None, auto: bool) -> Encoder | None:
+    """The encoder on ONNX Runtime from a cached export of ``model``, opened without torch;
+    None when there is no usable one (no export yet, made by another vqclip, without the
+    precision asked for, or one that predates the manifest's runtime record)."""
+    from vqclip.backends import open_backend
+    from vqclip.errors import BackendUnavailableError, ManifestError
+
+    try:
+        from vqclip.checkpoints.identity import weights_digest
+
+        digest = digest or weights_digest(Path(model).expanduser() if Path(str(model)).expanduser().exists()
+                                          else str(model))
+    except VqclipError:
+        return None  # the slow path names what is wrong with the model
+    found = _find_cached_export(digest)
+    if found is None:
+        return None
+    folder, manifest = found
+    have = manifest.precisions()
+    wanted = [precision] if precision else [p for p in ("int8", "fp32") if p in have]
+    for p in wanted:
+        if p not in have:
+            return None
+        try:
+            _verify_graphs(folder, manifest, p)
+            session = open_backend("onnxruntime", folder, precision=p, verify=False)
+        except BackendUnavailableError as e:
+            if not auto:
+                raise
+            log.info("cached %s export not used here (%s)", p, e)
+            continue
+        except ManifestError as e:
+            log.warning("the cached export in %s is damaged (%s); it will be made again", folder, e)
+            return None
+        from vqclip.zoo import record_with_weights
+
+        record = record_with_weights(digest, "clip")
+        name = record.name if record is not None else str(Path(str(model)).expanduser().resolve())
+        log.info("running %s on onnxruntime %s from the cached export %s (torch not loaded)", name, p, folder)
+        return _encoder(session, name, digest, record, manifest.config, manifest.runtime, f"onnxruntime-{p}",
+                        config)
+    return None
+
+
+def _find_cached_export(digest: str) -> tuple[Path, Any] | None:
+    """The cache folder holding an export of these weights by this vqclip, with its manifest."""
+    from vqclip import __version__
+    from vqclip._files import cache_root
+    from vqclip.errors import ManifestError
+    from vqclip.manifest import read_manifest
+
+    for folder in sorted((cache_root() / "exports").glob(f"*-{digest[:16]}")):
+        try:
+            manifest = read_manifest(folder, verify=False)
+        except ManifestError:
+            continue
+        if (manifest.versions.get("vqclip") == __version__ and manifest.source.get("sha256") == digest
+                and manifest.family == "clip" and "logit_scale" in manifest.runtime):
+            return folder, manifest
+    return None
+
+
+def _verify_graphs(folder: Path, manifest: Any, precision: str) -> None:
+    """The sha256 of the graphs (and self-tests) a backend at ``precision`` will load."""
+    from vqclip.manifest import verify_sha256
+
+    for g in manifest.graphs:
+        if g.precision == precision:
+            verify_sha256(folder / g.file, g.sha256)
+            if g.selftest:
+                verify_sha256(folder / g.selftest["file"], g.selftest["sha256"])
 
 
 def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
@@ -211,16 +324,12 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
         shutil.rmtree(folder, ignore_errors=True)  # a leftover in vqclip's own cache, never a user's folder
     if (folder / "manifest.json").is_file():
         try:
-            from vqclip.manifest import read_manifest, verify_sha256
+            from vqclip.manifest import read_manifest
 
             manifest = read_manifest(folder, verify=False)
             made_by = manifest.versions.get("vqclip")
             if made_by == __version__:
-                for g in manifest.graphs:
-                    if g.precision == precision:
-                        verify_sha256(folder / g.file, g.sha256)
-                        if g.selftest:
-                            verify_sha256(folder / g.selftest["file"], g.selftest["sha256"])
+                _verify_graphs(folder, manifest, precision)
                 return folder
             log.info("re-exporting %s: the cached export was made by vqclip %s, this is %s",
                      name, made_by, __version__)

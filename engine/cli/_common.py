@@ -107,15 +107,9 @@ def check_model_args(args: argparse.Namespace) -> None:
 
 
 def device_arg(args: argparse.Namespace) -> str | None:
-    """The device to pass the library: ``--device`` if given, else the backend's own (None for
-    tensorrt, which means cuda; "cpu" for the others, on which the cached-export fast path runs)."""
-    if args.device is not None:
-        return args.device
-    if getattr(args, "backend", None) is None:
-        return "cpu"
-    from vqclip.backends.factory import resolve_backend_name
-
-    return None if resolve_backend_name(args.backend) == "tensorrt" else "cpu"
+    """The device to pass the library: ``--device`` if given, else None (the backend's own:
+    cuda for tensorrt, cpu for the others, where the cached-export fast path runs)."""
+    return args.device
 
 
 def expand_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:

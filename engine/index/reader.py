@@ -55,12 +55,12 @@ class Index:
     picks up a later update.
     """
 
-    def __init__(self, store: IndexStore, encoder: Encoder | None, backend: str = "torch",
-                 precision: str = "fp32", threads: int | None = None):
+    def __init__(self, store: IndexStore, encoder: Encoder | None, backend: str | None = "torch",
+                 precision: str | None = "fp32", threads: int | None = None, device: str | None = None):
         self.store = store
         self.threads = _kernel_threads(threads)  # OpenMP threads of each kernel call
         self._encoder = encoder
-        self._backend = (backend, precision)  # for the header's model, opened on first query
+        self._backend = (backend, precision, device)  # for the header's model, opened on first query
         self._encoder_lock = threading.Lock()  # first queries from several threads open one encoder
         self._gallery = None
         self._build_gallery()
@@ -69,16 +69,18 @@ class Index:
                         store.header.root, store.path)
 
     @classmethod
-    def open(cls, path: str | Path, model: Any = None, backend: str = "torch",
-             encoder: Encoder | None = None, precision: str = "fp32",
-             threads: int | None = None) -> "Index":
+    def open(cls, path: str | Path, model: Any = None, backend: str | None = "torch",
+             encoder: Encoder | None = None, precision: str | None = "fp32",
+             threads: int | None = None, device: str | None = None) -> "Index":
         """Open the index at ``path``.
 
         The query encoder is ``encoder`` if given, else ``model`` on ``backend`` at
         ``precision``, else the model named in the index header (opened on first
         text/image query). ``backend="onnxruntime"`` with ``precision="int8"`` (or
         ``"fp32"``) is the fast CPU configuration: the model is exported to ONNX once
-        and cached. ``threads``: OpenMP threads of each kernel call; None means
+        and cached; ``backend=None`` picks it when the export is cached already, else torch
+        (``open_encoder``). The header's model opens from its cached export without reading
+        its weights or importing torch. ``threads``: OpenMP threads of each kernel call; None means
         ``OMP_NUM_THREADS`` if set, else every CPU this process may use (the encoder
         has finished by then, so the two never compete for cores).
 
@@ -94,13 +96,13 @@ class Index:
             if encoder is None and model is not None:
                 from vqclip.encoder import open_encoder
 
-                encoder = open_encoder(model, backend=backend, precision=precision)
+                encoder = open_encoder(model, backend=backend, precision=precision, device=device)
             if encoder is not None:
                 store.check_model(encoder.identity.digest, encoder.identity.name)
         except BaseException:
             store.close()
             raise
-        return cls(store, encoder, backend, precision, threads)
+        return cls(store, encoder, backend, precision, threads, device)
 
     def close(self) -> None:
         self.store.close()
@@ -120,8 +122,9 @@ class Index:
             if self._encoder is None:
                 from vqclip.encoder import open_encoder
 
-                enc = open_encoder(self.store.header.model_name, backend=self._backend[0],
-                                   precision=self._backend[1], config=self.store.header.model_config)
+                h = self.store.header
+                enc = open_encoder(h.model_name, backend=self._backend[0], precision=self._backend[1],
+                                   device=self._backend[2], config=h.model_config, digest=h.model_digest)
                 self.store.check_model(enc.identity.digest, enc.identity.name)
                 self._encoder = enc
         return self._encoder
@@ -138,12 +141,13 @@ class Index:
         # Wraps the memory-mapped rows in place: opening a 1M-row index reads no rows.
         self._gallery = Gallery.from_arrays(s.vectors, s.norms, s.scales, dtype=KERNEL_DTYPES[s.header.storage])
 
-    def search(self, text: str | None = None, image: Any = None, k: int = 10) -> list[Hit]:
+    def search(self, text: str | None = None, image: Any = None, k: int = 10, truncate: bool = False) -> list[Hit]:
         """Top-``k`` images for a text or an image query (exactly one), best first.
 
         ``image`` is a path or a PIL image. ``k`` larger than the index gives every entry;
         ``k < 1``, a blank text, or both/neither query raise ``InvalidInputError``; an
-        empty index raises ``SearchIndexError``. Scores are cosine similarities.
+        empty index raises ``SearchIndexError``. Scores are cosine similarities. A text longer
+        than the model's context raises ``TextTooLongError`` unless ``truncate``.
         """
         if (text is None) == (image is None):
             raise InvalidInputError("give exactly one query: text=... or image=...")
@@ -151,7 +155,7 @@ class Index:
         if text is not None:
             if not str(text).strip():
                 raise InvalidInputError("the text query is empty or only whitespace; give some words to search for")
-            q = self.encoder.encode_texts([str(text).strip()])  # (1, E)
+            q = self.encoder.encode_texts([str(text).strip()], truncate=truncate)  # (1, E)
         else:
             q = self.encoder.encode_image(self.encoder.preprocess([_load_query_image(image)]))  # (1, E)
         return self.search_embeddings(q, k)[0]

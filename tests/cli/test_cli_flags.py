@@ -295,9 +295,21 @@ def test_demo_result_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     assert _relative(tmp_path / "elsewhere.png", out) == str(tmp_path / "elsewhere.png")  # outside: absolute
 
 
-@pytest.mark.parametrize("flags, device", [([], "cpu"), (["--backend", "onnxruntime"], "cpu"),
-                                           (["--backend", "TRT"], None), (["--device", "cuda:1"], "cuda:1")])
+@pytest.mark.parametrize("flags, device", [([], None), (["--backend", "TRT"], None), (["--device", "cuda:1"], "cuda:1")])
 def test_the_device_passed_on_is_the_flag_or_the_backends_own(flags, device):
+    # None: the library picks the backend's own (cuda for tensorrt, else cpu).
     from vqclip.cli._common import device_arg
 
     assert device_arg(build_parser().parse_args(["classify", "a.png", "--labels", "x", *flags])) == device
+
+
+def test_model_errors_name_the_cli_flags(env, capsys, monkeypatch, tmp_path):
+    _, _, src = env
+    img = str(src / "img0.png")
+    _one_line_error(capsys, main(["classify", img, "--labels", "x", "--model", "ViT-B-32"]),
+                    "--model PATH, adding --arch ViT-B-32")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _one_line_error(capsys, main(["classify", img, "--labels", "x", "--model", "~/missing.pt"]),
+                    f"file '{tmp_path / 'missing.pt'}' does not exist")
+    _one_line_error(capsys, main(["classify", img, "--labels", "x", "--model", "no-such-model"]),
+                    "unknown clip model 'no-such-model'; available:")
