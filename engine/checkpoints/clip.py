@@ -345,11 +345,18 @@ def _resolve(source: str | os.PathLike) -> tuple[Path, CLIPConfig | None]:
     try:
         rec = get(str(source), family="clip")
     except UnknownModelError as e:
+        looks_like_path = os.sep in str(source) or Path(str(source)).suffix in (".pt", ".bin", ".safetensors", ".pth")
+        what = f"file {str(path)!r} does not exist" if looks_like_path else str(e)
         raise CheckpointError(f"{str(source)!r} is neither a file nor a known CLIP model ({e}); give a local "
-                              "weights path or a zoo name") from e
+                              "weights path or a zoo name",
+                              cli=f"--model: {what}; give a weights file or folder, or a zoo name (`vqclip models`)"
+                              ) from e
     if rec.weights is None:
-        raise CheckpointError(f"zoo model {rec.name!r} has no bundled weights; give the weights file or folder "
-                              f"and name {rec.name!r} as its architecture")
+        raise CheckpointError(
+            f"zoo model {rec.name!r} has no bundled weights; give the weights file or folder and name {rec.name!r} "
+            "as its architecture (load_clip(path, config=...))",
+            cli=f"zoo model {rec.name!r} has no bundled weights; give its weights file or folder instead "
+                f"(--model PATH, adding --arch {rec.name} if the file does not state its architecture)")
     from vqclip.zoo.bundled import weights_file
 
     wpath = weights_file(rec)  # missing or corrupt: an error naming the file and the recipe

@@ -24,8 +24,9 @@ def test_unknown_model_name(tmp_path, capsys):
 
 
 def test_zoo_model_without_weights_is_not_exported_random(tmp_path):
-    with pytest.raises(CheckpointError, match="no bundled weights.*--weights PATH"):
+    with pytest.raises(CheckpointError, match="no bundled weights.*weights=PATH") as err:
         export_model("ViT-B/32", tmp_path / "out")
+    assert "vqclip export ViT-B-32 --weights PATH" in err.value.cli_message()  # the CLI's wording names its flag
     assert list(tmp_path.iterdir()) == []
 
 
@@ -45,7 +46,7 @@ def test_existing_folder_refused_before_any_work(tmp_path, capsys, tiny):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="already exists; pass --force"):
+    with pytest.raises(OutputExistsError, match="already exists; pass force=True"):
         export_model(tiny.vqgan(), out)
     assert main(["export", "vqgan-f16-1024", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
