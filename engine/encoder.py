@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vqclip.constants import DEFAULT_CLIP, OPENAI_MEAN, OPENAI_STD
-from vqclip.errors import InvalidInputError, VqclipError
+from vqclip.errors import InvalidInputError, UnsupportedOperationError, VqclipError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class Encoder:
     def __init__(self, session: Any, identity: ModelIdentity, *, image_size: int,
                  mean: Sequence[float], std: Sequence[float], default_template: str,
                  logit_scale: float, context_length: int = 77, backend: str = "torch",
-                 interpolation: str = "bicubic", architecture: str | None = None):
+                 interpolation: str = "bicubic", architecture: str | None = None, embed_dim: int | None = None,
+                 towers: str = "both"):
         self.session = session  # has encode_image(np) / encode_text(np) -> np
         self.identity = identity
         self.image_size = int(image_size)
@@ -81,6 +82,8 @@ class Encoder:
         self.backend = backend
         self.interpolation = interpolation  # the resize filter the model was trained with
         self.architecture = architecture  # zoo name given for weights that do not state it (index headers keep it)
+        self.embed_dim = embed_dim  # E, when the model's config is known
+        self.towers = towers  # "both", or the one tower of a single-tower checkpoint
         self._preprocessor = None
 
     def describe(self) -> str:
@@ -101,13 +104,22 @@ class Encoder:
         """PIL RGB images -> float32 (B, 3, S, S) normalised pixels."""
         return self.preprocessor(images)
 
+    def _need(self, tower: str) -> None:
+        if self.towers not in ("both", tower):
+            raise UnsupportedOperationError(
+                f"{self.identity.name} has no {tower} tower (a {self.towers}-only checkpoint): it can "
+                f"{'search by image and index images' if self.towers == 'image' else 'encode texts'} only; "
+                "give a model with both towers for this")
+
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """float32 (B, 3, S, S) normalised pixels -> float32 (B, E) unit rows."""
+        self._need("image")
         x = np.ascontiguousarray(pixels, dtype=np.float32)
         return _normalise(self.session.encode_image(x))
 
     def encode_text(self, ids: np.ndarray) -> np.ndarray:
         """int64 (B, T) token ids -> float32 (B, E) unit rows."""
+        self._need("text")
         x = np.ascontiguousarray(ids, dtype=np.int64)
         return _normalise(self.session.encode_text(x))
 
@@ -121,6 +133,7 @@ class Encoder:
 
         if not texts:
             raise InvalidInputError("no texts to encode; give at least one")
+        self._need("text")
         out = []
         for i in range(0, len(texts), _TEXT_BATCH):
             ids = tokenize(list(texts[i:i + _TEXT_BATCH]), context_length=self.context_length, truncate=truncate)
@@ -225,7 +238,8 @@ def _encoder(session: Any, name: str, digest: str, record: Any, cfg: dict, state
         default_template=record.default_template if record else "a photo of a {}.",
         logit_scale=stated["logit_scale"], context_length=cfg["context_length"], backend=backend,
         interpolation=weights.interpolation if weights else stated.get("interpolation", "bicubic"),
-        architecture=config if isinstance(config, str) else None,
+        architecture=config if isinstance(config, str) else None, embed_dim=cfg["embed_dim"],
+        towers=cfg.get("towers", "both"),
     )
 
 

@@ -105,7 +105,8 @@ def _runtime_record(model: nn.Module, family: str) -> dict:
     temperature, and the preprocessing its checkpoint stated, so a runtime can do without the model."""
     if family != "clip":
         return {}
-    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (getattr(model, "preprocess_cfg", None) or {}).items()}
+    stated = getattr(model, "preprocess_cfg", None) or {}
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in stated.items()}
     out["logit_scale"] = float(model.logit_scale.detach().float().exp().clamp(max=100.0))
     return out
 
@@ -242,7 +243,7 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
     try:
         t0 = time.perf_counter()
         results = [r for c in comps for r in _export_component(c, tmp, wanted, opset)]
-        if probe is not None and family == "clip":
+        if probe is not None and family == "clip" and len(comps) == 2:  # zero-shot needs both towers
             _zero_shot(comps, tmp, results, probe)
         reports = [rep for _, rep in results]
         failures = [line for rep in reports for line in rep.failures()]

@@ -292,8 +292,9 @@ def _clip_components(clip: nn.Module) -> list[Component]:
     heads_v, heads_t = cfg.vision_heads, cfg.text_heads
     # ORT's "clip" fusion set for both towers: it fuses QuickGelu (and exact Gelu); its
     # "vit" set fused nothing on these graphs (benchmarks/bench_export.py).
-    return [
-        Component(
+    out = []  # a single-tower model (towers="image" / "text") exports its one graph
+    if cfg.has_image:
+        out.append(Component(
             name="image_encoder", module=ImageEncoder(clip).eval(),
             inputs=(TensorSpec("pixels", "float32", ("batch", 3, S, S)),),
             outputs=(TensorSpec("embedding", "float32", ("batch", E)),),
@@ -303,8 +304,9 @@ def _clip_components(clip: nn.Module) -> list[Component]:
             transformer=None if cfg.is_resnet else {"model_type": "clip", "num_heads": heads_v,
                                                     "hidden_size": cfg.vision_width},
             graph=None if cfg.is_resnet else ImageEncoderGraph(clip).eval(),
-        ),
-        Component(
+        ))
+    if cfg.has_text:
+        out.append(Component(
             name="text_encoder", module=TextEncoder(clip).eval(),
             inputs=(TensorSpec("input_ids", "int64", ("batch", "tokens")),),
             outputs=(TensorSpec("embedding", "float32", ("batch", E)),),
@@ -313,8 +315,8 @@ def _clip_components(clip: nn.Module) -> list[Component]:
             transformer={"model_type": "clip", "num_heads": heads_t, "hidden_size": cfg.text_width},
             graph=TextEncoderGraph(clip).eval(), tokens=T,
             parity_more=lambda: [(ids(3, 2, _PARITY_SHORT),)],
-        ),
-    ]
+        ))
+    return out
 
 
 def _vqgan_components(vqgan: nn.Module) -> list[Component]:
@@ -356,7 +358,7 @@ def components_for(model: nn.Module) -> list[Component]:
     ``text_projection`` for CLIP; ``decoder`` and ``post_quant_conv`` for VQGAN).
     Raises ``TypeError`` for anything else (a programming error, not user input).
     """
-    if hasattr(model, "visual") and hasattr(model, "text_projection"):
+    if hasattr(model, "encode_image") and hasattr(model, "encode_text") and hasattr(model, "logit_scale"):
         return _clip_components(model)
     if hasattr(model, "decoder") and hasattr(model, "post_quant_conv"):
         return _vqgan_components(model)

@@ -183,12 +183,14 @@ class TorchBackend(Backend):
             cfg = self.clip.config
             emb = TensorSpec("embedding", "float32", ("batch", cfg.embed_dim))
             s = cfg.image_size
-            specs["image_encoder"] = GraphSpec(
-                "image_encoder", self.precision,
-                (TensorSpec("pixels", "float32", ("batch", 3, s, s)),), (emb,))
-            specs["text_encoder"] = GraphSpec(
-                "text_encoder", self.precision,
-                (TensorSpec("input_ids", "int64", ("batch", cfg.context_length)),), (emb,))
+            if cfg.has_image:
+                specs["image_encoder"] = GraphSpec(
+                    "image_encoder", self.precision,
+                    (TensorSpec("pixels", "float32", ("batch", 3, s, s)),), (emb,))
+            if cfg.has_text:
+                specs["text_encoder"] = GraphSpec(
+                    "text_encoder", self.precision,
+                    (TensorSpec("input_ids", "int64", ("batch", cfg.context_length)),), (emb,))
         if self.vqgan is not None:
             cfg = self.vqgan.config
             ch, f = cfg.embed_dim, cfg.factor

@@ -179,15 +179,15 @@ def clip_state_dict(obj: Mapping[str, object]) -> dict[str, torch.Tensor]:
     sd = convert_openclip(obj)
     if _is_hf(sd):
         sd = convert_hf_clip(sd)
-    resnet = "visual.attnpool.positional_embedding" in sd
-    if (not resnet and "visual.positional_embedding" not in sd) or "token_embedding.weight" not in sd:
+    has_image = "visual.positional_embedding" in sd or "visual.attnpool.positional_embedding" in sd
+    if not has_image and "token_embedding.weight" not in sd:
         sample = ", ".join(sorted(sd)[:5]) or "none"
         hint = " (it looks like a VQGAN checkpoint)" if any(k.startswith(("encoder.", "decoder.", "quantize."))
                                                              for k in sd) else ""
         raise CheckpointError(
-            f"not a CLIP checkpoint{hint}: no 'visual.positional_embedding' (ViT) or 'visual.attnpool.*' "
-            f"(ResNet) and 'token_embedding.weight' keys (nor Hugging Face 'vision_model.*' ones); it has "
-            f"{len(sd)} keys, e.g. {sample}"
+            f"not a CLIP checkpoint{hint}: no 'visual.positional_embedding' (ViT), 'visual.attnpool.*' "
+            f"(ResNet) or 'token_embedding.weight' keys (nor Hugging Face 'vision_model.*' / 'text_model.*' "
+            f"ones); it has {len(sd)} keys, e.g. {sample}"
         )
     return sd
 
@@ -327,7 +327,9 @@ def _build_loaded(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], source: str, 
     strict_load(model, cast, source=source, assign=True)
     # The causal mask is the one non-persistent buffer: derived from the config, never saved.
     # test_loaded_model_matches_a_built_one guards that this stays CLIP's own rule.
-    model.attn_mask = torch.full((cfg.context_length, cfg.context_length), float("-inf"), device=device).triu_(1)
+    if cfg.has_text:
+        model.attn_mask = torch.full((cfg.context_length, cfg.context_length), float("-inf"),
+                                     device=device).triu_(1)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not left, f"tensors left on the meta device after loading: {left}"
     return model
@@ -432,6 +434,28 @@ def _choose_config(path: Path, raw: Mapping[str, object], sd: Mapping[str, torch
     raise _undetermined(path, sd)
 
 
+def _bare_hf_tower(path: Path) -> None:
+    """Refuse a CLIPVisionModel / CLIPTextModel folder (keys without ``vision_model.``): a
+    tower without its projection gives features, not CLIP embeddings."""
+    from vqclip.checkpoints._io import read_json
+
+    if not (path.parent / "config.json").is_file():
+        return
+    kind = (read_json(path.parent / "config.json") or {}).get("model_type")
+    cls = {"clip_vision_model": "CLIPVisionModel", "clip_text_model": "CLIPTextModel"}.get(str(kind))
+    if cls is not None:
+        raise CheckpointError(f"{path} is a {cls} without its projection, so its outputs are not CLIP embeddings; "
+                              f"give a {cls}WithProjection or a CLIPModel folder")
+
+
+def _check_single_tower(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A single-tower folder must hold its projection: without it the outputs are features, not CLIP embeddings."""
+    key, cls = ("visual.proj", "CLIPVisionModel") if cfg.has_image else ("text_projection", "CLIPTextModel")
+    if key not in sd:
+        raise CheckpointError(f"{path} is a {cls} without its projection, so its outputs are not CLIP embeddings; "
+                              f"give a {cls}WithProjection or a CLIPModel folder")
+
+
 def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = None, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32) -> CLIP:
     """A ``CLIP`` in eval mode with the weights of ``source``, checked key for key.
@@ -470,9 +494,14 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = No
         raise CheckpointError(f"{path} holds a {type(raw).__name__}, expected a dict of tensors")
     unwrapped = convert_openclip(raw)
     beside = config_beside(path, _is_hf(unwrapped)) if zoo_config is None else None  # refuses what it describes
+    if beside is None and zoo_config is None and not _is_hf(unwrapped):
+        _bare_hf_tower(path)  # transformers saves CLIPVisionModel / CLIPTextModel without the prefix
     sd = clip_state_dict(unwrapped)
     chosen = _choose_config(path, raw, sd, beside, config, given_name, zoo_config)
     cfg = chosen.config
+    if cfg.towers != "both":
+        _check_single_tower(cfg, sd, path)
+        sd.setdefault("logit_scale", torch.tensor(4.6052))  # HF's single-tower classes hold no temperature
     log.info("loading CLIP from %s (%d tensors) as %s (architecture from %s)", path, len(sd), cfg, chosen.source)
     model = _build_loaded(cfg, sd, str(path), device, dtype).eval()
     model.preprocess_cfg = {k: v for k, v in (("mean", chosen.mean), ("std", chosen.std),

@@ -88,26 +88,28 @@ def _one(where: str, name: str, values: dict[str, object]) -> object:
 
 
 def config_from_hf(cfg: Mapping[str, object], where: str = "config.json") -> CLIPConfig:
-    """A ``CLIPConfig`` from a Hugging Face ``CLIPModel`` config (``config.json``).
+    """A ``CLIPConfig`` from a Hugging Face CLIP config (``config.json``).
 
-    Reads the legacy ``text_config_dict`` / ``vision_config_dict`` as transformers does
-    (they override ``text_config`` / ``vision_config``), fills HF's defaults for what the
-    file leaves out, and refuses what vqclip's towers do not compute (another activation,
+    ``CLIPModel`` configs, and the single-tower ``CLIPVisionModelWithProjection`` /
+    ``CLIPTextModelWithProjection`` ones (``towers="image"`` / ``"text"``). Reads the
+    legacy ``text_config_dict`` / ``vision_config_dict`` as transformers does (they
+    override ``text_config`` / ``vision_config``), fills HF's defaults for what the file
+    leaves out, and refuses what vqclip's towers do not compute (another activation,
     per-tower differences, pooling at a token other than the largest id).
     """
     kind = cfg.get("model_type", "clip")
-    if kind in ("clip_vision_model", "clip_text_model"):
-        tower = "image" if kind == "clip_vision_model" else "text"
-        raise CheckpointError(f"{where} describes a {kind} (the {tower} tower alone, e.g. CLIP{tower.title()}"
-                              "ModelWithProjection); vqclip loads CLIPModel folders with both towers: save the "
-                              "whole CLIPModel, or give OpenAI's / OpenCLIP's file")
-    if kind != "clip":
+    towers = {"clip": "both", "clip_vision_model": "image", "clip_text_model": "text"}.get(str(kind))
+    if towers is None:
         raise CheckpointError(f"{where} describes a {kind!r} model, not 'clip'; give a CLIP checkpoint "
                               "(SigLIP, ALIGN and others are other networks)")
     try:
-        t = {**_HF_TEXT, **(cfg.get("text_config") or {}), **(cfg.get("text_config_dict") or {})}
-        v = {**_HF_VISION, **(cfg.get("vision_config") or {}), **(cfg.get("vision_config_dict") or {})}
+        t = {**_HF_TEXT, **(cfg if towers == "text" else {}), **(cfg.get("text_config") or {}),
+             **(cfg.get("text_config_dict") or {})}
+        v = {**_HF_VISION, **(cfg if towers == "image" else {}), **(cfg.get("vision_config") or {}),
+             **(cfg.get("vision_config_dict") or {})}
         acts = {"text": t["hidden_act"], "vision": v["hidden_act"]}
+        if towers != "both":  # the absent tower's defaults are not the model's: only the present one counts
+            acts = {"vision": v["hidden_act"]} if towers == "image" else {"text": t["hidden_act"]}
         for tower, act in acts.items():
             if act not in _HF_ACTIVATIONS:
                 raise _refuse(where, f"{tower}_config.hidden_act is {act!r}")
@@ -132,8 +134,9 @@ def config_from_hf(cfg: Mapping[str, object], where: str = "config.json") -> CLI
             text_heads=int(t["num_attention_heads"]),
             text_mlp_width=int(t["intermediate_size"]),
             activation=_HF_ACTIVATIONS[_one(where, "hidden_act", acts)],
-            layer_norm_eps=float(_one(where, "layer_norm_eps", {"text": float(t["layer_norm_eps"]),
-                                                                "vision": float(v["layer_norm_eps"])})),
+            layer_norm_eps=float(_one(where, "layer_norm_eps", {
+                k: float(x["layer_norm_eps"]) for k, x in (("text", t), ("vision", v)) if k in acts})),
+            towers=towers,
         )
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(f"{where} is not a Hugging Face CLIPModel config ({e!r}); fix or remove it") from e

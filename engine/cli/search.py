@@ -27,9 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("index", type=user_path, metavar="INDEX", help="an index folder")
     p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="what to look for, e.g. 'a red circle'")
     p.add_argument("--image", type=user_path, metavar="PATH", help="search with an image instead of a text")
-    p.add_argument("--queries", type=user_path, metavar="FILE", help="many queries, one per line, '-' for stdin: a text, or a JSON "
-                                                     "object {\"text\": ...} / {\"image\": PATH} with an optional "
-                                                     "\"k\" and \"id\"; each answered as one JSON line")
+    p.add_argument("--queries", type=user_path, metavar="FILE",
+                   help="many queries, one per line, '-' for stdin: a text, or a JSON object {\"text\": ...} / "
+                        "{\"image\": PATH} with an optional \"k\" and \"id\"; each answered as one JSON line")
     p.add_argument("--top-k", "--k", "-k", dest="k", type=int, default=10, metavar="K",
                    help="results per query (default 10)")
     p.add_argument("--truncate", action="store_true",

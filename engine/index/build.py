@@ -83,9 +83,9 @@ def build_index(folder: str | Path, out: str | Path, encoder: Encoder, storage: 
     out = Path(out)
     if force and (out / "header.json").is_file():
         return _rebuild(folder, out, encoder, storage, batch_size, workers, progress, commit_every)
-    probe = encoder.encode_texts(["a"])  # the embedding size, whatever the backend
+    embed_dim = encoder.embed_dim or encoder.encode_texts(["a"]).shape[1]  # an encoder made by hand may not say
     store = IndexStore.create(out, model_name=encoder.identity.name, model_digest=encoder.identity.digest,
-                              embed_dim=probe.shape[1], storage=storage, root=folder,
+                              embed_dim=embed_dim, storage=storage, root=folder,
                               model_config=encoder.architecture)
     try:
         return _sync(store, encoder, batch_size, workers, progress, commit_every)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqclip.errors import UnsupportedOperationError
 from vqclip.models.configs import ACTIVATION_NAMES, CLIPConfig
 
 __all__ = ["CLIPConfig", "CLIP", "VisionTransformer"]
@@ -160,6 +161,8 @@ class CLIP(nn.Module):
     ``positional_embedding``, ``transformer``, ``ln_final``, ``text_projection``) as in
     OpenAI's checkpoints. ``encode_image`` / ``encode_text`` return unnormalised
     embeddings, as OpenAI's do; ``forward`` returns ``(logits_per_image, logits_per_text)``.
+    A config with ``towers="image"`` or ``"text"`` builds that tower alone (Hugging Face's
+    single-tower classes); the other encode method then raises ``UnsupportedOperationError``.
 
     Example::
 
@@ -171,35 +174,40 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = cfg
         self.preprocess_cfg: dict = {}  # mean / std / interpolation a checkpoint's config file states, if any
-        if cfg.is_resnet:
-            from vqclip.models.resnet import ModifiedResNet
+        if cfg.has_image:
+            if cfg.is_resnet:
+                from vqclip.models.resnet import ModifiedResNet
 
-            self.visual = ModifiedResNet(cfg.vision_layers, cfg.embed_dim, cfg.vision_heads, cfg.image_size,
-                                         cfg.vision_width)
-        else:
-            self.visual = VisionTransformer(cfg)
-        w = cfg.text_width
-        self.context_length = cfg.context_length
-        self.token_embedding = nn.Embedding(cfg.vocab_size, w)
-        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, w))
-        self.transformer = Transformer(w, cfg.text_layers, cfg.text_heads, cfg.text_mlp_width, cfg.activation,
-                                       cfg.layer_norm_eps)
-        self.ln_final = LayerNorm(w, eps=cfg.layer_norm_eps)
-        self.text_projection = nn.Parameter(torch.empty(w, cfg.embed_dim))
+                self.visual = ModifiedResNet(cfg.vision_layers, cfg.embed_dim, cfg.vision_heads, cfg.image_size,
+                                             cfg.vision_width)
+            else:
+                self.visual = VisionTransformer(cfg)
+        if cfg.has_text:
+            w = cfg.text_width
+            self.context_length = cfg.context_length
+            self.token_embedding = nn.Embedding(cfg.vocab_size, w)
+            self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, w))
+            self.transformer = Transformer(w, cfg.text_layers, cfg.text_heads, cfg.text_mlp_width, cfg.activation,
+                                           cfg.layer_norm_eps)
+            self.ln_final = LayerNorm(w, eps=cfg.layer_norm_eps)
+            self.text_projection = nn.Parameter(torch.empty(w, cfg.embed_dim))
+            # Causal mask: -inf above the diagonal. Derived, so not saved in the state dict.
+            mask = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu_(1)
+            self.register_buffer("attn_mask", mask, persistent=False)
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
+            nn.init.normal_(self.positional_embedding, std=0.01)
+            nn.init.normal_(self.text_projection, std=w**-0.5)
         self.logit_scale = nn.Parameter(torch.tensor(4.6052))  # ln(100), OpenAI's trained value
-        # Causal mask: -inf above the diagonal. Derived, so not saved in the state dict.
-        mask = torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu_(1)
-        self.register_buffer("attn_mask", mask, persistent=False)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        nn.init.normal_(self.text_projection, std=w**-0.5)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.token_embedding.weight.dtype
+        return next(self.parameters()).dtype
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, E) unnormalised embeddings."""
+        if not self.config.has_image:
+            raise UnsupportedOperationError("this CLIP has no image tower (a text-only checkpoint): it encodes "
+                                            "texts only; give a model with both towers for images")
         return self.visual(pixels)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
@@ -208,6 +216,9 @@ class CLIP(nn.Module):
         Pools at the end-of-text token, which has the largest id in OpenAI's vocabulary,
         so ``argmax`` over the ids finds it (OpenAI's rule).
         """
+        if not self.config.has_text:
+            raise UnsupportedOperationError("this CLIP has no text tower (an image-only checkpoint): it encodes "
+                                            "images only; give a model with both towers for texts")
         T = ids.shape[1]  # (B, T)
         x = self.token_embedding(ids).to(self.dtype) + self.positional_embedding[:T]  # (B, T, W)
         x = self.transformer(x, self.attn_mask[:T, :T].to(x.dtype))

@@ -36,6 +36,7 @@ class CLIPConfig:
     layer_norm_eps: float = 1e-5  # every LayerNorm of both towers
     vision_mlp_width: int = 0  # hidden units of each image MLP; 0: 4 x vision_width (OpenCLIP's ViT-g/bigG differ)
     text_mlp_width: int = 0  # hidden units of each text MLP; 0: 4 x text_width
+    towers: str = "both"  # "image" / "text": one tower alone (HF CLIPVisionModelWithProjection / CLIPText...)
 
     def __post_init__(self) -> None:
         if isinstance(self.vision_layers, list):  # a config read back from JSON
@@ -43,6 +44,8 @@ class CLIPConfig:
         for name, width in (("vision_mlp_width", self.vision_width), ("text_mlp_width", self.text_width)):
             if not getattr(self, name):
                 object.__setattr__(self, name, 4 * width)
+        if self.towers not in ("both", "image", "text"):
+            raise ValueError(f"towers must be 'both', 'image' or 'text', not {self.towers!r}")
         if self.activation not in ACTIVATION_NAMES:
             raise ValueError(f"activation must be one of {list(ACTIVATION_NAMES)}, not {self.activation!r}")
         if self.is_resnet:
@@ -62,6 +65,14 @@ class CLIPConfig:
             raise ValueError(f"vision_stem must be 'patch' or 'conv', not {self.vision_stem!r}")
         if self.vision_stem == "conv" and self.vision_patch_size & (self.vision_patch_size - 1):
             raise ValueError("the conv stem needs a power-of-two vision_patch_size")
+
+    @property
+    def has_image(self) -> bool:
+        return self.towers in ("both", "image")
+
+    @property
+    def has_text(self) -> bool:
+        return self.towers in ("both", "text")
 
     @property
     def is_resnet(self) -> bool:

@@ -292,14 +292,57 @@ def test_sharded_hf_folder_loads_and_has_one_identity(tmp_path):
         load_clip(tmp_path)
 
 
-@pytest.mark.parametrize("cls", ["CLIPVisionModelWithProjection", "CLIPTextModelWithProjection"])
-def test_single_tower_hf_folders_are_refused_with_what_to_do(tmp_path, cls):
+def _single_tower(cls: str, act: str = "gelu"):
+    transformers = pytest.importorskip("transformers")
+    vision = "Vision" in cls
+    cfg_cls = transformers.CLIPVisionConfig if vision else transformers.CLIPTextConfig
+    extra = dict(image_size=32, patch_size=8) if vision else dict(max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(cfg_cls(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                               num_attention_heads=2, projection_dim=32, hidden_act=act,
+                                               **extra)).eval()
+    _randomize(model)
+    return model
+
+
+def test_image_only_hf_folder_encodes_images_and_refuses_texts(tmp_path):
+    from vqclip.encoder import open_encoder
+    from vqclip.errors import UnsupportedOperationError
+
+    hf = _single_tower("CLIPVisionModelWithProjection")  # what IP-Adapter-style image encoders ship as
+    hf.save_pretrained(tmp_path)
+    ours = load_clip(tmp_path)
+    assert (ours.config.towers, ours.config.activation, ours.config.vision_mlp_width) == ("image", "gelu", 160)
+    pixels, ids = _inputs(32, 16)
+    with torch.no_grad():
+        assert (ours.encode_image(pixels) - hf(pixel_values=pixels).image_embeds).abs().max() <= ATOL
+        with pytest.raises(UnsupportedOperationError, match="no text tower"):
+            ours.encode_text(ids)
+    for backend in ("torch", "onnxruntime"):
+        enc = open_encoder(tmp_path, backend, export_dir=None)
+        want = torch.nn.functional.normalize(hf(pixel_values=pixels).image_embeds, dim=-1).detach().numpy()
+        assert abs(enc.encode_image(pixels.numpy()) - want).max() <= ATOL
+        with pytest.raises(UnsupportedOperationError, match="no text tower.*both towers"):
+            enc.encode_texts(["a red circle"])
+
+
+def test_text_only_hf_folder_encodes_texts(tmp_path):
+    hf = _single_tower("CLIPTextModelWithProjection", act="quick_gelu")
+    hf.save_pretrained(tmp_path)
+    ours = load_clip(tmp_path)
+    assert ours.config.towers == "text" and not hasattr(ours, "visual")
+    _, ids = _inputs(32, 16)
+    with torch.no_grad():
+        assert (ours.encode_text(ids) - hf(input_ids=ids).text_embeds).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("cls", ["CLIPVisionModel", "CLIPTextModel"])
+def test_single_tower_folders_without_projection_are_refused(tmp_path, cls):
     transformers = pytest.importorskip("transformers")
     cfg_cls = transformers.CLIPVisionConfig if "Vision" in cls else transformers.CLIPTextConfig
-    model = getattr(transformers, cls)(cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                               num_attention_heads=1, projection_dim=32))
-    model.save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="tower alone.*save the whole CLIPModel"):
+    getattr(transformers, cls)(cfg_cls(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                       num_attention_heads=1)).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=f"{cls} without its projection.*{cls}WithProjection"):
         load_clip(tmp_path)
 
 
@@ -360,3 +403,26 @@ def test_openclip_preprocess_cfg_is_checked(tmp_path, monkeypatch, caplog):
         "interpolation": "random", "resize_mode": "squash"}}))
     assert load_clip(folder).preprocess_cfg == {}
     assert "resize filter 'random'" in caplog.text and "resize_mode 'squash'" in caplog.text
+
+
+def test_an_image_only_model_indexes_and_searches_by_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vqclip.encoder import open_encoder
+    from vqclip.errors import UnsupportedOperationError
+    from vqclip.index.build import build_index
+    from vqclip.index.reader import Index
+
+    _single_tower("CLIPVisionModelWithProjection").save_pretrained(tmp_path / "hf")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(photos / f"{i}.png")
+    enc = open_encoder(tmp_path / "hf")
+    build_index(photos, tmp_path / "idx", enc, progress=False)
+    with Index.open(tmp_path / "idx", encoder=enc) as idx:
+        assert idx.search(image=photos / "2.png", k=1)[0].path.endswith("2.png")
+        with pytest.raises(UnsupportedOperationError, match="no text tower"):
+            idx.search(text="a red circle")
