@@ -65,9 +65,9 @@ def device_name(text: str) -> str:
     return name
 
 
-def add_model_args(p: argparse.ArgumentParser, model: bool = True, device: bool = True) -> None:
-    """``--model``/``--arch`` (with ``model``), ``--backend``, ``--precision`` and ``--device``
-    (with ``device``). Backend, precision and device default to None: the library chooses."""
+def add_model_args(p: argparse.ArgumentParser, model: bool = True) -> None:
+    """``--model``/``--arch`` (with ``model``), ``--backend``, ``--precision`` and ``--device``.
+    Backend, precision and device default to None: the library chooses."""
     if model:
         p.add_argument("--model", default=None, metavar="NAME|PATH", type=user_path,
                        help="zoo name (see `vqclip models`), checkpoint file or model folder; default: shapes-clip")
@@ -81,9 +81,8 @@ def add_model_args(p: argparse.ArgumentParser, model: bool = True, device: bool 
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="torch: fp32, bf16, fp16; onnxruntime: fp32, fp16, int8; tensorrt: fp32, fp16 "
                         "(default: chosen with the backend)")
-    if device:
-        p.add_argument("--device", default=None, type=device_name, metavar="cpu|cuda",
-                       help="cpu, cuda or cuda:N (default: the backend's own: cpu, or cuda for tensorrt)")
+    p.add_argument("--device", default=None, type=device_name, metavar="cpu|cuda",
+                   help="cpu, cuda or cuda:N (default: the backend's own: cpu, or cuda for tensorrt)")
 
 
 def check_model_args(args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
                                    "a web page at /, OpenAPI at /docs, /metrics for Prometheus. Settings come from "
                                    "--config FILE (YAML or JSON, the names of vqclip.serving.config.ServerConfig), "
                                    "then these flags.")
-    add_model_args(p, device=False)  # the server's device is its config's (ServerConfig has no device yet)
+    add_model_args(p)
     p.add_argument("--index", action="append", type=_index_arg, default=[], metavar="NAME=PATH",
                    help="serve the index at PATH as NAME (repeat for several)")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
@@ -60,8 +60,8 @@ def add_parser(sub) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from vqclip.serving.config import ServerSetupError, is_loopback, load_config
 
-    overrides = {k: getattr(args, k) for k in ("model", "arch", "backend", "precision", "host", "port", "max_batch",
-                                               "max_wait_ms", "max_queue", "timeout_s", "api_key_file",
+    overrides = {k: getattr(args, k) for k in ("model", "arch", "backend", "precision", "device", "host", "port",
+                                               "max_batch", "max_wait_ms", "max_queue", "timeout_s", "api_key_file",
                                                "rate_limit", "cors_origins", "log_level", "generation_jobs",
                                                "generation_vqgan", "generation_out", "trust_request_id")}
     cfg = load_config(args.config, overrides)

@@ -37,6 +37,7 @@ class ServerConfig:
     arch: str | None = None  # zoo architecture of a ``model`` file that does not state it
     backend: str = "torch"  # torch, onnxruntime or tensorrt (onnxruntime + int8 is the fast CPU one)
     precision: str = "fp32"
+    device: str | None = None  # cpu, cuda or cuda:N; None: the backend's own (cuda for tensorrt, else cpu)
     indexes: dict[str, str] = field(default_factory=dict)  # name in the API -> index folder
     # Where it listens: loopback unless the operator says otherwise.
     host: str = "127.0.0.1"

@@ -109,14 +109,15 @@ class Runtime:
 
         if encoder is None:
             encoder = open_encoder(config.model, backend=config.backend, precision=config.precision,
-                                   config=config.arch)
+                                   device=config.device, config=config.arch)
         indexes: dict[str, Index] = {}
         try:
             for name, path in config.indexes.items():
                 try:
                     indexes[name] = Index.open(Path(path).expanduser(), encoder=encoder)
                 except IndexMismatchError:
-                    idx = Index.open(Path(path).expanduser(), backend=config.backend, precision=config.precision)
+                    idx = Index.open(Path(path).expanduser(), backend=config.backend, precision=config.precision,
+                                     device=config.device)
                     indexes[name] = idx
                     log.info("index %s was built by %s; opening that model too", name, idx.store.header.model_name)
                     idx.encoder  # noqa: B018 - open its model now, not on the first query

@@ -295,7 +295,8 @@ def test_demo_result_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     assert _relative(tmp_path / "elsewhere.png", out) == str(tmp_path / "elsewhere.png")  # outside: absolute
 
 
-@pytest.mark.parametrize("flags, device", [([], None), (["--backend", "TRT"], None), (["--device", "cuda:1"], "cuda:1")])
+@pytest.mark.parametrize("flags, device", [([], None), (["--backend", "TRT"], None),
+                                           (["--device", "cuda:1"], "cuda:1")])
 def test_the_device_passed_on_is_the_flag_or_the_backends_own(flags, device):
     # None: the library picks the backend's own (cuda for tensorrt, else cpu).
     from vqclip.cli._common import device_arg
@@ -313,3 +314,12 @@ def test_model_errors_name_the_cli_flags(env, capsys, monkeypatch, tmp_path):
                     f"file '{tmp_path / 'missing.pt'}' does not exist")
     _one_line_error(capsys, main(["classify", img, "--labels", "x", "--model", "no-such-model"]),
                     "unknown clip model 'no-such-model'; available:")
+
+
+def test_serve_takes_device_and_refuses_cuda_without_a_gpu(capsys):
+    pytest.importorskip("fastapi", reason="the server needs the 'server' extra")
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    # The model loads before the server binds, so the refusal comes first, in one line.
+    _one_line_error(capsys, main(["serve", "--device", "cuda", "--port", "0"]), "--device cpu")
