@@ -404,11 +404,17 @@ def _undetermined(path: Path, sd: Mapping[str, torch.Tensor]) -> CheckpointError
         names = _matching_zoo_names(infer_clip_config(sd))
     except CheckpointError:
         names = []
-    pick = f"one of {', '.join(names)}" if names else "a zoo name or a CLIPConfig"
+    from vqclip.zoo import get
+
+    shown = [f"{n} ({'QuickGELU' if get(n).config.activation == 'quick_gelu' else 'GELU'})" for n in names]
+    pick = f"one of {', '.join(shown)}" if names else "a zoo name or a CLIPConfig"
     return CheckpointError(
         f"{path} does not say its architecture (the same tensors are a QuickGELU or a GELU model, and head "
         f"counts cannot be told from shapes): name it ({pick}; CLI --arch NAME), or put the model's "
         "config.json / open_clip_config.json beside it")
+
+
+_GIVEN_ONLY = "the given config (the checkpoint states none)"
 
 
 def _choose_config(path: Path, raw: Mapping[str, object], sd: Mapping[str, torch.Tensor],
@@ -422,15 +428,15 @@ def _choose_config(path: Path, raw: Mapping[str, object], sd: Mapping[str, torch
     if found is None:
         meta = config_from_metadata(read_metadata(path) if path.suffix != ".json" else {}, str(path))
         found = FileConfig(meta, f"{path.name}'s metadata") if meta is not None else None
+    if found is None and _is_openai_file(path, raw):
+        found = FileConfig(infer_clip_config(sd), "OpenAI's format")  # QuickGELU, heads = width // 64
     if given is not None:
         if found is not None:
             check_agrees(given, found, given_name)
             return FileConfig(given, given_name, found.mean, found.std, found.interpolation)
-        return FileConfig(given, given_name)
+        return FileConfig(given, _GIVEN_ONLY)
     if found is not None:
         return found
-    if _is_openai_file(path, raw):
-        return FileConfig(infer_clip_config(sd), "OpenAI's format")
     raise _undetermined(path, sd)
 
 
@@ -504,6 +510,8 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = No
         sd.setdefault("logit_scale", torch.tensor(4.6052))  # HF's single-tower classes hold no temperature
     log.info("loading CLIP from %s (%d tensors) as %s (architecture from %s)", path, len(sd), cfg, chosen.source)
     model = _build_loaded(cfg, sd, str(path), device, dtype).eval()
+    # Only the caller vouches for this architecture: caches key their exports by it too.
+    model.architecture_given = chosen.source == _GIVEN_ONLY
     model.preprocess_cfg = {k: v for k, v in (("mean", chosen.mean), ("std", chosen.std),
                                               ("interpolation", chosen.interpolation)) if v is not None}
     remember_source(model, path)

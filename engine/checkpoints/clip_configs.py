@@ -44,11 +44,10 @@ _HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 # OpenCLIP model-config entries, by what vqclip does with them. Read: the architecture.
 _OC_VISION_READ = {"layers", "width", "head_width", "mlp_ratio", "patch_size", "image_size", "norm_kwargs"}
 _OC_TEXT_READ = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "norm_kwargs"}
-# No effect on inference (training-time or tokenizer-side switches that keep OpenAI's tokenizer).
+# No effect on inference (training-time switches; padding id 0 is what the tokenizer pads with).
 _OC_NEUTRAL = {"patch_dropout", "output_tokens", "attn_pooler_queries", "attn_pooler_heads", "timm_model_pretrained",
                "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop", "timm_drop_path", "hf_model_pretrained",
-               "hf_proj_type", "hf_pooler_type", "pad_id", "bos_id", "eos_id", "tokenizer_kwargs", "image_seq_len",
-               "variable_text"}
+               "hf_proj_type", "hf_pooler_type", "pad_id", "image_seq_len", "variable_text"}
 # Must hold their OpenAI-tower value; anything else is another network, refused by name.
 _OC_DEFAULTS = {
     "ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "pos_embed_type": "learnable",
@@ -56,7 +55,7 @@ _OC_DEFAULTS = {
     "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False, "scale_attn": False,
     "scale_fc": False, "timm_model_name": None, "hf_model_name": None, "hf_tokenizer_name": None,
     "text_arch": "clip", "embed_cls": False, "no_causal_mask": False, "proj_bias": False, "proj_type": "linear",
-    "tokenizer_type": "", "tokenizer_mode": None,
+    "tokenizer_type": "", "tokenizer_mode": None, "tokenizer_kwargs": None, "bos_id": None, "eos_id": None,
 }
 _OC_POOL = {"vision_cfg": "tok", "text_cfg": "argmax"}  # the pooling of OpenAI's towers
 _OC_TOP_READ = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu"}
@@ -87,14 +86,25 @@ def _one(where: str, name: str, values: dict[str, object]) -> object:
     return next(iter(values.values()))
 
 
+def _hf_tower(cfg: Mapping[str, object], tower: str, defaults: dict, top_level: bool) -> dict:
+    """One tower's settings: its ``*_config`` over HF's defaults, then, as transformers does, a
+    legacy ``*_config_dict`` with the defaults filled in over that; the top level for a
+    single-tower config."""
+    out = {**defaults, **(cfg if top_level else {}), **(cfg.get(f"{tower}_config") or {})}
+    legacy = cfg.get(f"{tower}_config_dict")
+    if legacy:
+        out.update({**defaults, **legacy})
+    return out
+
+
 def config_from_hf(cfg: Mapping[str, object], where: str = "config.json") -> CLIPConfig:
     """A ``CLIPConfig`` from a Hugging Face CLIP config (``config.json``).
 
     ``CLIPModel`` configs, and the single-tower ``CLIPVisionModelWithProjection`` /
     ``CLIPTextModelWithProjection`` ones (``towers="image"`` / ``"text"``). Reads the
-    legacy ``text_config_dict`` / ``vision_config_dict`` as transformers does (they
-    override ``text_config`` / ``vision_config``), fills HF's defaults for what the file
-    leaves out, and refuses what vqclip's towers do not compute (another activation,
+    legacy ``text_config_dict`` / ``vision_config_dict`` as transformers does (a legacy
+    dict, its defaults filled in, overrides ``text_config`` / ``vision_config``), fills
+    HF's defaults for what the file leaves out, and refuses what vqclip's towers do not compute (another activation,
     per-tower differences, pooling at a token other than the largest id).
     """
     kind = cfg.get("model_type", "clip")
@@ -103,10 +113,8 @@ def config_from_hf(cfg: Mapping[str, object], where: str = "config.json") -> CLI
         raise CheckpointError(f"{where} describes a {kind!r} model, not 'clip'; give a CLIP checkpoint "
                               "(SigLIP, ALIGN and others are other networks)")
     try:
-        t = {**_HF_TEXT, **(cfg if towers == "text" else {}), **(cfg.get("text_config") or {}),
-             **(cfg.get("text_config_dict") or {})}
-        v = {**_HF_VISION, **(cfg if towers == "image" else {}), **(cfg.get("vision_config") or {}),
-             **(cfg.get("vision_config_dict") or {})}
+        t = _hf_tower(cfg, "text", _HF_TEXT, towers == "text")
+        v = _hf_tower(cfg, "vision", _HF_VISION, towers == "image")
         acts = {"text": t["hidden_act"], "vision": v["hidden_act"]}
         if towers != "both":  # the absent tower's defaults are not the model's: only the present one counts
             acts = {"vision": v["hidden_act"]} if towers == "image" else {"text": t["hidden_act"]}
@@ -223,15 +231,18 @@ def _openclip_preprocess(pre: Mapping[str, object], where: str) -> tuple:
     does not do (a resize mode other than shortest-side + centre crop) is logged, not applied."""
     from vqclip.preprocess import INTERPOLATIONS
 
+    if not isinstance(pre, Mapping):
+        raise CheckpointError(f"{where}: preprocess_cfg is a {type(pre).__name__}, not an object; fix or remove it")
     try:
         mean = tuple(float(x) for x in pre["mean"]) if pre.get("mean") else None
         std = tuple(float(x) for x in pre["std"]) if pre.get("std") else None
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: preprocess_cfg mean/std are not numbers ({e}); fix or remove them") from e
+        raise CheckpointError(f"{where}: preprocess_cfg mean/std are not lists of numbers ({e}); "
+                              "fix or remove them") from e
     if any(len(v) != 3 for v in (mean, std) if v is not None):
         raise CheckpointError(f"{where}: preprocess_cfg mean/std need 3 values (RGB)")
     interpolation = pre.get("interpolation")
-    if interpolation is not None and interpolation not in INTERPOLATIONS:
+    if interpolation is not None and (not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS):
         log.warning("%s: resize filter %r is not one of %s; using bicubic", where, interpolation,
                     sorted(INTERPOLATIONS))
         interpolation = None
@@ -267,9 +278,9 @@ def config_beside(weights: Path, hf_layout: bool) -> FileConfig | None:
     """The config file in the weights' folder that describes them, read, or None.
 
     ``open_clip_config.json`` for OpenCLIP files; ``config.json`` for Hugging Face
-    (``hf_layout``: the keys are ``text_model.*`` / ``vision_model.*``); an OpenCLIP-layout
-    file beside a ``config.json`` that describes a CLIPModel is another export's folder
-    and is refused rather than half-read.
+    (``hf_layout``: the keys are ``text_model.*`` / ``vision_model.*``), with the image
+    preprocessing its ``preprocessor_config.json`` states. An OpenCLIP-layout file never
+    takes a ``config.json``: that describes another file of the folder.
     """
     folder = weights.parent
     oc, hf = folder / "open_clip_config.json", folder / "config.json"
@@ -277,8 +288,30 @@ def config_beside(weights: Path, hf_layout: bool) -> FileConfig | None:
         return config_from_openclip(read_json(oc), str(oc))
     if hf_layout:
         obj = read_json(hf)
-        return FileConfig(config_from_hf(obj, str(hf)), str(hf)) if obj is not None else None
+        if obj is None:
+            return None
+        return FileConfig(config_from_hf(obj, str(hf)), str(hf), *_hf_preprocess(folder / "preprocessor_config.json"))
     return None
+
+
+# Pillow's resampling codes, as transformers' image processors store them.
+_PIL_FILTERS = {3: "bicubic", 2: "bilinear", 1: "lanczos"}
+
+
+def _hf_preprocess(path: Path) -> tuple:
+    """(mean, std, interpolation) from a Hugging Face ``preprocessor_config.json``, or Nones."""
+    obj = read_json(path)
+    if obj is None:
+        return None, None, None
+    try:
+        mean = tuple(float(x) for x in obj["image_mean"]) if obj.get("image_mean") else None
+        std = tuple(float(x) for x in obj["image_std"]) if obj.get("image_std") else None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: image_mean/image_std are not lists of numbers ({e}); fix or remove it") from e
+    if any(len(v) != 3 for v in (mean, std) if v is not None):
+        raise CheckpointError(f"{path}: image_mean/image_std need 3 values (RGB)")
+    resample = obj.get("resample")
+    return mean, std, _PIL_FILTERS.get(resample) if isinstance(resample, int) else None
 
 
 # The fields a wrong config gets past the strict key/shape check with: named first in a refusal.

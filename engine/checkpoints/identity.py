@@ -34,10 +34,30 @@ _INDEX_SUFFIX = ".index.json"  # a sharded checkpoint's map from tensor name to 
 _SOURCE_ATTR = "_vqclip_weights_source"  # the file a loader read, and the tensors as they were then
 
 
+def _describes_hf_clip(config_json: Path) -> bool:
+    """Whether a folder's ``config.json`` is a Hugging Face CLIP config (timm's Hub repos put
+    their own image-tower ``config.json`` beside OpenCLIP's files)."""
+    import json
+
+    try:
+        obj = json.loads(config_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(obj, dict) and str(obj.get("model_type", "")).startswith("clip")
+
+
 def weights_file_of(folder: str | os.PathLike) -> Path:
-    """The weights file inside a model folder; ``CheckpointError`` when it holds none."""
+    """The weights file inside a model folder; ``CheckpointError`` when it holds none.
+
+    The file its config describes: Hugging Face's (``model.safetensors`` ...) when
+    ``config.json`` is a CLIP config, OpenCLIP's when ``open_clip_config.json`` is there and
+    ``config.json`` is not CLIP's (timm's Hub repos), else the first of ``HF_WEIGHT_FILES``.
+    """
     folder = Path(folder)
-    for name in HF_WEIGHT_FILES:
+    names = HF_WEIGHT_FILES
+    if (folder / "open_clip_config.json").is_file() and not _describes_hf_clip(folder / "config.json"):
+        names = tuple(n for n in HF_WEIGHT_FILES if n.startswith("open_clip")) + names
+    for name in names:
         if (folder / name).is_file():
             return folder / name
     raise CheckpointError(f"folder {str(folder)!r} holds no {' / '.join(HF_WEIGHT_FILES)}; "

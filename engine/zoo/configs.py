@@ -7,25 +7,26 @@ from vqclip.zoo.records import ModelRecord, WeightsRecord
 
 # OpenAI's released CLIP ViTs (the shapes of the files their clip.load downloads).
 VIT_B_32 = ModelRecord(
-    name="ViT-B-32", family="clip", aliases=("ViT-B/32",),
+    name="ViT-B-32", family="clip", aliases=("ViT-B/32", "ViT-B-32-quickgelu", "openclip/ViT-B-32-quickgelu"),
     config=CLIPConfig(embed_dim=512, image_size=224, vision_patch_size=32, vision_width=768,
                       vision_layers=12, vision_heads=12, text_width=512, text_layers=12, text_heads=8),
     description="OpenAI CLIP ViT-B/32 architecture (weights from a local file)",
 )
 VIT_B_16 = ModelRecord(
-    name="ViT-B-16", family="clip", aliases=("ViT-B/16",),
+    name="ViT-B-16", family="clip", aliases=("ViT-B/16", "ViT-B-16-quickgelu", "openclip/ViT-B-16-quickgelu"),
     config=CLIPConfig(embed_dim=512, image_size=224, vision_patch_size=16, vision_width=768,
                       vision_layers=12, vision_heads=12, text_width=512, text_layers=12, text_heads=8),
     description="OpenAI CLIP ViT-B/16 architecture (weights from a local file)",
 )
 VIT_L_14 = ModelRecord(
-    name="ViT-L-14", family="clip", aliases=("ViT-L/14",),
+    name="ViT-L-14", family="clip", aliases=("ViT-L/14", "ViT-L-14-quickgelu", "openclip/ViT-L-14-quickgelu"),
     config=CLIPConfig(embed_dim=768, image_size=224, vision_patch_size=14, vision_width=1024,
                       vision_layers=24, vision_heads=16, text_width=768, text_layers=12, text_heads=12),
     description="OpenAI CLIP ViT-L/14 architecture (weights from a local file)",
 )
 VIT_L_14_336 = ModelRecord(
-    name="ViT-L-14-336", family="clip", aliases=("ViT-L/14@336px", "ViT-L/14@336", "ViT-L-14-336px"),
+    name="ViT-L-14-336", family="clip",
+    aliases=("ViT-L/14@336px", "ViT-L/14@336", "ViT-L-14-336px", "ViT-L-14-336-quickgelu"),
     config=CLIPConfig(embed_dim=768, image_size=336, vision_patch_size=14, vision_width=1024,
                       vision_layers=24, vision_heads=16, text_width=768, text_layers=12, text_heads=12),
     description="OpenAI CLIP ViT-L/14@336px architecture (weights from a local file)",
@@ -49,16 +50,20 @@ RN50X64 = _openai_resnet("RN50x64", 1024, 448, (3, 15, 36, 10), 128, 1024)
 
 
 # OpenCLIP's ViTs trained on LAION / DataComp: exact GELU, and head width 80-104 from ViT-H up
-# (their model_configs/*.json). Same tensors as OpenAI's QuickGELU ViTs of the same size.
+# (their model_configs/*.json). Same tensors as OpenAI's QuickGELU ViTs of the same size; the
+# "-quickgelu" ones (DFN5B's ViT-H) are OpenCLIP's QuickGELU builds of those shapes.
 def _openclip_vit(name: str, embed: int, patch: int, layers: int, width: int, head_width: int, mlp_width: int,
-                  text: tuple[int, int, int], aliases: tuple[str, ...] = ()):
+                  text: tuple[int, int, int], aliases: tuple[str, ...] = (), size: int = 224):
     text_width, text_heads, text_layers = text
+    quick = name.endswith("-quickgelu")
     return ModelRecord(
         name=name, family="clip", aliases=(f"openclip/{name.removesuffix('-gelu')}", *aliases),
-        config=CLIPConfig(embed_dim=embed, image_size=224, vision_patch_size=patch, vision_width=width,
+        config=CLIPConfig(embed_dim=embed, image_size=size, vision_patch_size=patch, vision_width=width,
                           vision_layers=layers, vision_heads=width // head_width, vision_mlp_width=mlp_width,
-                          text_width=text_width, text_layers=text_layers, text_heads=text_heads, activation="gelu"),
-        description=f"OpenCLIP {name.removesuffix('-gelu')} (exact GELU; LAION/DataComp weights from a local file)",
+                          text_width=text_width, text_layers=text_layers, text_heads=text_heads,
+                          activation="quick_gelu" if quick else "gelu"),
+        description=f"OpenCLIP {name.removesuffix('-gelu')} ({'QuickGELU' if quick else 'exact GELU'}, "
+                    f"{size} px; weights from a local file)",
     )
 
 
@@ -68,6 +73,9 @@ VIT_L_14_GELU = _openclip_vit("ViT-L-14-gelu", 768, 14, 24, 1024, 64, 4096, (768
 VIT_H_14 = _openclip_vit("ViT-H-14", 1024, 14, 32, 1280, 80, 5120, (1024, 16, 24), ("ViT-H/14",))
 VIT_G_14 = _openclip_vit("ViT-g-14", 1024, 14, 40, 1408, 88, 6144, (1024, 16, 24), ("ViT-g/14",))
 VIT_BIGG_14 = _openclip_vit("ViT-bigG-14", 1280, 14, 48, 1664, 104, 8192, (1280, 20, 32), ("ViT-bigG/14",))
+VIT_H_14_QUICK = _openclip_vit("ViT-H-14-quickgelu", 1024, 14, 32, 1280, 80, 5120, (1024, 16, 24))
+VIT_H_14_378_QUICK = _openclip_vit("ViT-H-14-378-quickgelu", 1024, 14, 32, 1280, 80, 5120, (1024, 16, 24), size=378)
+VIT_BIGG_14_QUICK = _openclip_vit("ViT-bigG-14-quickgelu", 1280, 14, 48, 1664, 104, 8192, (1280, 20, 32))
 
 # taming-transformers' released ImageNet VQGANs (f16: a 256x256 image is a 16x16 code grid).
 VQGAN_F16_1024 = ModelRecord(
@@ -112,6 +120,7 @@ SHAPES_VQGAN = ModelRecord(
 
 RECORDS: tuple[ModelRecord, ...] = (
     VIT_B_32, VIT_B_16, VIT_L_14, VIT_L_14_336, RN50, RN101, RN50X4, RN50X16, RN50X64,
-    VIT_B_32_GELU, VIT_B_16_GELU, VIT_L_14_GELU, VIT_H_14, VIT_G_14, VIT_BIGG_14,
+    VIT_B_32_GELU, VIT_B_16_GELU, VIT_L_14_GELU, VIT_H_14, VIT_G_14, VIT_BIGG_14, VIT_H_14_QUICK, VIT_H_14_378_QUICK,
+    VIT_BIGG_14_QUICK,
     VQGAN_F16_1024, VQGAN_F16_16384, SHAPES_CLIP, SHAPES_VQGAN,
 )

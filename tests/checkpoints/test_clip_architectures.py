@@ -167,7 +167,7 @@ def test_undetermined_message_names_the_zoo_candidates():
     with torch.device("meta"):
         sd = CLIP(get("ViT-B-32").config).state_dict()
     msg = str(_undetermined(Path("open_clip_pytorch_model.bin"), sd))
-    assert "ViT-B-32, ViT-B-32-gelu" in msg and "--arch" in msg
+    assert "ViT-B-32 (QuickGELU), ViT-B-32-gelu (GELU)" in msg and "--arch" in msg
 
 
 def test_explicit_config_is_checked_against_open_clip_config(tmp_path, monkeypatch):
@@ -426,3 +426,71 @@ def test_an_image_only_model_indexes_and_searches_by_image(tmp_path):
         assert idx.search(image=photos / "2.png", k=1)[0].path.endswith("2.png")
         with pytest.raises(UnsupportedOperationError, match="no text tower"):
             idx.search(text="a red circle")
+
+
+# ---------------------------------------------------------------- what the review found
+
+def test_a_given_config_is_checked_against_openais_format(tmp_path):
+    from test_clip_checkpoints import SMALL, _traced_openai
+
+    path, _ = _traced_openai(tmp_path)
+    with pytest.raises(CheckpointError, match="disagrees with OpenAI's format on activation 'gelu' vs 'quick_gelu'"):
+        load_clip(path, config=dataclasses.replace(SMALL, activation="gelu"))
+    assert load_clip(path, config=SMALL).config == SMALL
+
+
+def test_legacy_config_dict_overrides_as_transformers_does(tmp_path):
+    # Legacy dicts without hidden_act / layer_norm_eps: transformers fills its defaults (quick_gelu,
+    # 1e-5) over the GELU, 1e-6 text_config / vision_config; reading them the other way round is
+    # 2.7e-2 off.
+    transformers = pytest.importorskip("transformers")
+    _hf_model(act="gelu", eps=1e-6, heads=4).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    cfg["text_config_dict"] = {k: cfg["text_config"][k] for k in (*keep, "max_position_embeddings")}
+    cfg["vision_config_dict"] = {k: cfg["vision_config"][k] for k in (*keep, "image_size", "patch_size")}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    peer = transformers.CLIPModel.from_pretrained(tmp_path).eval()
+    ours = load_clip(tmp_path)
+    assert ours.config.activation == peer.config.text_config.hidden_act == peer.config.vision_config.hidden_act
+    assert ours.config.layer_norm_eps == peer.config.text_config.layer_norm_eps
+    assert _diff(ours, *_hf_fns(peer)) <= ATOL
+
+
+def test_timm_config_json_does_not_hide_the_openclip_files(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    model_cfg = _OC_CONFIGS["gelu"]
+    ref = _openclip_model(monkeypatch, model_cfg)
+    folder = _save_openclip_folder(tmp_path / "timm-hub", ref, model_cfg)
+    save_file({"cls_token": torch.zeros(1, 1, 8), "patch_embed.proj.weight": torch.zeros(8, 3, 4, 4)},
+              folder / "model.safetensors")  # timm's image tower, as timm's Hub CLIP repos hold it
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_base_patch32_clip_224"}))
+    ours = load_clip(folder)
+    assert _diff(ours, ref.encode_image, ref.encode_text) <= ATOL
+    assert weights_digest(folder) == weights_digest(folder / "open_clip_model.safetensors")
+
+
+def test_hf_preprocessor_config_gives_the_preprocessing(tmp_path):
+    from vqclip.encoder import open_encoder
+
+    _hf_model().save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 2}))
+    enc = open_encoder(tmp_path)
+    assert (enc.mean, enc.std, enc.interpolation) == ((0.5,) * 3, (0.25,) * 3, "bilinear")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": "grey"}))
+    with pytest.raises(CheckpointError, match="image_mean"):
+        load_clip(tmp_path)
+
+
+@pytest.mark.parametrize("pre", [["x"], {"interpolation": ["bicubic"]}])
+def test_malformed_openclip_preprocess_cfg_is_a_checkpoint_error(tmp_path, monkeypatch, pre):
+    model_cfg = _OC_CONFIGS["gelu"]
+    folder = _save_openclip_folder(tmp_path / "m", _openclip_model(monkeypatch, model_cfg), model_cfg)
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": pre}))
+    if isinstance(pre, list):
+        with pytest.raises(CheckpointError, match="preprocess_cfg is a list"):
+            load_clip(folder)
+    else:
+        assert load_clip(folder).preprocess_cfg == {}  # an unusable filter name: logged, bicubic used
