@@ -70,7 +70,7 @@ class Encoder:
                  mean: Sequence[float], std: Sequence[float], default_template: str,
                  logit_scale: float, context_length: int = 77, backend: str = "torch",
                  interpolation: str = "bicubic", architecture: str | None = None, embed_dim: int | None = None,
-                 towers: str = "both"):
+                 towers: str = "both", config: dict | None = None):
         self.session = session  # has encode_image(np) / encode_text(np) -> np
         self.identity = identity
         self.image_size = int(image_size)
@@ -84,6 +84,7 @@ class Encoder:
         self.architecture = architecture  # zoo name given for weights that do not state it (index headers keep it)
         self.embed_dim = embed_dim  # E, when the model's config is known
         self.towers = towers  # "both", or the one tower of a single-tower checkpoint
+        self.config = config  # the architecture as CLIPConfig.to_dict(), when known
         self._preprocessor = None
 
     def describe(self) -> str:
@@ -193,8 +194,7 @@ def open_encoder(model: Any = None, backend: str | None = "torch", *, precision:
     if module_given:
         module = model
     else:
-        module = load_clip(Path(model).expanduser() if Path(str(model)).expanduser().exists() else str(model),
-                           config=config)
+        module = load_clip(_source(model), config=config)
     digest = weights_digest(module)
     record = record_with_weights(digest, "clip")
     name = _display_name(model, record, module_given)
@@ -206,8 +206,7 @@ def open_encoder(model: Any = None, backend: str | None = "torch", *, precision:
     else:  # the cache has just checked the graphs this backend loads: no second hashing
         folder = _cached_export(module, name, digest, precision)
         session = open_backend(backend, folder, precision=precision, device=device, verify=False)
-    stated = dict(getattr(module, "preprocess_cfg", None) or {})
-    stated["logit_scale"] = float(module.logit_scale.detach().exp().clamp(max=100.0))
+    stated = module.runtime_info()
     return _encoder(session, name, digest, record, module.config.to_dict(), stated, f"{backend}-{precision}",
                     config)
 
@@ -239,25 +238,52 @@ def _encoder(session: Any, name: str, digest: str, record: Any, cfg: dict, state
         logit_scale=stated["logit_scale"], context_length=cfg["context_length"], backend=backend,
         interpolation=weights.interpolation if weights else stated.get("interpolation", "bicubic"),
         architecture=config if isinstance(config, str) else None, embed_dim=cfg["embed_dim"],
-        towers=cfg.get("towers", "both"),
+        towers=cfg.get("towers", "both"), config=cfg,
     )
+
+
+def _source(model: Any) -> Any:
+    """A model argument as ``load_clip`` / ``weights_digest`` take it: an existing path (``~``
+    expanded), else the name as given."""
+    path = Path(str(model)).expanduser()
+    return path if path.exists() else str(model)
+
+
+def _given_config(config: Any) -> Any:
+    """The ``CLIPConfig`` a caller named (a zoo name or a config), or None; torch-free."""
+    if config is None or not isinstance(config, str):
+        return config
+    from vqclip.zoo import get
+
+    return get(config, family="clip").config
+
+
+def _architecture_key(config: Any) -> str:
+    """The cache's name for an architecture a caller gave: a digest of its fields, so the
+    same weights built as two architectures never share an export."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _open_cached(model: Any, precision: str | None, config: Any, digest: str | None, auto: bool) -> Encoder | None:
     """The encoder on ONNX Runtime from a cached export of ``model``, opened without torch;
-    None when there is no usable one (no export yet, made by another vqclip, without the
-    precision asked for, or one that predates the manifest's runtime record)."""
+    None when there is no usable one (no export yet, made by another vqclip, of another
+    architecture, without the precision asked for, or one that predates the manifest's
+    runtime record). With no precision asked for, int8 is self-tested now and fp32 taken
+    when this CPU fails it."""
     from vqclip.backends import open_backend
     from vqclip.errors import BackendUnavailableError, ManifestError
 
     try:
         from vqclip.checkpoints.identity import weights_digest
 
-        digest = digest or weights_digest(Path(model).expanduser() if Path(str(model)).expanduser().exists()
-                                          else str(model))
+        given = _given_config(config)
+        digest = digest or weights_digest(_source(model))
     except VqclipError:
         return None  # the slow path names what is wrong with the model
-    found = _find_cached_export(digest)
+    found = _find_cached_export(digest, given)
     if found is None:
         return None
     folder, manifest = found
@@ -269,10 +295,12 @@ def _open_cached(model: Any, precision: str | None, config: Any, digest: str | N
         try:
             _verify_graphs(folder, manifest, p)
             session = open_backend("onnxruntime", folder, precision=p, verify=False)
+            if p == "int8" and not precision:
+                session.load()  # the int8 self-test runs as a session opens: now, while fp32 can still be chosen
         except BackendUnavailableError as e:
-            if not auto:
+            if precision:
                 raise
-            log.info("cached %s export not used here (%s)", p, e)
+            log.info("cached %s export not used on this CPU (%s)", p, e)
             continue
         except ManifestError as e:
             log.warning("the cached export in %s is damaged (%s); it will be made again", folder, e)
@@ -280,27 +308,33 @@ def _open_cached(model: Any, precision: str | None, config: Any, digest: str | N
         from vqclip.zoo import record_with_weights
 
         record = record_with_weights(digest, "clip")
-        name = record.name if record is not None else str(Path(str(model)).expanduser().resolve())
+        name = _display_name(model, record, False)
         log.info("running %s on onnxruntime %s from the cached export %s (torch not loaded)", name, p, folder)
         return _encoder(session, name, digest, record, manifest.config, manifest.runtime, f"onnxruntime-{p}",
                         config)
     return None
 
 
-def _find_cached_export(digest: str) -> tuple[Path, Any] | None:
-    """The cache folder holding an export of these weights by this vqclip, with its manifest."""
+def _find_cached_export(digest: str, given: Any = None) -> tuple[Path, Any] | None:
+    """The cache folder holding an export of these weights by this vqclip, with its manifest:
+    of the ``given`` architecture, or, with none given, of the one the checkpoint states."""
     from vqclip import __version__
     from vqclip._files import cache_root
     from vqclip.errors import ManifestError
     from vqclip.manifest import read_manifest
+    from vqclip.models.configs import CLIPConfig
 
-    for folder in sorted((cache_root() / "exports").glob(f"*-{digest[:16]}")):
+    suffix = f"-{digest[:16]}" + (f"-{_architecture_key(given)}" if given is not None else "")
+    for folder in sorted((cache_root() / "exports").glob(f"*{suffix}")):
         try:
             manifest = read_manifest(folder, verify=False)
-        except ManifestError:
+            built = CLIPConfig.from_dict(manifest.config)
+        except (ManifestError, TypeError, ValueError):
             continue
+        stated = manifest.runtime.get("architecture") == "stated"
         if (manifest.versions.get("vqclip") == __version__ and manifest.source.get("sha256") == digest
-                and manifest.family == "clip" and "logit_scale" in manifest.runtime):
+                and manifest.family == "clip" and "logit_scale" in manifest.runtime
+                and (built == given if given is not None else stated)):
             return folder, manifest
     return None
 
@@ -333,7 +367,8 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
     from vqclip.errors import ManifestError
 
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(name).name)[:40]
-    folder = cache_root() / "exports" / f"{slug}-{digest[:16]}"
+    arch = f"-{_architecture_key(module.config)}" if getattr(module, "architecture_given", False) else ""
+    folder = cache_root() / "exports" / f"{slug}-{digest[:16]}{arch}"
     if folder.exists() and not (folder / "manifest.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)  # a leftover in vqclip's own cache, never a user's folder
     if (folder / "manifest.json").is_file():
@@ -342,7 +377,7 @@ def _cached_export(module: Any, name: str, digest: str, precision: str) -> Path:
 
             manifest = read_manifest(folder, verify=False)
             made_by = manifest.versions.get("vqclip")
-            if made_by == __version__:
+            if made_by == __version__ and manifest.config == module.config.to_dict():
                 _verify_graphs(folder, manifest, precision)
                 return folder
             log.info("re-exporting %s: the cached export was made by vqclip %s, this is %s",

@@ -100,17 +100,6 @@ def _load_checkpoint(path: Path, record) -> nn.Module:
     return checkpoints.load_clip(path, config=config)
 
 
-def _runtime_record(model: nn.Module, family: str) -> dict:
-    """What serving a CLIP export needs besides the graphs (``Manifest.runtime``): its
-    temperature, and the preprocessing its checkpoint stated, so a runtime can do without the model."""
-    if family != "clip":
-        return {}
-    stated = getattr(model, "preprocess_cfg", None) or {}
-    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in stated.items()}
-    out["logit_scale"] = float(model.logit_scale.detach().float().exp().clamp(max=100.0))
-    return out
-
-
 def _versions() -> dict:
     import onnx
     import onnxruntime
@@ -259,7 +248,7 @@ def export_model(source: str | Path | nn.Module, out_dir: str | Path, precisions
         manifest = Manifest(model=model_name, family=family, source=source_record, opset=opset,
                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             versions=_versions(), config=model.config.to_dict(), graphs=records,
-                            measured_on=_this_machine(), runtime=_runtime_record(model, family))
+                            measured_on=_this_machine(), runtime=model.runtime_info() if family == "clip" else {})
         manifest.config = {k: list(v) if isinstance(v, tuple) else v for k, v in manifest.config.items()}
         write_manifest(manifest, tmp)
         _swap_in(tmp, out_dir, force)

@@ -97,3 +97,63 @@ def test_export_on_demand_quietens_only_the_exporter(caplog):
         logging.getLogger("torch.onnx").warning("after the export")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["the application's own warning", "a root record", "after the export"]
+
+
+def _bare_gelu_file(tmp_path, tiny):
+    """A GELU model's state dict with nothing beside it that states the architecture."""
+    import dataclasses
+
+    import torch
+
+    from vqclip.models.clip import CLIP
+
+    cfg = dataclasses.replace(tiny.CLIP, activation="gelu")
+    torch.manual_seed(3)
+    torch.save(CLIP(cfg).state_dict(), tmp_path / "bare.pt")
+    return tmp_path / "bare.pt", cfg
+
+
+def test_the_same_weights_as_two_architectures_never_share_an_export(tmp_path, monkeypatch, tiny):
+    # A file that states no architecture, opened once as QuickGELU and once as GELU: two exports,
+    # each matching torch on its own architecture, and neither served for a call that names none.
+    import dataclasses
+
+    from vqclip.errors import CheckpointError
+
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
+    path, gelu = _bare_gelu_file(tmp_path, tiny)
+    quick = dataclasses.replace(gelu, activation="quick_gelu")
+    ids = np.array([[49406, 320, 1929, 49407] + [0] * 73])
+    got = {}
+    for name, cfg in (("quick", quick), ("gelu", gelu)):
+        ort = open_encoder(path, "onnxruntime", precision="fp32", config=cfg).encode_text(ids)
+        ref = open_encoder(path, "torch", config=cfg).encode_text(ids)
+        assert np.abs(ort - ref).max() < 1e-4
+        got[name] = ort
+    assert np.abs(got["quick"] - got["gelu"]).max() > 1e-3  # two models, not one graph served twice
+    assert len(list((tmp_path / "cache" / "exports").iterdir())) == 2
+    with pytest.raises(CheckpointError, match="does not say its architecture"):
+        open_encoder(path, None)  # the caches were made for given architectures: not served unnamed
+
+
+def test_int8_failing_its_self_test_here_falls_back_to_fp32_unless_asked_for(tmp_path, monkeypatch, caplog):
+    from vqclip.errors import BackendUnavailableError
+    from vqclip.manifest import read_manifest, write_manifest
+
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
+    open_encoder("shapes-clip", "onnxruntime", precision="int8")  # makes the cached export
+    (folder,) = (tmp_path / "cache" / "exports").iterdir()
+    manifest = read_manifest(folder, verify=False)
+    for g in manifest.graphs:
+        if g.precision == "int8":
+            g.selftest["min_cosine"] = 1.5  # no CPU passes this bound
+    write_manifest(manifest, folder)
+    import vqclip.backends.onnxruntime_backend as ort_backend
+
+    monkeypatch.setattr(ort_backend, "_SELF_TESTED", {})
+    caplog.set_level("INFO")
+    enc = open_encoder("shapes-clip", None, precision=None)  # what the CLI asks when no flag is given
+    assert enc.backend == "onnxruntime-fp32" and "int8 export not used on this CPU" in caplog.text
+    with pytest.raises(BackendUnavailableError, match="self-test") as err:
+        open_encoder("shapes-clip", None, precision="int8").encode_texts(["a red circle"])
+    assert "--precision fp32" in err.value.cli_message()

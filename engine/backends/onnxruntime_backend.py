@@ -206,12 +206,13 @@ class OnnxRuntimeBackend(Backend):
         key = (spec.sha256 or str(spec.path), st.get("sha256"))
         cos = _SELF_TESTED.get(key)
         made_on = self.manifest.measured_on.get("int8_gemm", "an unrecorded CPU")
-        redo = "re-export it on this machine (vqclip export MODEL --precision int8 --force) or use precision fp32"
+        redo = "re-export it on this machine (export_model(..., ['int8'], force=True)) or use precision='fp32'"
+        redo_cli = "re-export it on this machine (vqclip export MODEL --precision int8 --force) or use --precision fp32"
         if not st:
             if not has_vnni():
-                raise BackendUnavailableError(
-                    f"{spec.path.name} was exported by an older vqclip without an int8 self-test, and this CPU's "
-                    f"int8 GEMM ({here}) can saturate on such graphs; {redo}")
+                what = (f"{spec.path.name} was exported by an older vqclip without an int8 self-test, and this CPU's "
+                        f"int8 GEMM ({here}) can saturate on such graphs; ")
+                raise BackendUnavailableError(what + redo, cli=what + redo_cli)
             return
         path = spec.path.parent / st["file"]
         if self.verify:  # as the graph itself was: a small file, hashed at each load
@@ -228,9 +229,9 @@ class OnnxRuntimeBackend(Backend):
             _SELF_TESTED[key] = cos
             log.info("%s self-test on this CPU (%s): min cosine %.5f", spec.path.name, here, cos)
         if cos < float(st["min_cosine"]):
-            raise BackendUnavailableError(
-                f"{spec.path.name} fails its int8 self-test on this CPU: cosine {cos:.4f} against its recorded "
-                f"outputs, bound {st['min_cosine']} (int8 GEMM here: {here}; validated on: {made_on}); {redo}")
+            what = (f"{spec.path.name} fails its int8 self-test on this CPU: cosine {cos:.4f} against its recorded "
+                    f"outputs, bound {st['min_cosine']} (int8 GEMM here: {here}; validated on: {made_on}); ")
+            raise BackendUnavailableError(what + redo, cli=what + redo_cli)
 
     def _load_errors(self) -> tuple[type[BaseException], ...]:
         # ORT's own exception types (they derive from Exception only) for a graph that

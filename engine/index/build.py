@@ -137,7 +137,7 @@ def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: i
 
             encoder = open_encoder(store.header.model_name, backend=backend, precision=precision, device=device,
                                    config=store.header.model_config, digest=store.header.model_digest)
-        store.check_model(encoder.identity.digest, encoder.identity.name)
+        store.check_model(encoder.identity.digest, encoder.identity.name, encoder.config)
         if not Path(store.header.root).is_dir():
             raise SearchIndexError(f"the image folder {store.header.root!r} of index {str(path)!r} is gone; "
                                    "restore it or build a new index")

@@ -98,7 +98,7 @@ class Index:
 
                 encoder = open_encoder(model, backend=backend, precision=precision, device=device)
             if encoder is not None:
-                store.check_model(encoder.identity.digest, encoder.identity.name)
+                store.check_model(encoder.identity.digest, encoder.identity.name, encoder.config)
         except BaseException:
             store.close()
             raise
@@ -125,7 +125,7 @@ class Index:
                 h = self.store.header
                 enc = open_encoder(h.model_name, backend=self._backend[0], precision=self._backend[1],
                                    device=self._backend[2], config=h.model_config, digest=h.model_digest)
-                self.store.check_model(enc.identity.digest, enc.identity.name)
+                self.store.check_model(enc.identity.digest, enc.identity.name, enc.config)
                 self._encoder = enc
         return self._encoder
 

@@ -343,13 +343,23 @@ class IndexStore:
         """Committed rows that no entry points at (only mid-update; a finished update leaves none)."""
         return self.count - self.n_entries
 
-    def check_model(self, digest: str, name: str) -> None:
-        """Refuse a model other than the one that built the index, naming both."""
+    def check_model(self, digest: str, name: str, config: dict | None = None) -> None:
+        """Refuse a model other than the one that built the index, naming both: other weights,
+        or the same weights built as another architecture than the header's ``--arch``."""
         if digest != self.header.model_digest:
             raise IndexMismatchError(
                 f"index {str(self.path)!r} was built with {self.header.model_name} (weights sha256 "
                 f"{self.header.model_digest[:12]}), not {name} (weights sha256 {digest[:12]}); "
                 "search it with its own model or build a new index")
+        arch = self.header.model_config
+        if arch is not None and config is not None:
+            from vqclip.models.configs import CLIPConfig
+            from vqclip.zoo import get
+
+            if CLIPConfig.from_dict(config) != get(arch, family="clip").config:
+                raise IndexMismatchError(
+                    f"index {str(self.path)!r} was built with {self.header.model_name} as architecture {arch}, "
+                    f"not the architecture {name} was opened with; open it with --arch {arch} (config={arch!r})")
 
     def entries(self) -> dict[str, Entry]:
         rows = self._reader().execute("SELECT path, size, mtime_ns, sha256, row FROM entries").fetchall()

@@ -34,7 +34,7 @@ class QuickGELU(nn.Module):
 
 
 # CLIPConfig.activation -> module. Exact GELU is what OpenCLIP's LAION/DataComp ViTs were
-# trained with; on QuickGELU their embeddings move by ~0.05 (tests/checkpoints).
+# trained with; the wrong one loads without error and moves every embedding.
 ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
 assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
 
@@ -174,6 +174,7 @@ class CLIP(nn.Module):
         super().__init__()
         self.config = cfg
         self.preprocess_cfg: dict = {}  # mean / std / interpolation a checkpoint's config file states, if any
+        self.architecture_given = False  # True when only the caller, not the checkpoint, stated ``cfg``
         if cfg.has_image:
             if cfg.is_resnet:
                 from vqclip.models.resnet import ModifiedResNet
@@ -202,6 +203,16 @@ class CLIP(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def runtime_info(self) -> dict:
+        """What serving needs besides the two encoders, as an export's manifest records it:
+        the temperature (exp of the learned scale, capped at 100 as OpenAI's training caps
+        it), the preprocessing the checkpoint stated, and whether the checkpoint or only the
+        caller stated the architecture."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.preprocess_cfg.items()}
+        out["logit_scale"] = float(self.logit_scale.detach().float().exp().clamp(max=100.0))
+        out["architecture"] = "given" if self.architecture_given else "stated"
+        return out
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised pixels -> (B, E) unnormalised embeddings."""

@@ -83,10 +83,11 @@ def test_a_graph_that_is_off_on_this_cpu_is_refused_in_one_line(folder):
     be = open_backend("onnxruntime", folder, precision="int8")
     with pytest.raises(BackendUnavailableError) as err:
         be.encode_text(_ids())
-    msg = str(err.value)
-    assert "\n" not in msg
+    msg, cli = str(err.value), err.value.cli_message()
+    assert "\n" not in msg + cli
     assert "text_encoder.int8.onnx fails its int8 self-test on this CPU" in msg
-    assert "int8 GEMM here" in msg and "--precision int8 --force" in msg and "fp32" in msg
+    assert "int8 GEMM here" in msg and "force=True" in msg and "precision='fp32'" in msg  # Python's words
+    assert "--precision int8 --force" in cli and "--precision fp32" in cli  # the CLI's
     be.encode_image(np.zeros((1, 3, 32, 32), np.float32))  # the image graph still passes its own
 
 

@@ -188,3 +188,13 @@ def test_a_weights_file_that_does_not_state_its_architecture_takes_arch(tiny, en
     capsys.readouterr()
     assert main(["search", idx, "circle", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) >= 1
+    # The same weights opened as another architecture are another model for the index.
+    import dataclasses
+
+    from vqclip.encoder import open_encoder
+    from vqclip.errors import IndexMismatchError
+    from vqclip.index.reader import Index
+
+    other = open_encoder(bare, config=dataclasses.replace(tiny.CLIP, activation="gelu"))
+    with pytest.raises(IndexMismatchError, match="as architecture tiny-arch.*--arch tiny-arch"):
+        Index.open(idx, encoder=other)
