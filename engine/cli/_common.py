@@ -7,7 +7,7 @@ import os
 import re
 
 __all__ = ["positive_int", "nonneg_int", "probability", "user_path", "device_name", "add_model_args",
-           "check_model_args", "device_arg", "expand_images"]
+           "check_model_args", "expand_images"]
 
 # What `--precision` offers on the commands with `--backend`: every precision some backend runs;
 # check_model_args narrows it to the chosen backend's (vqclip.backends.factory.BACKEND_PRECISIONS).
@@ -103,12 +103,6 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise InvalidInputError(
             f"--backend {name} runs --precision {', '.join(accepted)}, not {args.precision}; "
             f"for {args.precision} use --backend {' or '.join(others)}")
-
-
-def device_arg(args: argparse.Namespace) -> str | None:
-    """The device to pass the library: ``--device`` if given, else None (the backend's own:
-    cuda for tensorrt, cpu for the others, where the cached-export fast path runs)."""
-    return args.device
 
 
 def expand_images(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -6,7 +6,7 @@ import json
 import sys
 
 from vqclip._validate import check_k
-from vqclip.cli._common import add_model_args, device_arg, expand_images, positive_int, probability, user_path
+from vqclip.cli._common import add_model_args, expand_images, positive_int, probability, user_path
 from vqclip.errors import InvalidInputError
 
 __all__ = ["add_parser"]
@@ -49,7 +49,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     if not labels:
         raise InvalidInputError("no labels were given; pass --labels LABEL... or --labels-file FILE")
     files, missing = expand_images(args.images)
-    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, device=device_arg(args),
+    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, device=args.device,
                        config=args.arch)
     clf = ZeroShotClassifier(enc, labels, args.templates, use_cache=not args.no_cache, truncate=args.truncate)
     results = clf.classify_paths(files, top_k=args.top_k, batch_size=args.batch_size,

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from vqclip.cli._common import add_model_args, device_arg, positive_int, user_path
+from vqclip.cli._common import add_model_args, positive_int, user_path
 
 __all__ = ["add_parser"]
 
@@ -57,7 +57,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
     from vqclip.encoder import open_encoder
     from vqclip.index.build import build_index
 
-    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, device=device_arg(args),
+    enc = open_encoder(args.model, backend=args.backend, precision=args.precision, device=args.device,
                        config=args.arch)
     report = build_index(args.dir, args.out, enc, storage=args.storage, batch_size=args.batch_size,
                          workers=args.workers, progress=False if args.no_progress else None, force=args.force)
@@ -69,7 +69,7 @@ def _cmd_index_update(args: argparse.Namespace) -> int:
 
     report = update_index(args.index, batch_size=args.batch_size, workers=args.workers,
                           progress=False if args.no_progress else None, backend=args.backend,
-                          precision=args.precision, device=device_arg(args))
+                          precision=args.precision, device=args.device)
     return _print_report(report, args.index)
 
 

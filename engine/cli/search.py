@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from vqclip._validate import check_k
-from vqclip.cli._common import add_model_args, device_arg, user_path
+from vqclip.cli._common import add_model_args, user_path
 from vqclip.errors import InvalidInputError, VqclipError
 
 __all__ = ["add_parser"]
@@ -48,7 +49,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise InvalidInputError("give one of: a TEXT query, --image PATH, or --queries FILE ('-' for stdin)")
     if args.text is not None and not args.text.strip():
         raise InvalidInputError("the text query is empty or only whitespace; give some words to search for")
-    with Index.open(args.index, backend=args.backend, precision=args.precision, device=device_arg(args)) as idx:
+    with Index.open(args.index, backend=args.backend, precision=args.precision, device=args.device) as idx:
         if args.queries is not None:
             return _answer_many(idx, args.queries, args.k, args.truncate)
         hits = idx.search(text=args.text, image=args.image, k=args.k, truncate=args.truncate)
@@ -77,7 +78,7 @@ def _parse(line: str, number: int, default_k: int) -> dict:
         raise InvalidInputError('"text" / "image" must be a non-empty string')
     q["id"] = obj.get("id", number)
     q["k"] = check_k(obj.get("k", default_k), '"k"')
-    q["text" if "text" in obj else "image"] = value.strip()
+    q["text" if "text" in obj else "image"] = value.strip() if "text" in obj else os.path.expanduser(value.strip())
     return q
 
 
@@ -108,7 +109,7 @@ def _chunks(lines: Iterable[str], size: int, default_k: int) -> Iterator[list]:
         try:
             group.append(_parse(line, number, default_k))
         except InvalidInputError as e:
-            group.append({"n": number, "id": number, "error": str(e)})
+            group.append({"n": number, "id": number, "error": e.cli_message()})
         if len(group) >= size:
             yield group
             group = []
@@ -147,5 +148,5 @@ def _answer_group(idx, group: list, truncate: bool) -> list[dict]:
                 hits = idx.search(text=q.get("text"), image=q.get("image"), k=q["k"], truncate=truncate)
                 answers[i] = {"hits": [h.to_dict() for h in hits]}
             except VqclipError as e:
-                answers[i] = {"error": str(e)}
+                answers[i] = {"error": e.cli_message()}
     return answers

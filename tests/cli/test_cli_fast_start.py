@@ -69,12 +69,15 @@ def test_search_classify_and_update_on_the_export_never_import_torch(world, cach
     idx = _exported(world, cache, capsys)
     img = str(world[1] / "0.png")
     done = _fresh_process(f"""
+        import shutil
         import sys
         from vqclip.cli import main
         assert main(["-v", "search", {idx!r}, "a red circle"]) == 0
         assert main(["classify", {img!r}, "--labels", "a red circle", "a blue star"]) == 0
         assert main(["index", "update", {idx!r}, "--no-progress"]) == 0
         assert main(["index", "info", {idx!r}]) == 0
+        shutil.copy({img!r}, {str(world[1] / "new.png")!r})  # a new image: update encodes it, still no torch
+        assert main(["index", "update", {idx!r}, "--no-progress"]) == 0
         assert main(["models"]) == 0
         print("TORCH", "torch" in sys.modules)
     """, cache)
@@ -157,6 +160,12 @@ def test_queries_flag_errors(world, cache, capsys, tmp_path):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert match in err and err.count("\n") == 1
+    long = tmp_path / "long.txt"
+    long.write_text(" ".join(["word"] * 100) + '\n{"image": "~/no-such.png"}\n')
+    assert main(["search", idx, "--queries", str(long)]) == 1
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert "--truncate" in lines[0]["error"] and "truncate=True" not in lines[0]["error"]  # the CLI's words
+    assert "~" not in lines[1]["error"] and "no-such.png" in lines[1]["error"]  # ~ expanded
     bad = tmp_path / "latin.txt"
     bad.write_bytes("caf\xe9\n".encode("latin-1"))
     assert main(["search", idx, "--queries", str(bad)]) == 2

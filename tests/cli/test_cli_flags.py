@@ -295,13 +295,15 @@ def test_demo_result_paths_are_relative_to_its_folder(tmp_path, monkeypatch):
     assert _relative(tmp_path / "elsewhere.png", out) == str(tmp_path / "elsewhere.png")  # outside: absolute
 
 
-@pytest.mark.parametrize("flags, device", [([], None), (["--backend", "TRT"], None),
-                                           (["--device", "cuda:1"], "cuda:1")])
-def test_the_device_passed_on_is_the_flag_or_the_backends_own(flags, device):
-    # None: the library picks the backend's own (cuda for tensorrt, else cpu).
-    from vqclip.cli._common import device_arg
+def test_device_defaults_to_the_backends_own(tiny):
+    # No --device: torch and ONNX Runtime run on the CPU; tensorrt would take cuda (and here says
+    # what is missing rather than a device error).
+    from vqclip.encoder import open_encoder
+    from vqclip.errors import BackendUnavailableError
 
-    assert device_arg(build_parser().parse_args(["classify", "a.png", "--labels", "x", *flags])) == device
+    assert open_encoder(tiny.clip(), "torch", device=None).session.describe().device == "cpu"
+    with pytest.raises(BackendUnavailableError, match="tensorrt"):
+        open_encoder(tiny.clip(), "tensorrt", device=None)
 
 
 def test_model_errors_name_the_cli_flags(env, capsys, monkeypatch, tmp_path):
