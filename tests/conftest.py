@@ -137,6 +137,19 @@ def images():
 
 
 @pytest.fixture(scope="session")
+def bundled_clip():
+    """The bundled shapes-clip, loaded once; a test that needs it skips, saying why, where its
+    weights are missing or damaged."""
+    from vqclip.checkpoints import load_clip
+    from vqclip.errors import CheckpointError
+
+    try:
+        return load_clip("shapes-clip")
+    except CheckpointError as e:
+        pytest.skip(f"bundled shapes-clip weights missing: {e}")
+
+
+@pytest.fixture(scope="session")
 def tiny_clip() -> CLIP:
     """The tiny CLIP of seed 0 (shared: tests must not change it)."""
     return make_clip(0)

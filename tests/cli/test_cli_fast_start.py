@@ -15,16 +15,10 @@ from vqclip.cli import main
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, bundled_clip):
     """An index of 6 shapes scenes by the bundled model, and its export in a cache of its own."""
-    from vqclip.checkpoints import load_clip
-    from vqclip.errors import CheckpointError
     from vqclip.zoo import shapes
 
-    try:
-        load_clip("shapes-clip")
-    except CheckpointError as e:
-        pytest.skip(f"bundled shapes-clip weights missing: {e}")
     base = tmp_path_factory.mktemp("fast")
     photos = base / "photos"
     photos.mkdir()

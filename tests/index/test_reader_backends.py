@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from vqclip.cli import main
-from vqclip.errors import CheckpointError, InvalidInputError
+from vqclip.errors import InvalidInputError
 from vqclip.index.build import build_index
 from vqclip.index.reader import Index
 
@@ -29,16 +29,11 @@ KERNEL_TOL = 1e-5  # fp16 rows, float32 accumulation (tests/test_search.py)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, bundled_clip):
     """(index path, {image path: label}, {backend name: Index}) over N rendered scenes."""
-    from vqclip.checkpoints import load_clip
     from vqclip.encoder import open_encoder
     from vqclip.zoo import shapes
 
-    try:
-        load_clip("shapes-clip")
-    except CheckpointError as e:
-        pytest.skip(f"bundled shapes-clip weights missing: {e}")
     tmp = tmp_path_factory.mktemp("search-backends")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VQCLIP_CACHE", str(tmp / "cache"))  # the export is made here, once
