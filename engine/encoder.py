@@ -70,7 +70,8 @@ class Encoder:
                  mean: Sequence[float], std: Sequence[float], default_template: str,
                  logit_scale: float, context_length: int = 77, backend: str = "torch",
                  interpolation: str = "bicubic", architecture: str | None = None, embed_dim: int | None = None,
-                 towers: str = "both", config: dict | None = None):
+                 towers: str = "both", config: dict | None = None, resize_mode: str = "shortest",
+                 fill: int = 0):
         self.session = session  # has encode_image(np) / encode_text(np) -> np
         self.identity = identity
         self.image_size = int(image_size)
@@ -85,6 +86,7 @@ class Encoder:
         self.embed_dim = embed_dim  # E, when the model's config is known
         self.towers = towers  # "both", or the one tower of a single-tower checkpoint
         self.config = config  # the architecture as CLIPConfig.to_dict(), when known
+        self.resize_mode, self.fill = resize_mode, fill  # how an image becomes S x S (vqclip.preprocess)
         self._preprocessor = None
 
     def describe(self) -> str:
@@ -98,7 +100,8 @@ class Encoder:
         if self._preprocessor is None:
             from vqclip.preprocess import Preprocessor
 
-            self._preprocessor = Preprocessor(self.image_size, self.mean, self.std, self.interpolation)
+            self._preprocessor = Preprocessor(self.image_size, self.mean, self.std, self.interpolation,
+                                              resize_mode=self.resize_mode, fill=self.fill)
         return self._preprocessor
 
     def preprocess(self, images: list) -> np.ndarray:
@@ -238,7 +241,8 @@ def _encoder(session: Any, name: str, digest: str, record: Any, cfg: dict, state
         logit_scale=stated["logit_scale"], context_length=cfg["context_length"], backend=backend,
         interpolation=weights.interpolation if weights else stated.get("interpolation", "bicubic"),
         architecture=config if isinstance(config, str) else None, embed_dim=cfg["embed_dim"],
-        towers=cfg.get("towers", "both"), config=cfg,
+        towers=cfg.get("towers", "both"), config=cfg, resize_mode=stated.get("resize_mode", "shortest"),
+        fill=stated.get("fill", 0),
     )
 
 

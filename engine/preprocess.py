@@ -212,6 +212,12 @@ INTERPOLATIONS = {
     "hamming": Image.Resampling.HAMMING,
 }
 
+# How the image becomes S x S, as OpenCLIP's preprocess_cfg names it: OpenAI's short side +
+# centre crop; "squash", both sides to S (aspect ratio lost); "longest", the long side to S and
+# the rest padded with ``fill`` around the centre (OpenCLIP's ResizeKeepRatio + CenterCropOrPad).
+RESIZE_MODES = ("shortest", "squash", "longest")
+
+
 class Preprocessor:
     """CLIP image preprocessing: resize short side, centre crop, scale, normalise.
 
@@ -221,6 +227,8 @@ class Preprocessor:
             (take a model's from ``vqclip.zoo.get(name).weights``).
         interpolation: PIL filter for the resize, one of ``INTERPOLATIONS``.
         max_pixels: decompression-bomb limit passed to ``load_image``.
+        resize_mode: one of ``RESIZE_MODES`` (the models of OpenCLIP's configs that were
+            trained with "squash" or "longest" need theirs); ``fill``: the padding's grey level.
 
     Example:
         >>> pre = Preprocessor(size=224)
@@ -234,6 +242,8 @@ class Preprocessor:
         std: Sequence[float] = OPENAI_STD,
         interpolation: str = "bicubic",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        resize_mode: str = "shortest",
+        fill: int = 0,
     ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InputShapeError(f"size={size!r}, expected a positive int such as 224")
@@ -241,6 +251,10 @@ class Preprocessor:
             raise InputShapeError(
                 f"interpolation={interpolation!r}, expected one of {sorted(INTERPOLATIONS)}"
             )
+        if resize_mode not in RESIZE_MODES:
+            raise InputShapeError(f"resize_mode={resize_mode!r}, expected one of {list(RESIZE_MODES)}")
+        if isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255:
+            raise InputShapeError(f"fill={fill!r}, expected a grey level 0..255")
         mean_a = np.asarray(mean, dtype=np.float32).reshape(-1)
         std_a = np.asarray(std, dtype=np.float32).reshape(-1)
         if mean_a.shape != (3,) or std_a.shape != (3,) or not (std_a > 0).all():
@@ -251,6 +265,7 @@ class Preprocessor:
         self.mean = tuple(float(m) for m in mean_a)
         self.std = tuple(float(s) for s in std_a)
         self.interpolation = interpolation
+        self.resize_mode, self.fill = resize_mode, fill
         self.max_pixels = max_pixels
         self._resample = INTERPOLATIONS[interpolation]
         self._mean = mean_a
@@ -264,7 +279,7 @@ class Preprocessor:
     def __repr__(self) -> str:
         return (
             f"Preprocessor(size={self.size}, mean={self.mean}, std={self.std}, "
-            f"interpolation={self.interpolation!r})"
+            f"interpolation={self.interpolation!r}, resize_mode={self.resize_mode!r})"
         )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
@@ -289,9 +304,19 @@ class Preprocessor:
         """One RGB image -> float32 ``[3, S, S]``, normalised (written into ``out`` if given)."""
         if image.mode != "RGB":
             raise InputShapeError(f"image mode is {image.mode}, expected RGB; pass it through load_image first")
-        resized = image.resize(self.resized_size(*image.size), resample=self._resample)
-        cropped = resized.crop(self.crop_box(*resized.size))
-        return self._normalise(np.asarray(cropped), out)  # (3, S, S)
+        s = self.size
+        if self.resize_mode == "squash":
+            square = image.resize((s, s), resample=self._resample)
+        elif self.resize_mode == "longest":
+            w, h = image.size
+            ratio = max(w / s, h / s)  # the long side becomes S; OpenCLIP rounds the other
+            rw, rh = round(w / ratio), round(h / ratio)
+            square = Image.new("RGB", (s, s), (self.fill,) * 3)
+            square.paste(image.resize((rw, rh), resample=self._resample), ((s - rw) // 2, (s - rh) // 2))
+        else:
+            resized = image.resize(self.resized_size(*image.size), resample=self._resample)
+            square = resized.crop(self.crop_box(*resized.size))
+        return self._normalise(np.asarray(square), out)  # (3, S, S)
 
     def _normalise(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """uint8 (H, W, 3) -> float32 (3, H, W), ``(x / 255 - mean) / std`` per channel, into

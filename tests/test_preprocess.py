@@ -307,3 +307,41 @@ def test_batch_error_names_the_item():
 def test_bad_preprocessor_arguments(kwargs):
     with pytest.raises(InputShapeError):
         Preprocessor(**kwargs)
+
+
+def _unnormalise(x: np.ndarray) -> np.ndarray:
+    """float32 (3, S, S) normalised -> uint8-scale (S, S, 3), to compare with PIL's pixels."""
+    mean, std = np.array(OPENAI_MEAN)[:, None, None], np.array(OPENAI_STD)[:, None, None]
+    return ((x * std + mean) * 255).transpose(1, 2, 0)
+
+
+def test_squash_resizes_both_sides_to_the_square():
+    # OpenCLIP's "squash": torchvision Resize((S, S)) on the PIL image; nothing is cropped.
+    img = Image.fromarray((np.random.default_rng(0).random((50, 120, 3)) * 255).astype(np.uint8))
+    got = _unnormalise(Preprocessor(32, resize_mode="squash").transform(img))
+    want = np.asarray(img.resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float64)
+    assert np.abs(got - want).max() < 1e-3
+
+
+@pytest.mark.parametrize("width,height", [(120, 50), (50, 120), (33, 33)])
+def test_longest_keeps_the_aspect_and_pads_around_the_centre(width, height):
+    # OpenCLIP's "longest": ResizeKeepRatio(longest=1) (the short side rounded) then
+    # CenterCropOrPad with fill_color, left/top padding (S - side) // 2.
+    img = Image.fromarray((np.random.default_rng(1).random((height, width, 3)) * 255).astype(np.uint8))
+    s, fill = 32, 17
+    got = _unnormalise(Preprocessor(s, resize_mode="longest", fill=fill).transform(img))
+    ratio = max(width, height) / s
+    rw, rh = round(width / ratio), round(height / ratio)
+    left, top = (s - rw) // 2, (s - rh) // 2
+    inner = np.asarray(img.resize((rw, rh), Image.Resampling.BICUBIC), dtype=np.float64)
+    assert np.abs(got[top:top + rh, left:left + rw] - inner).max() < 1e-3
+    pad = np.ones((s, s), bool)
+    pad[top:top + rh, left:left + rw] = False
+    assert (pad.any() == (rw < s or rh < s)) and np.abs(got[pad] - fill).max(initial=0) < 1e-3
+
+
+def test_unknown_resize_mode_and_fill_are_refused():
+    with pytest.raises(InputShapeError, match="resize_mode"):
+        Preprocessor(resize_mode="stretch")
+    with pytest.raises(InputShapeError, match="fill"):
+        Preprocessor(fill=300)

@@ -13,6 +13,7 @@ are a QuickGELU or a GELU model, and shapes cannot tell which.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -433,7 +434,7 @@ def _choose_config(path: Path, raw: Mapping[str, object], sd: Mapping[str, torch
     if given is not None:
         if found is not None:
             check_agrees(given, found, given_name)
-            return FileConfig(given, given_name, found.mean, found.std, found.interpolation)
+            return dataclasses.replace(found, config=given, source=given_name)
         return FileConfig(given, _GIVEN_ONLY)
     if found is not None:
         return found
@@ -512,7 +513,8 @@ def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = No
     model = _build_loaded(cfg, sd, str(path), device, dtype).eval()
     # Only the caller vouches for this architecture: caches key their exports by it too.
     model.architecture_given = chosen.source == _GIVEN_ONLY
-    model.preprocess_cfg = {k: v for k, v in (("mean", chosen.mean), ("std", chosen.std),
-                                              ("interpolation", chosen.interpolation)) if v is not None}
+    stated = (("mean", chosen.mean), ("std", chosen.std), ("interpolation", chosen.interpolation),
+              ("resize_mode", chosen.resize_mode), ("fill", chosen.fill))
+    model.preprocess_cfg = {k: v for k, v in stated if v is not None}
     remember_source(model, path)
     return model

@@ -71,6 +71,8 @@ class FileConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     interpolation: str | None = None
+    resize_mode: str | None = None  # OpenCLIP's "squash" / "longest" (vqclip.preprocess.RESIZE_MODES)
+    fill: int | None = None  # the padding's grey level for "longest"
 
 
 def _refuse(where: str, what: str) -> CheckpointError:
@@ -227,9 +229,9 @@ def config_from_openclip(obj: Mapping[str, object], where: str = "open_clip_conf
 
 
 def _openclip_preprocess(pre: Mapping[str, object], where: str) -> tuple:
-    """(mean, std, interpolation) of OpenCLIP's ``preprocess_cfg``; what vqclip's pipeline
-    does not do (a resize mode other than shortest-side + centre crop) is logged, not applied."""
-    from vqclip.preprocess import INTERPOLATIONS
+    """(mean, std, interpolation, resize_mode, fill) of OpenCLIP's ``preprocess_cfg``; an
+    unknown resize filter is logged and bicubic used, an unknown resize mode refused."""
+    from vqclip.preprocess import INTERPOLATIONS, RESIZE_MODES
 
     if not isinstance(pre, Mapping):
         raise CheckpointError(f"{where}: preprocess_cfg is a {type(pre).__name__}, not an object; fix or remove it")
@@ -246,10 +248,12 @@ def _openclip_preprocess(pre: Mapping[str, object], where: str) -> tuple:
         log.warning("%s: resize filter %r is not one of %s; using bicubic", where, interpolation,
                     sorted(INTERPOLATIONS))
         interpolation = None
-    if pre.get("resize_mode", "shortest") != "shortest":
-        log.warning("%s: resize_mode %r differs from vqclip's shortest-side resize + centre crop",
-                    where, pre["resize_mode"])
-    return mean, std, interpolation
+    mode, fill = pre.get("resize_mode"), pre.get("fill_color")
+    if mode is not None and mode not in RESIZE_MODES:
+        raise CheckpointError(f"{where}: preprocess_cfg resize_mode {mode!r} is not one of {list(RESIZE_MODES)}")
+    if fill is not None and (isinstance(fill, bool) or not isinstance(fill, int) or not 0 <= fill <= 255):
+        raise CheckpointError(f"{where}: preprocess_cfg fill_color {fill!r} is not a grey level 0..255")
+    return mean, std, interpolation, mode, fill
 
 
 def config_from_metadata(metadata: Mapping[str, str] | None, where: str) -> CLIPConfig | None:

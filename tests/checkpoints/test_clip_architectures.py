@@ -400,9 +400,17 @@ def test_openclip_preprocess_cfg_is_checked(tmp_path, monkeypatch, caplog):
     with pytest.raises(CheckpointError, match="need 3 values"):
         load_clip(folder)
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
-        "interpolation": "random", "resize_mode": "squash"}}))
-    assert load_clip(folder).preprocess_cfg == {}
-    assert "resize filter 'random'" in caplog.text and "resize_mode 'squash'" in caplog.text
+        "interpolation": "random", "resize_mode": "longest", "fill_color": 128}}))
+    assert load_clip(folder).preprocess_cfg == {"resize_mode": "longest", "fill": 128}
+    assert "resize filter 'random'" in caplog.text
+    from vqclip.encoder import open_encoder
+
+    pre = open_encoder(folder).preprocessor  # what the model was trained with reaches the pipeline
+    assert (pre.resize_mode, pre.fill, pre.interpolation) == ("longest", 128, "bicubic")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {
+        "resize_mode": "stretch"}}))
+    with pytest.raises(CheckpointError, match="resize_mode 'stretch'"):
+        load_clip(folder)
 
 
 def test_an_image_only_model_indexes_and_searches_by_image(tmp_path):
