@@ -321,15 +321,15 @@ def _open_cached(model: Any, precision: str | None, config: Any, digest: str | N
 
 def _find_cached_export(digest: str, given: Any = None) -> tuple[Path, Any] | None:
     """The cache folder holding an export of these weights by this vqclip, with its manifest:
-    of the ``given`` architecture, or, with none given, of the one the checkpoint states."""
+    one built as the ``given`` architecture (whoever stated it), or, with none given, one
+    built as the checkpoint itself states."""
     from vqclip import __version__
     from vqclip._files import cache_root
     from vqclip.errors import ManifestError
     from vqclip.manifest import read_manifest
     from vqclip.models.configs import CLIPConfig
 
-    suffix = f"-{digest[:16]}" + (f"-{_architecture_key(given)}" if given is not None else "")
-    for folder in sorted((cache_root() / "exports").glob(f"*{suffix}")):
+    for folder in sorted((cache_root() / "exports").glob(f"*-{digest[:16]}*")):
         try:
             manifest = read_manifest(folder, verify=False)
             built = CLIPConfig.from_dict(manifest.config)

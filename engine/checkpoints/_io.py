@@ -14,9 +14,6 @@ import struct
 import zipfile
 from pathlib import Path
 
-import torch
-
-from vqclip.checkpoints._torchscript import is_torchscript_archive, read_torchscript_tensors
 from vqclip.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -45,6 +42,8 @@ def sniff_format(path: str | Path) -> str:
         if head[8:9] == b"{" and 0 < header_len <= size - 8:
             return "safetensors"
     if head.startswith(_ZIP_MAGIC):
+        from vqclip.checkpoints._torchscript import is_torchscript_archive
+
         try:
             with zipfile.ZipFile(path) as zf:
                 return "torchscript" if is_torchscript_archive(zf) else "torch-zip"
@@ -82,7 +81,11 @@ def read_tensors(path: str | Path) -> dict:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e}); is it truncated?") from e
     if kind == "torchscript":
+        from vqclip.checkpoints._torchscript import read_torchscript_tensors
+
         return read_torchscript_tensors(path)
+    import torch  # here, not at import: reading configs and JSON beside a checkpoint needs no torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

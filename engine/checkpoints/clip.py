@@ -22,7 +22,7 @@ from typing import Mapping
 
 import torch
 
-from vqclip.checkpoints._io import read_metadata, read_tensors, sniff_format
+from vqclip.checkpoints._io import read_json, read_metadata, read_tensors, sniff_format
 from vqclip.checkpoints.clip_configs import FileConfig, check_agrees, config_beside, config_from_metadata
 from vqclip.checkpoints.identity import remember_source, shard_files, weights_file_of
 from vqclip.errors import CheckpointError, UnknownModelError
@@ -441,26 +441,25 @@ def _choose_config(path: Path, raw: Mapping[str, object], sd: Mapping[str, torch
     raise _undetermined(path, sd)
 
 
-def _bare_hf_tower(path: Path) -> None:
-    """Refuse a CLIPVisionModel / CLIPTextModel folder (keys without ``vision_model.``): a
-    tower without its projection gives features, not CLIP embeddings."""
-    from vqclip.checkpoints._io import read_json
+def _no_projection(path: Path, cls: str) -> CheckpointError:
+    """A single tower saved without its projection gives features, not CLIP embeddings."""
+    return CheckpointError(f"{path} is a {cls} without its projection, so its outputs are not CLIP embeddings; "
+                           f"give a {cls}WithProjection or a CLIPModel folder")
 
-    if not (path.parent / "config.json").is_file():
-        return
+
+def _bare_hf_tower(path: Path) -> None:
+    """Refuse a CLIPVisionModel / CLIPTextModel folder (transformers saves their keys without
+    the ``vision_model.`` / ``text_model.`` prefix)."""
     kind = (read_json(path.parent / "config.json") or {}).get("model_type")
     cls = {"clip_vision_model": "CLIPVisionModel", "clip_text_model": "CLIPTextModel"}.get(str(kind))
     if cls is not None:
-        raise CheckpointError(f"{path} is a {cls} without its projection, so its outputs are not CLIP embeddings; "
-                              f"give a {cls}WithProjection or a CLIPModel folder")
+        raise _no_projection(path, cls)
 
 
 def _check_single_tower(cfg: CLIPConfig, sd: Mapping[str, torch.Tensor], path: Path) -> None:
-    """A single-tower folder must hold its projection: without it the outputs are features, not CLIP embeddings."""
     key, cls = ("visual.proj", "CLIPVisionModel") if cfg.has_image else ("text_projection", "CLIPTextModel")
     if key not in sd:
-        raise CheckpointError(f"{path} is a {cls} without its projection, so its outputs are not CLIP embeddings; "
-                              f"give a {cls}WithProjection or a CLIPModel folder")
+        raise _no_projection(path, cls)
 
 
 def load_clip(source: str | os.PathLike, *, config: CLIPConfig | str | None = None, device: str | torch.device = "cpu",

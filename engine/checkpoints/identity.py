@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vqclip._hashing import sha256_file, state_dict_sha256
+from vqclip.checkpoints._io import read_json
 from vqclip.errors import CheckpointError
 
 __all__ = ["HF_WEIGHT_FILES", "weights_file_of", "shard_files", "weights_digest", "remember_source"]
@@ -37,13 +38,11 @@ _SOURCE_ATTR = "_vqclip_weights_source"  # the file a loader read, and the tenso
 def _describes_hf_clip(config_json: Path) -> bool:
     """Whether a folder's ``config.json`` is a Hugging Face CLIP config (timm's Hub repos put
     their own image-tower ``config.json`` beside OpenCLIP's files)."""
-    import json
-
     try:
-        obj = json.loads(config_json.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(obj, dict) and str(obj.get("model_type", "")).startswith("clip")
+        obj = read_json(config_json)
+    except CheckpointError:
+        return False  # unreadable: it describes nothing, and the loader reports it if it reads it
+    return obj is not None and str(obj.get("model_type", "")).startswith("clip")
 
 
 def weights_file_of(folder: str | os.PathLike) -> Path:
@@ -70,8 +69,6 @@ def shard_files(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.name.endswith(_INDEX_SUFFIX):
         return [path]
-    from vqclip.checkpoints._io import read_json
-
     index = read_json(path)
     weight_map = (index or {}).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
@@ -82,21 +79,34 @@ def shard_files(path: str | os.PathLike) -> list[Path]:
     return [path.parent / n for n in names]
 
 
+# Digests already computed in this process, by the files' (path, size, mtime): naming a model
+# and then loading it (open_encoder, index builds) would otherwise hash its weights twice.
+_DIGESTS: dict[tuple, str] = {}
+
+
 def _digest_files(path: Path) -> str:
     """sha256 of a file's bytes; for a shard index, of its shards' names and digests."""
+    key = _stats(path)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
     files = shard_files(path)
     if files == [path]:
-        return sha256_file(path)
-    import hashlib
+        digest = sha256_file(path)
+    else:
+        import hashlib
 
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name} {sha256_file(f)}\n".encode())
-    return h.hexdigest()
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.name} {sha256_file(f)}\n".encode())
+        digest = h.hexdigest()
+    _DIGESTS[key] = digest
+    return digest
 
 
 def _stats(path: Path) -> tuple:
-    return tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in shard_files(path))
+    """(resolved path, size, mtime_ns) of each file holding the checkpoint."""
+    return tuple((str(f.resolve()), st.st_size, st.st_mtime_ns)
+                 for f in shard_files(path) for st in (f.stat(),))
 
 
 def _tensor_state(module: Any) -> tuple:

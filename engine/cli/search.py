@@ -62,9 +62,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _parse(line: str, number: int, default_k: int) -> dict:
-    """One query line -> {"n", "id", "text" | "image", "k"}; ``InvalidInputError`` for a bad one."""
+    """One query line -> {"id", "text" | "image", "k"}; ``InvalidInputError`` for a bad one."""
     line = line.strip()
-    q = {"n": number, "id": number, "k": default_k}
+    q = {"id": number, "k": default_k}
     if not line.startswith("{"):
         return {**q, "text": line}
     try:
@@ -109,7 +109,7 @@ def _chunks(lines: Iterable[str], size: int, default_k: int) -> Iterator[list]:
         try:
             group.append(_parse(line, number, default_k))
         except InvalidInputError as e:
-            group.append({"n": number, "id": number, "error": e.cli_message()})
+            group.append({"id": number, "error": e.cli_message()})
         if len(group) >= size:
             yield group
             group = []
