@@ -40,7 +40,8 @@ def main() -> None:
         t = time.perf_counter()
         gen.step()
         times.append(time.perf_counter() - t)
-    print(f"{name} {mode}: first step {first:.2f} s, median {1 / statistics.median(times):.3f} steps/s")
+    print(f"{name} {mode}: first step {first:.2f} s, median {1 / statistics.median(times):.3f} steps/s "
+          f"({b._machine()})")  # bf16 speed depends on the CPU class: say which measured it
 
 
 if __name__ == "__main__":

@@ -57,10 +57,8 @@ def int8_gemm_path() -> str:
     full-range int8 weights (what ``vqclip.export`` avoids with 7-bit int8 weights, ``reduce_range``).
     """
     f = cpu_features()
-    if "avx512_vnni" in f:
-        return "vnni (avx512_vnni)"
-    if "avx_vnni" in f:
-        return "vnni (avx_vnni)"
+    if has_vnni():
+        return f"vnni ({'avx512_vnni' if 'avx512_vnni' in f else 'avx_vnni'})"
     if "avx2" in f:
         return "avx2 vpmaddubsw (int16 pair sums)"
     return "generic" if f else "unknown"

@@ -55,15 +55,20 @@ def _check_regular(path: str | Path, mode: int) -> None:
         raise NotRegularFileError(errno.EINVAL, f"is {kind}, not a regular file", os.fspath(path))
 
 
-def read_regular(path: str | Path, max_bytes: int) -> bytes:
-    """The bytes of the regular file ``path`` (symlinks followed): never blocking on a FIFO,
-    never reading a device, never more than ``max_bytes`` (an ``OSError`` with EFBIG past it).
+def read_regular(path: str | Path, max_bytes: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of the regular file ``path``: never blocking on a FIFO, never reading a
+    device, never more than ``max_bytes`` (an ``OSError`` with EFBIG past it). With
+    ``follow_symlinks=False`` a symlink at ``path`` itself is an ``OSError`` (ELOOP), so a
+    path checked before the call cannot be swapped for a link.
 
     Raises ``NotRegularFileError`` for a FIFO, socket, device or folder and ``OSError`` for
     a missing or unreadable file.
     """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:  # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, flags)
     except OSError:
         try:  # a socket cannot be opened at all: say what it is
             _check_regular(path, os.stat(path).st_mode)

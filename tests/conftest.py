@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 # As the CLI does: idle OpenMP threads sleep, so a busy neighbour on a small shared machine
-# does not slow the suite tenfold (benchmarks/RESULTS.md). Set before torch loads OpenMP.
+# does not starve the suite (benchmarks/RESULTS.md, "OpenMP waiting"). Set before torch loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging  # noqa: E402

@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: with another process busy, a spinning
-    # team made torch generation 20x slower here (benchmarks/RESULTS.md, "OpenMP waiting").
+    # Idle OpenMP threads sleep instead of spinning: a spinning team starves another busy
+    # process on a small machine (measured in benchmarks/RESULTS.md, "OpenMP waiting").
     # Read when OpenMP loads, i.e. before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()

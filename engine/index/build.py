@@ -17,7 +17,6 @@ Example::
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ from vqclip._hashing import sha256_file
 from vqclip.decode import Loaded, Timings, decode_batches, read_and_decode
 from vqclip.encoder import Encoder
 from vqclip.errors import InvalidInputError, SearchIndexError
-from vqclip.index.store import IMAGE_EXTENSIONS, IndexStore, walk_images
+from vqclip.index.store import IMAGE_EXTENSIONS, IndexStore, lock_index, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +96,8 @@ def _rebuild(folder: Path, out: Path, encoder: Encoder, storage: str, batch_size
              progress: bool | None, commit_every: int) -> IndexReport:
     """Build beside the index at ``out`` (a damaged one included), then swap it in; the old
     one is kept until the new one is whole, and a writer holding it is waited for, not run over."""
-    lock = os.open(out / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = lock_index(out)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SearchIndexError(f"index {str(out)!r} is being written by another process; wait for it to "
-                                   "finish") from None
         stamp = f"{os.getpid()}-{int(time.time())}"
         new, old = out.with_name(f".{out.name}.new-{stamp}"), out.with_name(f".{out.name}.old-{stamp}")
         try:

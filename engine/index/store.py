@@ -127,6 +127,22 @@ def walk_images(root: str | Path, exclude: Path | None = None) -> Iterator[tuple
                 yield rel, p, None
 
 
+def lock_index(path: Path) -> int:
+    """The index's one-writer lock, taken without waiting: the locked file descriptor (closing
+    it releases the lock); ``SearchIndexError`` when another process writes it or this user cannot."""
+    try:
+        fd = os.open(path / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as e:
+        raise SearchIndexError(f"index {str(path)!r} is read-only for this user; search it here, update it "
+                               "where it can be written") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        os.close(fd)
+        raise SearchIndexError(f"index {str(path)!r} is being written by another process; wait for it to finish") from e
+    return fd
+
+
 @dataclass
 class Header:
     model_name: str
@@ -250,18 +266,7 @@ class IndexStore:
         return ["vectors.bin", "norms.bin"] + (["scales.bin"] if self.header.storage == "int8" else [])
 
     def _take_lock(self) -> None:
-        try:
-            fd = os.open(self.path / "write.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError as e:
-            raise SearchIndexError(f"index {str(self.path)!r} is read-only for this user; search it here, update it "
-                                   "where it can be written") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(fd)
-            raise SearchIndexError(
-                f"index {str(self.path)!r} is being written by another process; wait for it to finish") from e
-        self._lock_fd = fd
+        self._lock_fd = lock_index(self.path)
 
     def _connect(self) -> sqlite3.Connection:
         dbp = self.path / "entries.sqlite"
@@ -276,10 +281,12 @@ class IndexStore:
             try:
                 db.execute("SELECT 1 FROM meta LIMIT 1")
             except sqlite3.OperationalError as e:
-                if "readonly" not in str(e) and "unable to open" not in str(e):
+                code = getattr(e, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+                if code not in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN):
                     raise
-                # A folder this process cannot write (a shared volume, a container image): no
-                # writer can be at work here either, so read without WAL's shared-memory file.
+                # A folder this user cannot write (a shared volume, a container image), so WAL's
+                # shared-memory file cannot be made: read the file as it stands. Commits its owner
+                # makes meanwhile are seen when the index is opened again.
                 db.close()
                 db = sqlite3.connect(f"file:{dbp}?mode=ro&immutable=1", uri=True, check_same_thread=False)
         db.execute("PRAGMA busy_timeout=10000")

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import numbers
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -122,7 +123,7 @@ def label_embeddings(encoder: Encoder, labels: Sequence[str], templates: Sequenc
                 raise ValueError(f"its rows have shape {emb.shape} {emb.dtype}, not ({len(labels)}, E) float32")
             log.info("label embeddings from cache %s", path)
             return emb, True
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # BadZipFile: a member's CRC fails
             log.warning("recomputing label cache %s: it does not verify (%s)", path, e)
     prompts = format_prompts(labels, templates)
     emb = encoder.encode_texts(prompts, truncate=truncate)  # (L*T, E), unit rows

@@ -8,14 +8,14 @@ symlink out of the root) gets a 403, not the file.
 """
 from __future__ import annotations
 
+import errno
 import io
 import mimetypes
-import os
-import stat
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from vqclip._files import NotRegularFileError, read_regular
 from vqclip.preprocess import load_image
 from vqclip.serving.responses import ApiError
 from vqclip.serving.runtime import LoadedIndex
@@ -46,21 +46,15 @@ def read_inside(root: Path, rel: str, max_bytes: int) -> tuple[Path, bytes]:
         raise ApiError(404, f"the file of entry {rel!r} is missing", "not_found") from None
     if not target.is_relative_to(real_root):
         raise ApiError(403, f"entry {rel!r} resolves outside the index's root folder; refused", "forbidden")
-    try:  # O_NOFOLLOW: a symlink swapped in after resolve() is refused; O_NONBLOCK: a FIFO cannot block
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:  # not following links: one swapped in after resolve() is refused
+        return target, read_regular(target, max_bytes, follow_symlinks=False)
+    except NotRegularFileError:
+        raise ApiError(403, f"entry {rel!r} is not a regular file; refused", "forbidden") from None
     except OSError as e:
+        if e.errno == errno.EFBIG:
+            raise ApiError(413, f"the file of entry {rel!r} is more than the limit of {max_bytes:,} bytes",
+                           "file_too_large") from None
         raise ApiError(404, f"the file of entry {rel!r} cannot be opened ({e.strerror})", "not_found") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ApiError(403, f"entry {rel!r} is not a regular file; refused", "forbidden")
-        if st.st_size > max_bytes:
-            raise ApiError(413, f"the file of entry {rel!r} is {st.st_size:,} bytes, more than the limit of "
-                                f"{max_bytes:,}", "file_too_large")
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ApiError(413, f"the file of entry {rel!r} grew past the limit of {max_bytes:,} bytes", "file_too_large")
-    return target, data
 
 
 def media_type(path: Path) -> str | None:

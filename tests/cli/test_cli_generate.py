@@ -111,3 +111,19 @@ def test_augments_without_affine_turn_every_warp_off():
     args = build_parser().parse_args(["generate", "x", "--augments", "jitter"])
     cut = _settings(args, preset).cutouts
     assert (cut.degrees, cut.translate, cut.shear, cut.scale, cut.perspective) == (0.0, 0.0, 0.0, (1.0, 1.0), 0.0)
+
+
+def test_generate_help_states_the_presets_defaults():
+    # The help text is written out (importing the presets would load torch for `--help`);
+    # this keeps it in step with settings.PRESETS and GenerateSettings.
+    from vqclip.cli.main import build_parser
+    from vqclip.jobs.generate.settings import PRESETS, GenerateSettings
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["generate"]
+    helps = {a.dest: a.help for a in sub._actions}
+    bundled, other = PRESETS[("shapes-clip", "shapes-vqgan")], GenerateSettings()
+    assert f"{bundled.steps}" in helps["steps"] and bundled.steps == other.steps
+    assert f"bundled {bundled.lr}, others {other.lr}" in helps["lr"]
+    assert f"bundled {bundled.init}, others {other.init}" in helps["init"]
+    assert f"bundled {bundled.init_weight}, others {other.init_weight:g}" in helps["init_weight"]
+    assert f"bundled {bundled.cutouts.cutn}, others {other.cutouts.cutn}" in helps["cutn"]

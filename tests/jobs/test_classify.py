@@ -186,8 +186,15 @@ def _other_key(f):  # a verified file written for other labels, put in this one'
     f.with_suffix(".tmp.npz").replace(f)
 
 
-@pytest.mark.parametrize("damage", [lambda f: f.write_bytes(b"PK garbage"), _scribble, _other_key],
-                         ids=["garbage", "scribbled", "other-key"])
+def _flip_a_stored_byte(f):  # damage inside a member: the zip's own CRC no longer matches
+    data = bytearray(f.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [lambda f: f.write_bytes(b"PK garbage"), _scribble, _other_key,
+                                    _flip_a_stored_byte],
+                         ids=["garbage", "scribbled", "other-key", "flipped-byte"])
 def test_a_cache_that_does_not_verify_is_recomputed(tiny, tmp_path, caplog, damage):
     # On the module's own logger: other suites raise the root logger's level for the session.
     caplog.set_level(logging.WARNING, logger="vqclip.jobs.classify")

@@ -188,3 +188,19 @@ def test_health_ready_info_page_and_metrics(make_client):
     spec = c.get("/openapi.json").json()
     assert {"/v1/embed/text", "/v1/embed/image", "/v1/classify", "/v1/search", "/v1/indexes"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+
+
+def test_read_inside_refuses_what_is_not_a_small_regular_file_inside(tmp_path):
+    import os
+
+    from vqclip.serving.files import read_inside
+    from vqclip.serving.responses import ApiError
+
+    (tmp_path / "ok.png").write_bytes(b"x" * 10)
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "big.png").write_bytes(b"x" * 11)
+    assert read_inside(tmp_path, "ok.png", 10)[1] == b"x" * 10
+    for rel, status in (("pipe.png", 403), ("big.png", 413), ("gone.png", 404), ("../ok.png", 404)):
+        with pytest.raises(ApiError) as err:
+            read_inside(tmp_path, rel, 10)  # a FIFO returns at once: opened non-blocking
+        assert err.value.status == status, (rel, err.value)
