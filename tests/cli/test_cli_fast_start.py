@@ -4,6 +4,7 @@ start-up once (``vqclip search --queries``). Start-up speed itself is a benchmar
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -45,7 +46,8 @@ def _index(world, cache) -> str:
 
 def _exported(world, cache, capsys) -> str:
     idx = _index(world, cache)
-    assert main(["search", idx, "a red circle", "--backend", "onnxruntime", "--precision", "int8"]) == 0
+    # Exports fp32 and int8 once; fp32 here, so that a CPU failing the int8 self-test still passes.
+    assert main(["search", idx, "a red circle", "--backend", "onnxruntime", "--precision", "fp32"]) == 0
     capsys.readouterr()
     return idx
 
@@ -77,7 +79,8 @@ def test_search_classify_and_update_on_the_export_never_import_torch(world, cach
     """, cache)
     assert done.returncode == 0, done.stderr
     assert "TORCH False" in done.stdout
-    assert "onnxruntime int8 from the cached export" in done.stderr and "torch not loaded" in done.stderr
+    # int8 where this CPU passes its self-test, else fp32: either way the cached export, no torch.
+    assert re.search(r"on onnxruntime (int8|fp32) from the cached export .*torch not loaded", done.stderr)
 
 
 def test_help_and_models_never_import_torch(cache):
@@ -119,7 +122,7 @@ def test_queries_file_answers_each_line_as_one_json_line(world, cache, capsys, t
     assert "not JSON" in lines[2]["error"] and "missing.png" in lines[4]["error"] and "k" in lines[5]["error"]
     # The same text alone gives the same hits as in a batch, in fp32 up to summation order. (int8
     # quantises activations with one scale per batch, so there a query's batch-mates move its
-    # scores by ~2e-3.)
+    # scores: benchmarks/check_checkpoint_parity.py prints by how much.)
     fp32 = ["--backend", "onnxruntime", "--precision", "fp32"]
     main(["search", idx, "--queries", str(queries), "--top-k", "3", *fp32])
     batched = json.loads(capsys.readouterr().out.splitlines()[0])["hits"]
