@@ -52,7 +52,8 @@ from vqclip.errors import IndexMismatchError, InvalidInputError, SearchIndexErro
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STORAGE_TYPES", "KERNEL_DTYPES", "IMAGE_EXTENSIONS", "IndexStore", "encode_rows", "decode_rows", "walk_images"]
+__all__ = ["STORAGE_TYPES", "KERNEL_DTYPES", "IMAGE_EXTENSIONS", "IndexStore", "encode_rows", "decode_rows",
+           "lock_index", "walk_images"]
 
 FORMAT = "vqclip-index"
 VERSION = 1
