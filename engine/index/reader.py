@@ -7,7 +7,7 @@ the rows are read-only, each thread gets its own SQLite connection, and the enco
 kernel calls share no mutable state.
 
 A query's time is the text (or image) encoder and the kernel, one after the other, each
-on every core (``benchmarks/bench_runtime.py`` times each stage): the fastest CPU
+on every core (``vqclip bench search`` times each stage): the fastest CPU
 configuration is ``backend="onnxruntime", precision="int8"``. Serving back-to-back
 queries, set ``OMP_WAIT_POLICY=PASSIVE`` in the environment: otherwise the kernel's
 OpenMP threads spin-wait after each call on the cores the next query's encoder needs.
@@ -176,12 +176,18 @@ class Index:
             raise InvalidInputError(f"queries of shape {queries.shape}; expected (B, {s.header.embed_dim})")
         kk = min(s.count, k + max(s.holes, 0))
         scores, ids = self._gallery.search(queries, kk, threads=self.threads)  # (B, kk) each; -1 pads past the rows
-        out = []
         if (ids < 0).any():  # kk <= count rows exist, so a -1 is a row the kernel dropped: not a number
             raise SearchIndexError(f"index {str(s.path)!r} has stored rows that are not numbers (damaged); rebuild "
                                    f"it with `vqclip index build DIR --out {s.path} --force`")
+        return self.lookup(scores, ids, k)
+
+    def lookup(self, scores: np.ndarray, ids: np.ndarray, k: int) -> list[list[Hit]]:
+        """The kernel's (B, kk) scores and row ids -> per query its first ``k`` hits with
+        their paths (one SQLite read per query); rows an update dropped since open are skipped."""
+        s = self.store
+        out = []
         for srow, irow in zip(scores, ids):
-            paths = s.paths_for_rows([int(i) for i in irow])  # rows an update dropped since open are skipped
+            paths = s.paths_for_rows([int(i) for i in irow])
             hits = [Hit(s.absolute(paths[int(i)]), float(sc), int(i)) for sc, i in zip(srow, irow) if int(i) in paths]
             out.append(hits[:k])
         return out
