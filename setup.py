@@ -66,8 +66,8 @@ def cuda_extension():
     """vqclip._kernels_cuda, only when VQCLIP_BUILD_CUDA=1 and nvcc is found.
 
     Opt-in so that a CPU-only build (CI) never depends on a CUDA toolkit; the CPU
-    kernels and their import never touch it. NOT YET RUN ON A GPU: see
-    benchmarks/gpu_check_topk.sh.
+    kernels and their import never touch it. NOT YET RUN ON A GPU: benchmarks/gpu_check.sh
+    builds and tests it there.
     """
     if os.environ.get("VQCLIP_BUILD_CUDA") != "1":
         return []
@@ -113,10 +113,11 @@ def kernel_extensions():
 
 
 def _packages() -> list[str]:
-    """``vqclip`` and its subpackages from engine/, ``vqclip.export`` from export/."""
+    """``vqclip`` and its subpackages from engine/, ``vqclip.export`` from export/, ``vqclip.bench``
+    (what ``vqclip bench`` runs) from benchmarks/."""
     runtime = ["vqclip"] + [f"vqclip.{p}" for p in find_namespace_packages("engine", exclude=["*__pycache__*"])
                             if (ROOT / "engine" / p.replace(".", "/") / "__init__.py").is_file()]
-    return runtime + ["vqclip.export"]
+    return runtime + ["vqclip.export", "vqclip.bench"]
 
 
 ext_modules, cmdclass = kernel_extensions()
@@ -134,7 +135,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=_packages(),
-    package_dir={"vqclip": "engine", "vqclip.export": "export"},
+    package_dir={"vqclip": "engine", "vqclip.export": "export", "vqclip.bench": "benchmarks"},
     package_data={"vqclip": ["zoo/weights/*", "zoo/*.md", "data/*", "serving/static/*"]},
     include_package_data=True,
     install_requires=[
@@ -157,8 +158,10 @@ setup(
         # taming-transformers are installed with --no-deps (see README), not listed here.
         "test": ["pytest>=8", "transformers>=4.40", "tritonclient[grpc]>=2.40", "psutil>=5.9", *SERVER,
                  "httpx>=0.27",  # FastAPI's TestClient and the load-run clients
-                 "playwright>=1.40"],  # drives Debian's Chromium in the page tests (no browser download)
-        "bench": ["faiss-cpu>=1.8", "transformers>=4.40", "psutil>=5.9", "kornia>=0.7"],  # kornia: the VQGAN-CLIP step
+                 "playwright>=1.40",  # drives Debian's Chromium in the page tests (no browser download)
+                 "faiss-cpu>=1.8", "kornia>=0.7", "matplotlib>=3.7"],  # the bench jobs' smoke tests: peers, plots
+        # `vqclip bench`: the peers it measures (kornia: the VQGAN-CLIP step) and its plots
+        "bench": ["faiss-cpu>=1.8", "transformers>=4.40", "kornia>=0.7", "matplotlib>=3.7", *SERVER, "httpx>=0.27"],
         "server": SERVER,
         "gpu": ["onnxruntime-gpu>=1.17"],
         "trt": ["tensorrt>=10.0"],

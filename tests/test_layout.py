@@ -29,9 +29,10 @@ ALLOWED_LAZY_UP = {
 
 
 def _modules() -> dict[str, Path]:
-    """vqclip module name -> source file, for the runtime and the export package."""
+    """vqclip module name -> source file, for the runtime, the export and the bench packages."""
     out = {}
-    for base, prefix in ((ROOT / "engine", "vqclip"), (ROOT / "export", "vqclip.export")):
+    for base, prefix in ((ROOT / "engine", "vqclip"), (ROOT / "export", "vqclip.export"),
+                         (ROOT / "benchmarks", "vqclip.bench")):
         for path in base.rglob("*.py"):
             rel = path.relative_to(base).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
@@ -73,7 +74,7 @@ def _room(module: str) -> str:
 
 def test_one_namespace_is_installed():
     source = (ROOT / "setup.py").read_text()
-    assert 'package_dir={"vqclip": "engine", "vqclip.export": "export"}' in source
+    assert 'package_dir={"vqclip": "engine", "vqclip.export": "export", "vqclip.bench": "benchmarks"}' in source
     tree = ast.parse(source)
     packages_fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_packages")
     namespace: dict = {"ROOT": ROOT}
@@ -114,7 +115,7 @@ def test_no_import_points_up_the_dependency_direction():
     bad = []
     for name, path in MODULES.items():
         room = _room(name)
-        if room in ("", "recipe", "export") or name == "vqclip.cli.__main__":
+        if room in ("", "recipe", "export", "bench") or name == "vqclip.cli.__main__":
             continue
         for target, _top in _imports(name, path):
             troom = _room(target)
@@ -122,6 +123,9 @@ def test_no_import_points_up_the_dependency_direction():
                 continue
             if troom == "recipe":
                 bad.append(f"{name} imports {target}: the runtime never imports the training recipe")
+            elif troom == "bench":
+                if room != "cli":
+                    bad.append(f"{name} imports {target}: only the CLI imports the benchmarks")
             elif troom == "export":
                 if (room, troom) not in ALLOWED_LAZY_UP and room != "cli":
                     bad.append(f"{name} imports {target}: only the encoder (lazily) and the CLI import export")
@@ -139,7 +143,7 @@ def test_export_imports_only_what_design_allows():
 
 
 def test_every_room_is_known():
-    rooms = {_room(n) for n in MODULES} - {"", "export", "recipe"}
+    rooms = {_room(n) for n in MODULES} - {"", "export", "recipe", "bench"}
     assert rooms <= set(LAYERS), rooms - set(LAYERS)
 
 

@@ -14,7 +14,7 @@ import sqlite3
 import sys
 
 from vqclip import __version__
-from vqclip.cli import classify, demo, export, generate, index, info, search, serve
+from vqclip.cli import bench, classify, demo, export, generate, index, info, search, serve
 from vqclip.cli._common import check_model_args
 from vqclip.errors import VqclipError
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vqclip {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (info, export, classify, index, search, generate, demo, serve):
+    for group in (info, export, classify, index, search, generate, demo, serve, bench):
         group.add_parser(sub)
     return p
 

@@ -1,0 +1,245 @@
+"""Jobs ``search`` and ``index-build``.
+
+``search``: end-to-end text queries through ``Index.search`` on an index of N random unit
+rows (fp16 on disk, memory-mapped), per query encoder, with each stage timed on its own
+(tokenise, encode, kernel, SQLite lookup); FAISS ``IndexFlatIP`` and numpy search the same
+rows beside it. ``index-build``: ``build_index`` over a folder of rendered JPEGs against the
+same work done one batch after another (decode, then encode), the way a simple script does it.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .harness import Options, add_ratios, make_row, measure
+from .models import resolve_model
+
+__all__ = ["run_search", "run_index_build", "encoder_pairs", "preferred_pair", "make_big_index", "render_folder"]
+
+K = 10
+QUERIES = [f"a photo of a {c} {s} number {i}" for i, (c, s) in enumerate(
+    (c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle", "star"))]
+
+
+def encoder_pairs(opts: Options) -> list[tuple[str, str]]:
+    """(backend, precision) pairs of the query / build encoders: each asked backend at each asked
+    precision it runs (torch at fp32 on the CPU)."""
+    from vqclip.backends.factory import BACKEND_PRECISIONS
+
+    pairs = []
+    for backend in opts.backends:
+        for p in opts.precisions:
+            if p not in BACKEND_PRECISIONS[backend]:
+                continue
+            if backend == "torch" and p != "fp32" and not opts.device.startswith("cuda"):
+                continue
+            if backend == "onnxruntime" and p == "int8" and opts.device.startswith("cuda"):
+                continue
+            pairs.append((backend, p))
+    return pairs or [("torch", "fp32")]
+
+
+def preferred_pair(opts: Options) -> tuple[str, str]:
+    """The one encoder of jobs that time a single one: ONNX Runtime int8 when asked for (what the
+    CLI picks on a CPU once the export is cached), else the first pair."""
+    pairs = encoder_pairs(opts)
+    return ("onnxruntime", "int8") if ("onnxruntime", "int8") in pairs else pairs[0]
+
+
+def make_big_index(path: Path, name: str, digest: str, rows: int, dim: int, storage: str = "fp16") -> None:
+    """An index of ``rows`` random unit rows under made-up paths (no images behind them)."""
+    from vqclip.index import IndexStore
+
+    root = path.parent / "no-images"
+    root.mkdir(exist_ok=True)
+    store = IndexStore.create(path, model_name=name, model_digest=digest, embed_dim=dim, storage=storage, root=root)
+    rng = np.random.default_rng(0)
+    free: list[int] = []
+    try:
+        for lo in range(0, rows, 100_000):
+            n = min(100_000, rows - lo)
+            x = rng.standard_normal((n, dim), dtype=np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            store.add([(f"img/{lo + i:07d}.jpg", 1000, 0, "0" * 64) for i in range(n)], x, free)
+    finally:
+        store.close()
+
+
+def run_search(opts: Options, job: str = "search") -> dict:
+    from vqclip.encoder import open_encoder
+    from vqclip.errors import BackendUnavailableError, VqclipError
+    from vqclip.index import Index
+    from vqclip.index.store import KERNEL_DTYPES
+    from vqclip.kernels import Gallery
+    from vqclip.tokenizer import tokenize
+
+    n_rows = (opts.rows or ((100_000,) if opts.quick else (1_000_000,)))[0]
+    rows: list[dict] = []
+    skipped: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="vqclip-bench-") as tmp:
+        for name in opts.models:
+            model = resolve_model(name)
+            encoders = {}
+            for backend, p in encoder_pairs(opts):
+                try:
+                    encoders[f"{backend} {p}"] = open_encoder(model.source, backend, precision=p, device=opts.device)
+                except (BackendUnavailableError, VqclipError) as e:
+                    skipped.append(f"{model.label} {backend} {p}: {e}")
+            if not encoders:
+                continue
+            first = next(iter(encoders.values()))
+            dim = first.encode_texts(["a"]).shape[1]
+            path = Path(tmp) / f"{len(rows)}.vqindex"
+            make_big_index(path, first.identity.name, first.identity.digest, n_rows, dim)
+            case = f"{model.label}, {n_rows:,} x {dim} fp16, text query, k={K}"
+            calls: dict[str, Callable[[], Any]] = {}
+            indexes = []
+            for label, enc in encoders.items():
+                idx = Index.open(path, encoder=enc)
+                indexes.append(idx)
+                s = idx.store
+                gallery = Gallery.from_arrays(s.vectors, s.norms, s.scales, dtype=KERNEL_DTYPES[s.header.storage])
+                emb = enc.encode_texts([QUERIES[0]])
+                scores, ids = gallery.search(emb, K, threads=idx.threads)
+                ids_q = tokenize([QUERIES[0]], context_length=first.context_length)
+                calls[f"vqclip Index.search, {label}"] = _cycle(lambda q, idx=idx: idx.search(text=q, k=K))
+                calls[f"  tokenise ({label})"] = _cycle(lambda q: tokenize([q], context_length=first.context_length))
+                calls[f"  text encoder ({label})"] = lambda enc=enc: enc.encode_text(ids_q)
+                calls[f"  kernel ({label})"] = lambda g=gallery, idx=idx: g.search(emb, K, threads=idx.threads)
+                calls[f"  lookup ({label})"] = lambda idx=idx, s=scores, i=ids: idx.lookup(s, i, K)
+            if opts.peers:
+                calls.update(_peers(path, dim, n_rows, first.encode_texts([QUERIES[0]]), skipped))
+            lat = measure(calls, opts.seconds * 2, min_rounds=5)
+            for label, xs in lat.items():
+                peer = not label.startswith(("vqclip", "  "))
+                rows.append(make_row(job, case, label.strip(), xs, unit="queries/s", peer=peer, keep_cdf=True,
+                                     stage=label.startswith("  "), model=model.label, n=n_rows, dim=dim,
+                                     reproduce=opts.invocation(job, model=model.name, rows=n_rows)))
+            for idx in indexes:
+                idx.close()
+    # The peers search only: their ratio is to vqclip's kernel stage, the same work.
+    add_ratios([r for r in rows if r["runner"].startswith("kernel") or r["peer"]],
+               "FAISS IndexFlatIP fp32 (kernel only)")
+    return {"rows": rows, "skipped": skipped}
+
+
+def _cycle(fn: Callable[[str], Any]) -> Callable[[], Any]:
+    """A call that takes the next query text each time (no cache can answer a repeat)."""
+    state = {"i": 0}
+
+    def call() -> Any:
+        state["i"] += 1
+        return fn(QUERIES[state["i"] % len(QUERIES)] + f" {state['i']}")
+
+    return call
+
+
+def _peers(path: Path, dim: int, n: int, q: np.ndarray, skipped: list[str]) -> dict[str, Callable[[], Any]]:
+    """FAISS and numpy over the same rows in fp32 (neither has exact fp16 search): the kernel's peers."""
+    from vqclip.index import IndexStore
+
+    store = IndexStore.open(path)
+    try:
+        x = np.asarray(store.vectors[:n], dtype=np.float32)
+    finally:
+        store.close()
+    out: dict[str, Callable[[], Any]] = {}
+    try:
+        import faiss
+
+        fi = faiss.IndexFlatIP(dim)
+        fi.add(x)
+        out["FAISS IndexFlatIP fp32 (kernel only)"] = lambda: fi.search(q, K)
+    except ImportError:
+        skipped.append("FAISS IndexFlatIP: faiss is not installed; pip install faiss-cpu")
+
+    def numpy_topk():
+        s = x @ q[0]
+        top = np.argpartition(-s, K)[:K]
+        return top[np.argsort(-s[top])]
+
+    out["numpy matmul + argpartition fp32 (kernel only)"] = numpy_topk
+    return out
+
+
+def render_folder(folder: Path, n: int) -> None:
+    """``n`` rendered 256x256 scenes of the shapes world as JPEGs."""
+    from PIL import Image
+
+    from vqclip.zoo import shapes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(shapes.sample_scenes("test", 0, n)):
+        Image.fromarray(shapes.render(scene, size=256, supersample=2)).save(folder / f"{i:05d}.jpg", quality=90)
+
+
+def run_index_build(opts: Options, job: str = "index-build") -> dict:
+    from vqclip.encoder import open_encoder
+    from vqclip.index import build_index
+
+    rows: list[dict] = []
+    skipped: list[str] = []
+    rounds = 2 if opts.quick else 3
+    with tempfile.TemporaryDirectory(prefix="vqclip-bench-") as tmp:
+        work = Path(tmp)
+        for name in opts.models:
+            model = resolve_model(name)
+            n = (opts.rows or ((128,) if opts.quick else (384,)))[0]
+            if "random" in model.label and not opts.rows:
+                n = min(n, 32 if opts.quick else 64)  # a ViT-sized random model: the cost per image is what counts
+            folder = work / f"images-{n}"
+            if not folder.exists():
+                render_folder(folder, n)
+            for backend, p in [preferred_pair(opts)]:
+                enc = open_encoder(model.source, backend, precision=p, device=opts.device)
+                enc.encode_image(enc.preprocess([_first_image(folder)] * 2))  # warm-up: sessions, arenas
+                case = f"{model.label}, {n} JPEGs 256px, {backend} {p}, fp16 index"
+                times: dict[str, list] = {"vqclip build_index": [], "sequential decode then encode": []}
+                for r in range(rounds):  # alternate the two, so load hits both alike
+                    times["sequential decode then encode"].append(_sequential(folder, enc))
+                    t = build_index(folder, work / f"idx-{r}", enc, storage="fp16", progress=False, force=True).timings
+                    times["vqclip build_index"].append(t)
+                for label, ts in times.items():
+                    walls = [t.wall_s for t in ts]
+                    best = ts[int(np.argsort(walls)[len(walls) // 2])]  # the median run's breakdown
+                    rows.append(make_row(job, case, label, walls, items=n, unit="img/s",
+                                         peer=label.startswith("sequential"), model=model.label, images=n,
+                                         encoder=f"{backend} {p}", encode_s=best.encode_s, wait_s=best.wait_s,
+                                         read_decode_s=best.read_decode_s, preprocess_s=best.preprocess_s,
+                                         not_encode_share=max(0.0, best.wall_s - best.encode_s) / best.wall_s,
+                                         reproduce=opts.invocation(job, model=model.name)))
+    add_ratios(rows, "sequential decode then encode")
+    return {"rows": rows, "skipped": skipped}
+
+
+def _first_image(folder: Path):
+    from vqclip.decode import read_and_decode
+
+    return read_and_decode(str(next(iter(sorted(folder.iterdir()))))).image
+
+
+def _sequential(folder: Path, enc) -> Any:
+    """The peer: decode and preprocess a batch in this thread, then encode it; no overlap."""
+    from vqclip.decode import Timings, read_and_decode
+
+    t = Timings()
+    paths = sorted(str(p) for p in folder.iterdir())
+    t0 = time.perf_counter()
+    for i in range(0, len(paths), 32):
+        a = time.perf_counter()
+        imgs = [read_and_decode(p).image for p in paths[i:i + 32]]
+        b = time.perf_counter()
+        px = enc.preprocess(imgs)
+        c = time.perf_counter()
+        enc.encode_image(px)
+        t.read_decode_s += b - a
+        t.preprocess_s += c - b
+        t.encode_s += time.perf_counter() - c
+    t.wall_s = time.perf_counter() - t0
+    t.wait_s = t.read_decode_s + t.preprocess_s
+    t.images = len(paths)
+    return t
