@@ -9,21 +9,19 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import bench_generate as b  # noqa: E402
-
-from vqclip.jobs.generate import Generator  # noqa: E402
+from vqclip._cpus import simd_class
+from vqclip.bench.job_generate import CONFIGS, _models
+from vqclip.jobs.generate import CutoutSpec, GenerateSettings, Generator
 
 
 def main() -> None:
     name, mode = sys.argv[1], sys.argv[2]
     steps = int(sys.argv[3]) if len(sys.argv) > 3 else 6
-    kind, size, cutn = b.CONFIGS[name]
-    gen = Generator(*b._models(kind), dtype="fp64" if mode == "fp64" else "fp32")
+    kind, size, cutn = CONFIGS[name]
+    gen = Generator(*_models(kind, "cpu"), dtype="fp64" if mode == "fp64" else "fp32")
     if mode == "channels_last":
         gen.vqgan.to(memory_format=torch.channels_last)
         gen.clip.to(memory_format=torch.channels_last)
@@ -31,7 +29,8 @@ def main() -> None:
         gen.vqgan.decoder = torch.compile(gen.vqgan.decoder)
     elif mode not in ("fp32", "bf16", "fp64"):
         raise SystemExit(f"unknown variant {mode!r}")
-    b._ours(gen, size, cutn, "bf16" if mode == "bf16" else "fp32")
+    gen.add_job("a red star", GenerateSettings(size=(size, size), steps=10**6, cutouts=CutoutSpec(cutn=cutn),
+                                               precision="bf16" if mode == "bf16" else "fp32"))
     t0 = time.perf_counter()
     gen.step()  # warm-up (and compilation)
     first = time.perf_counter() - t0
@@ -41,7 +40,7 @@ def main() -> None:
         gen.step()
         times.append(time.perf_counter() - t)
     print(f"{name} {mode}: first step {first:.2f} s, median {1 / statistics.median(times):.3f} steps/s "
-          f"({b._machine()})")  # bf16 speed depends on the CPU class: say which measured it
+          f"({simd_class()}, {torch.get_num_threads()} threads)")  # bf16 speed depends on the CPU class
 
 
 if __name__ == "__main__":

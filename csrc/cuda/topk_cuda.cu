@@ -1,7 +1,7 @@
 // CUDA variant of the fused cosine + top-k: fp16 gallery resident on the GPU.
 //
 // STATUS: NOT YET RUN ON A GPU. It compiles with nvcc (CUDA 13) on the CPU-only build
-// machine; benchmarks/gpu_check_topk.sh builds, tests and times it on a GPU machine.
+// machine; benchmarks/gpu_check.sh builds, tests and times it on a GPU machine.
 //
 // Two kernels per search, never the b x n score matrix:
 //   1. score_select: one block per (chunk of kChunk rows, query). Each warp takes rows in

@@ -10,8 +10,8 @@ its longest query (``vqclip.backends._io_spec.cut_after_eot``): callers still pa
 padded to the context length, and get the same embeddings (int8: within its parity bound) for
 less work (benchmarks/RESULTS.md, "Dynamic token axis").
 
-Session defaults are chosen for a small, shared CPU (``benchmarks/bench_encoders.py
---sweep`` measures them; benchmarks/RESULTS.md has the figures): one intra-op thread per
+Session defaults are chosen for a small, shared CPU (benchmarks/RESULTS.md has the
+measurements): one intra-op thread per
 CPU this process may use; idle threads sleep rather than spin (spinning threads take the
 cores the rest of the process needs); a single inter-op thread with sequential execution
 (an encoder is one chain of ops); all graph optimisations; the memory arena and pattern

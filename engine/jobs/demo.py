@@ -43,7 +43,7 @@ NEXT_STEPS = (
     ("your own photos", "vqclip index build ~/Pictures --out pics.vqindex && vqclip search pics.vqindex 'a dog'"),
     ("export", "vqclip export ViT-B-32 --weights ViT-B-32.pt --out exports/vit-b-32 --precision fp16 int8"),
     ("generate", "vqclip generate 'a purple cross' 'an orange circle' --seeds 1 2 --video"),
-    ("benchmarks", "python benchmarks/bench_runtime.py"),
+    ("benchmarks", "vqclip bench --quick --out bench-report"),
 )
 
 
