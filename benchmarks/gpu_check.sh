@@ -1,91 +1,76 @@
 #!/usr/bin/env bash
-# GPU check for vqclip's backends: parity tests + encoder benchmark on an NVIDIA GPU.
+# The GPU check: what the machine has, the CUDA top-k kernels built and tested, the GPU tests,
+# then `vqclip bench --device cuda --quick`; everything written under one folder.
 #
-# NOT YET RUN: written in a task without a GPU machine. Target machine: one NVIDIA GPU, no
-# network, PyTorch with CUDA, CuPy, Triton, nvcc and ONNX Runtime (CPU build) installed;
-# tensorrt and onnxruntime-gpu absent (their steps then skip, each saying what is missing).
+# For the lent GPU machines: one NVIDIA GPU, no network, PyTorch with CUDA, CuPy, Triton, nvcc
+# and ONNX Runtime (CPU build); tensorrt and onnxruntime-gpu are absent there, so their tests
+# and rows skip, each with a line naming what is missing.
 #
-# Usage, from anywhere (a Python with the repo's deps; PYTHON picks it, default python3):
-#   bash benchmarks/gpu_check.sh [out_dir]          # default out_dir: benchmarks/results
-# Env: GPU_CHECK_COMPILE=1 also times torch.compile (adds minutes of compilation).
-#
-# Steps, each under its own time limit so the whole run stays under 10 minutes:
-#   1. what the machine has (GPU, torch CUDA, ORT providers, tensorrt)        ~10 s
-#   2. tests/backends: torch CUDA fp32/fp16/bf16 with and without CUDA graphs,
-#      torch.compile, ORT CUDA/TensorRT providers and native TensorRT if present <= 120 s
-#   3. bench_encoders.py on CUDA: transformers eager fp32, vqclip torch fp32/fp16/bf16,
-#      fp16 + CUDA graphs, ORT CPU fp32/fp16/int8 (+ GPU providers if present),
-#      batches 1, 8, 32, image and text encoders, ViT-B/32 random weights (and the
-#      bundled shapes-clip when the zoo has it)                               <= 160 s
-#   4. the CUDA top-k kernels: benchmarks/gpu_check_topk.sh from the kernels work,
-#      when present                                                            <= 110 s
-#   5. generation on CUDA: its tests, then steps/s beside VQGAN-CLIP's step at ViT-B/32 +
-#      f16-16384 256x256 cutn 32 (fp32 and autocast), 8 jobs batched vs one by one, and
-#      peak GPU memory at 256 and 512 (the peers report 10 GB at 512)           <= 140 s
-# Writes $OUT/gpu_check_encoders.json, gpu_check_generate.json (and the top-k step's JSON); prints a summary and
-# exits non-zero if any step failed or ran out of time.
+# Usage (repository root or anywhere; PYTHON picks the interpreter, default python3):
+#   bash benchmarks/gpu_check.sh [OUT]        # default OUT: gpu-check (made if missing)
+# Writes OUT/build.txt, OUT/machine.txt, OUT/kernels.txt, OUT/tests.txt and OUT/bench/ (report.json, report.md,
+# plots); prints a summary; exits non-zero if a step failed or ran out of time. Each step has a
+# time limit, and the limits add up to 470 s, so the whole check ends within 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-benchmarks/results}"
+OUT="${1:-gpu-check}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/build/gpu-check-pkg${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 START=$SECONDS
 declare -a SUMMARY=()
 
-step() {  # step NAME LIMIT_S CMD...: run with a time limit, record the outcome, never abort the script
-  local name="$1" limit="$2"; shift 2
+step() {  # step NAME LIMIT_S LOG CMD...: run with a time limit, log to OUT/LOG, never abort the script
+  local name="$1" limit="$2" logf="$OUT/$3"; shift 3
   echo; echo "=== $name (limit ${limit}s, at $((SECONDS - START))s) ==="
   local t0=$SECONDS rc=0
-  timeout --signal=TERM --kill-after=5 "$limit" "$@" || rc=$?
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" > >(tee -a "$logf") 2>&1 || rc=$?
   local verdict="ok"
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMED OUT"; elif [ "$rc" -ne 0 ]; then verdict="FAILED rc=$rc"; fi
-  SUMMARY+=("$(printf '%-34s %-14s %4ss' "$name" "$verdict" "$((SECONDS - t0))")")
+  SUMMARY+=("$(printf '%-28s %-14s %4ss' "$name" "$verdict" "$((SECONDS - t0))")")
 }
 
-step "1 machine" 30 "$PY" - <<'PYEOF'
+# 0. Build the extensions here (the CPU kernels, and the CUDA top-k with nvcc), then make vqclip
+# importable without installing: a package folder of links, mapped as setup.py's package_dir maps.
+step "0 build (CPU + CUDA kernels)" 90 build.txt env VQCLIP_BUILD_CUDA=1 \
+  VQCLIP_CUDA_ARCHS="${VQCLIP_CUDA_ARCHS:-90}" "$PY" setup.py -q build_ext --inplace
+PKG=build/gpu-check-pkg/vqclip
+rm -rf "$PKG" && mkdir -p "$PKG"
+for f in engine/*; do ln -sfn "$PWD/$f" "$PKG/"; done
+ln -sfn "$PWD/export" "$PKG/export"
+ln -sfn "$PWD/benchmarks" "$PKG/bench"
+"$PY" -c "import vqclip.kernels, vqclip.bench" || { echo "vqclip does not import: see $OUT/build.txt"; exit 2; }
+
+step "1 machine" 20 machine.txt "$PY" - <<'PYEOF'
 import importlib.util, torch, onnxruntime as ort
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print("gpu", p.name, f"{p.total_memory / 2**30:.0f} GiB", "sm", f"{p.major}{p.minor}")
 print("onnxruntime", ort.__version__, ort.get_available_providers())
-print("tensorrt", "present" if importlib.util.find_spec("tensorrt") else "absent (TensorRT steps skip)")
-print("transformers", "present" if importlib.util.find_spec("transformers") else "absent (peer rows skip)")
+for pkg in ("tensorrt", "cupy", "triton", "transformers", "faiss", "kornia", "matplotlib", "fastapi"):
+    print(pkg, "present" if importlib.util.find_spec(pkg) else "absent (its rows and tests skip)")
 from vqclip.backends import backend_status
 print("backends", backend_status())
 PYEOF
-nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader 2>/dev/null || true
+nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,noheader 2>&1 | tee -a "$OUT/machine.txt"
 
-# CUDA tests are the ones that skip on a CPU machine; here they must run (-rs lists any skip).
-step "2 backend tests" 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/backends
+# 2. The CUDA top-k kernels against the CPU kernels.
+step "2 CUDA kernel tests" 60 kernels.txt "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py -k cuda
 
-BENCH=(--device cuda --models shapes-clip,vit-b-32 --batches 1,8,32 --precisions fp32,fp16,int8
-       --rounds 2 --seconds 1.5 --max-iters 40 --no-targets --json "$OUT/gpu_check_encoders.json")
-if [ "${GPU_CHECK_COMPILE:-0}" = "1" ]; then BENCH+=(--compile); fi
-step "3 encoder benchmark" 160 "$PY" benchmarks/bench_encoders.py "${BENCH[@]}"
+# 3. The tests that skip on a CPU machine: CUDA backends, generation on CUDA (-rs lists any skip).
+step "3 GPU tests" 120 tests.txt "$PY" -m pytest -q -rs -p no:cacheprovider tests/backends tests/jobs/generate \
+  -k "cuda or gpu or tensorrt"
 
-# ---------------------------------------------------------------------------------------------
-# CUDA TOP-K HOOK: the kernels work provides benchmarks/gpu_check_topk.sh (build with nvcc,
-# test, time). Called here when it is in the tree; until then this step says it is missing.
-if [ -f benchmarks/gpu_check_topk.sh ]; then
-  step "4 CUDA top-k kernels" 110 bash benchmarks/gpu_check_topk.sh "$OUT"
-else
-  echo; echo "=== 4 CUDA top-k kernels: SKIPPED, benchmarks/gpu_check_topk.sh is not in this tree ==="
-  SUMMARY+=("$(printf '%-34s %-14s' "4 CUDA top-k kernels" "MISSING HOOK")")
-fi
-# ---------------------------------------------------------------------------------------------
+# 4. The benchmark, on the GPU, every job, at quick sizes.
+step "4 vqclip bench --device cuda" 180 bench.txt "$PY" -m vqclip.cli bench --device cuda --quick \
+  --precision fp32,fp16,int8 --out "$OUT/bench"
 
-"$PY" -c "import kornia" 2>/dev/null || echo "kornia is missing: the VQGAN-CLIP baseline rows need it (pip install kornia)"
-step "5 generation tests" 40 "$PY" -m pytest -q -rs -p no:cacheprovider tests/jobs/generate -k "cuda or memory"
-step "5 generation benchmark" 100 "$PY" benchmarks/bench_generate.py speed --device cuda --configs vit256,vit512 \
-  --batched vit256 --steps 5 --memory --json "$OUT/gpu_check_generate.json"
-
-echo; echo "=== summary (total $((SECONDS - START))s, limit 590s) ==="
+echo; echo "=== summary (total $((SECONDS - START))s; limits 470s) ===" | tee -a "$OUT/summary.txt"
 failed=0
 for line in "${SUMMARY[@]}"; do
-  echo "  $line"
+  echo "  $line" | tee -a "$OUT/summary.txt"
   case "$line" in *FAILED*|*"TIMED OUT"*) failed=1 ;; esac
 done
 exit $failed
