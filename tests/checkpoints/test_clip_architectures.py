@@ -6,7 +6,7 @@ torchvision, whose wheels do not load beside this torch), ``transformers.CLIPMod
 OpenAI's ``clip/model.py`` (clip-anytorch). Bound: 1e-4 max abs in fp32, as in
 test_clip_checkpoints.py. Each OpenCLIP case also builds the same tensors on OpenAI's
 conventions (what shapes alone say) and asserts that this control is far off; the figures
-of both columns are printed by ``python benchmarks/check_checkpoint_parity.py``.
+of both columns are printed by ``python benchmarks/check_clip_parity.py``.
 """
 from __future__ import annotations
 

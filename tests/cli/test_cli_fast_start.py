@@ -122,7 +122,7 @@ def test_queries_file_answers_each_line_as_one_json_line(world, cache, capsys, t
     assert "not JSON" in lines[2]["error"] and "missing.png" in lines[4]["error"] and "k" in lines[5]["error"]
     # The same text alone gives the same hits as in a batch, in fp32 up to summation order. (int8
     # quantises activations with one scale per batch, so there a query's batch-mates move its
-    # scores: benchmarks/check_checkpoint_parity.py prints by how much.)
+    # scores: benchmarks/check_clip_parity.py prints by how much.)
     fp32 = ["--backend", "onnxruntime", "--precision", "fp32"]
     main(["search", idx, "--queries", str(queries), "--top-k", "3", *fp32])
     batched = json.loads(capsys.readouterr().out.splitlines()[0])["hits"]
