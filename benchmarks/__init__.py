@@ -18,7 +18,7 @@ from typing import Callable
 
 from .harness import Options, Peak, load_average, machine_info
 
-__all__ = ["JOBS", "Options", "run"]
+__all__ = ["JOBS", "Options", "run", "FORMAT"]
 
 log = logging.getLogger("vqclip.bench")
 
@@ -62,14 +62,16 @@ def run(opts: Options, on_job: Callable[[dict], None] | None = None) -> dict:
             with Peak(opts.device) as peak:
                 result = JOBS[job](opts, job)
         except Exception as e:  # noqa: BLE001 - one broken job must not cost the figures of the others
-            log.debug("job %s failed", job, exc_info=True)
+            log.info("bench job %s failed", job, exc_info=True)
             entry.update(error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=6), rows=[], skipped=[])
             report["failed"].append(job)
         else:
             entry.update(result, **peak.result)
             # a job that resets the high-water mark per part (generate: per configuration) reports the parts' peaks
-            parts = [r["peak_rss_mib"] for r in result["rows"] if r.get("peak_rss_mib")]
-            entry["peak_rss_mib"] = max([entry["peak_rss_mib"], *parts])
+            for key in ("peak_rss_mib", "peak_cuda_mib"):
+                parts = [r[key] for r in result["rows"] if r.get(key)]
+                if parts:
+                    entry[key] = max([entry.get(key) or 0.0, *parts])
         entry.update(wall_s=time.perf_counter() - t0, load_after=load_average())
         report["jobs"].append(entry)
         if on_job:

@@ -7,6 +7,7 @@ import os
 import platform
 import random
 import resource
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -46,7 +47,7 @@ class Options:
         for key, value in flags.items():
             if isinstance(value, (tuple, list)):
                 value = ",".join(str(v) for v in value)
-            parts.append(f"--{key.replace('_', '-')} {value}")
+            parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(value))}")
         return " ".join(parts)
 
 

@@ -35,6 +35,10 @@ def run(opts: Options, job: str) -> dict:
             lat = measure(calls, opts.seconds)
             ref = runners["vqclip torch fp32"](x) if "vqclip torch fp32" in runners else None
             case = f"{model.label} {component} b{batch}"
+            if component == "text":  # every runner, the peer too, encodes up to the longest text's end
+                from vqclip.backends._io_spec import cut_after_eot
+
+                case += f", {cut_after_eot(x).shape[1]} tokens"
             for label, fn in runners.items():
                 extra: dict[str, Any] = {"model": model.label, "batch": batch}
                 if ref is not None and not label.startswith("transformers"):
@@ -47,9 +51,10 @@ def run(opts: Options, job: str) -> dict:
 
 def _runners(model: BenchModel, module: Any, component: str,
              opts: Options) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], list[str]]:
-    from vqclip.backends.factory import BACKEND_PRECISIONS
     from vqclip.encoder import open_encoder
     from vqclip.errors import BackendUnavailableError, VqclipError
+
+    from .job_search import encoder_pairs
 
     out: dict[str, Callable] = {}
     notes: list[str] = []
@@ -60,20 +65,17 @@ def _runners(model: BenchModel, module: Any, component: str,
             notes.append(f"{PEER}: not installed ({e.name}); pip install transformers")
         except ValueError as e:  # an architecture transformers' CLIPModel has no form for (ResNet towers)
             notes.append(f"{PEER}: {e}")
-    for backend in opts.backends:
-        precisions = [p for p in opts.precisions if p in BACKEND_PRECISIONS[backend]]
-        if backend == "torch":
-            precisions = ["fp32"] + [p for p in precisions if p != "fp32" and opts.device.startswith("cuda")]
-        if backend == "onnxruntime" and opts.device.startswith("cuda"):
-            precisions = [p for p in precisions if p != "int8"]  # dynamic int8 kernels are CPU-only
-        for p in precisions:
-            label = f"vqclip {backend} {p}"
-            try:
-                enc = open_encoder(model.source, backend, precision=p, device=opts.device)
-            except (BackendUnavailableError, VqclipError) as e:
-                notes.append(f"{label}: {e}")
-                continue
-            out[label] = enc.encode_image if component == "image" else enc.encode_text
+    pairs = encoder_pairs(opts)
+    if "torch" in opts.backends and ("torch", "fp32") not in pairs:
+        pairs.insert(0, ("torch", "fp32"))  # the reference of every runner's cosine
+    for backend, p in pairs:
+        label = f"vqclip {backend} {p}"
+        try:
+            enc = open_encoder(model.source, backend, precision=p, device=opts.device)
+        except (BackendUnavailableError, VqclipError) as e:
+            notes.append(f"{label}: {e}")
+            continue
+        out[label] = enc.encode_image if component == "image" else enc.encode_text
     return out, notes
 
 
@@ -87,7 +89,8 @@ def _inputs(module: Any, component: str, batch: int) -> np.ndarray:
 
 
 def _hf_peer(module: Any, component: str, device: str) -> Callable[[np.ndarray], np.ndarray]:
-    """transformers' CLIPModel with this model's shapes (its own random weights: speed only)."""
+    """transformers' CLIPModel with this model's shapes (its own random weights: speed only),
+    given the same tokens as vqclip's encoders: each batch up to its longest text's end."""
     import torch
     from transformers import CLIPConfig as HFConfig
     from transformers import CLIPModel
@@ -106,9 +109,11 @@ def _hf_peer(module: Any, component: str, device: str) -> Callable[[np.ndarray],
                            layer_norm_eps=c.layer_norm_eps),
         projection_dim=c.embed_dim)).eval().to(device)
 
+    from vqclip.backends._io_spec import cut_after_eot
+
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            t = torch.from_numpy(x).to(device)
+            t = torch.from_numpy(x if component == "image" else cut_after_eot(x)).to(device)
             out = hf.get_image_features(pixel_values=t) if component == "image" else hf.get_text_features(input_ids=t)
             out = getattr(out, "pooler_output", out)  # transformers 5 returns a ModelOutput, 4.x a tensor
             return torch.nn.functional.normalize(out, dim=-1).cpu().numpy()  # .cpu() waits for the GPU

@@ -2,12 +2,14 @@
 
 ``search``: end-to-end text queries through ``Index.search`` on an index of N random unit
 rows (fp16 on disk, memory-mapped), per query encoder, with each stage timed on its own
-(tokenise, encode, kernel, SQLite lookup); FAISS ``IndexFlatIP`` and numpy search the same
-rows beside it. ``index-build``: ``build_index`` over a folder of rendered JPEGs against the
-same work done one batch after another (decode, then encode), the way a simple script does it.
+(tokenise, encode, kernel, SQLite lookup); the top-k job's peers (FAISS ``IndexFlatIP``,
+torch, numpy) search the same rows beside it. ``index-build``: ``build_index`` over a folder of rendered JPEGs against a
+simple script's loop, one batch after another (decode, then encode; it neither hashes the
+files nor writes an index, so the peer does less work than the build).
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from .models import resolve_model
 __all__ = ["run_search", "run_index_build", "encoder_pairs", "preferred_pair", "make_big_index", "render_folder"]
 
 K = 10
+PEER = "FAISS IndexFlatIP fp32 (kernel only)"
 QUERIES = [f"a photo of a {c} {s} number {i}" for i, (c, s) in enumerate(
     (c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle", "star"))]
 
@@ -72,10 +75,6 @@ def make_big_index(path: Path, name: str, digest: str, rows: int, dim: int, stor
 def run_search(opts: Options, job: str = "search") -> dict:
     from vqclip.encoder import open_encoder
     from vqclip.errors import BackendUnavailableError, VqclipError
-    from vqclip.index import Index
-    from vqclip.index.store import KERNEL_DTYPES
-    from vqclip.kernels import Gallery
-    from vqclip.tokenizer import tokenize
 
     n_rows = (opts.rows or ((100_000,) if opts.quick else (1_000_000,)))[0]
     rows: list[dict] = []
@@ -96,35 +95,43 @@ def run_search(opts: Options, job: str = "search") -> dict:
             path = Path(tmp) / f"{len(rows)}.vqindex"
             make_big_index(path, first.identity.name, first.identity.digest, n_rows, dim)
             case = f"{model.label}, {n_rows:,} x {dim} fp16, text query, k={K}"
-            calls: dict[str, Callable[[], Any]] = {}
-            indexes = []
-            for label, enc in encoders.items():
-                idx = Index.open(path, encoder=enc)
-                indexes.append(idx)
-                s = idx.store
-                gallery = Gallery.from_arrays(s.vectors, s.norms, s.scales, dtype=KERNEL_DTYPES[s.header.storage])
-                emb = enc.encode_texts([QUERIES[0]])
-                scores, ids = gallery.search(emb, K, threads=idx.threads)
-                ids_q = tokenize([QUERIES[0]], context_length=first.context_length)
-                calls[f"vqclip Index.search, {label}"] = _cycle(lambda q, idx=idx: idx.search(text=q, k=K))
-                calls[f"  tokenise ({label})"] = _cycle(lambda q: tokenize([q], context_length=first.context_length))
-                calls[f"  text encoder ({label})"] = lambda enc=enc: enc.encode_text(ids_q)
-                calls[f"  kernel ({label})"] = lambda g=gallery, idx=idx: g.search(emb, K, threads=idx.threads)
-                calls[f"  lookup ({label})"] = lambda idx=idx, s=scores, i=ids: idx.lookup(s, i, K)
-            if opts.peers:
-                calls.update(_peers(path, dim, n_rows, first.encode_texts([QUERIES[0]]), skipped))
-            lat = measure(calls, opts.seconds * 2, min_rounds=5)
+            with contextlib.ExitStack() as stack:
+                calls = _search_calls(path, encoders, stack)
+                if opts.peers:
+                    calls.update(_peers(path, first.encode_texts([QUERIES[0]]), opts, skipped))
+                lat = measure(calls, opts.seconds * 2, min_rounds=5)
             for label, xs in lat.items():
-                peer = not label.startswith(("vqclip", "  "))
-                rows.append(make_row(job, case, label.strip(), xs, unit="queries/s", peer=peer, keep_cdf=True,
-                                     stage=label.startswith("  "), model=model.label, n=n_rows, dim=dim,
+                rows.append(make_row(job, case, label.strip(), xs, unit="queries/s",
+                                     peer=not label.startswith(("vqclip", "  ")), keep_cdf=True,
+                                     stage=label.startswith("  "), model=model.label, index_rows=n_rows, dim=dim,
                                      reproduce=opts.invocation(job, model=model.name, rows=n_rows)))
-            for idx in indexes:
-                idx.close()
     # The peers search only: their ratio is to vqclip's kernel stage, the same work.
-    add_ratios([r for r in rows if r["runner"].startswith("kernel") or r["peer"]],
-               "FAISS IndexFlatIP fp32 (kernel only)")
+    add_ratios([r for r in rows if r["runner"].startswith("kernel") or r["peer"]], PEER)
     return {"rows": rows, "skipped": skipped}
+
+
+def _search_calls(path: Path, encoders: dict, stack: contextlib.ExitStack) -> dict[str, Callable[[], Any]]:
+    """Per query encoder: the whole ``Index.search``, then each of its stages alone (indented
+    names: tokenise, text encoder, kernel, SQLite lookup), on the same index."""
+    from vqclip.index import Index
+    from vqclip.index.store import KERNEL_DTYPES
+    from vqclip.kernels import Gallery
+    from vqclip.tokenizer import tokenize
+
+    calls: dict[str, Callable[[], Any]] = {}
+    for label, enc in encoders.items():
+        idx = stack.enter_context(Index.open(path, encoder=enc))
+        s = idx.store
+        gallery = Gallery.from_arrays(s.vectors, s.norms, s.scales, dtype=KERNEL_DTYPES[s.header.storage])
+        emb = enc.encode_texts([QUERIES[0]])
+        scores, ids = gallery.search(emb, K, threads=idx.threads)
+        ids_q = tokenize([QUERIES[0]], context_length=enc.context_length)
+        calls[f"vqclip Index.search, {label}"] = _cycle(lambda q, idx=idx: idx.search(text=q, k=K))
+        calls[f"  tokenise ({label})"] = _cycle(lambda q, n=enc.context_length: tokenize([q], context_length=n))
+        calls[f"  text encoder ({label})"] = lambda enc=enc, x=ids_q: enc.encode_text(x)
+        calls[f"  kernel ({label})"] = lambda g=gallery, e=emb, t=idx.threads: g.search(e, K, threads=t)
+        calls[f"  lookup ({label})"] = lambda idx=idx, s=scores, i=ids: idx.lookup(s, i, K)
+    return calls
 
 
 def _cycle(fn: Callable[[str], Any]) -> Callable[[], Any]:
@@ -138,32 +145,20 @@ def _cycle(fn: Callable[[str], Any]) -> Callable[[], Any]:
     return call
 
 
-def _peers(path: Path, dim: int, n: int, q: np.ndarray, skipped: list[str]) -> dict[str, Callable[[], Any]]:
-    """FAISS and numpy over the same rows in fp32 (neither has exact fp16 search): the kernel's peers."""
+def _peers(path: Path, q: np.ndarray, opts: Options, skipped: list[str]) -> dict[str, Callable[[], Any]]:
+    """The top-k job's exact peers over the same rows in fp32 (none has exact fp16 search)."""
     from vqclip.index import IndexStore
+
+    from .job_topk import exact_peers
 
     store = IndexStore.open(path)
     try:
-        x = np.asarray(store.vectors[:n], dtype=np.float32)
+        x = np.asarray(store.vectors[:store.count], dtype=np.float32)
     finally:
         store.close()
-    out: dict[str, Callable[[], Any]] = {}
-    try:
-        import faiss
-
-        fi = faiss.IndexFlatIP(dim)
-        fi.add(x)
-        out["FAISS IndexFlatIP fp32 (kernel only)"] = lambda: fi.search(q, K)
-    except ImportError:
-        skipped.append("FAISS IndexFlatIP: faiss is not installed; pip install faiss-cpu")
-
-    def numpy_topk():
-        s = x @ q[0]
-        top = np.argpartition(-s, K)[:K]
-        return top[np.argsort(-s[top])]
-
-    out["numpy matmul + argpartition fp32 (kernel only)"] = numpy_topk
-    return out
+    peers, notes = exact_peers(x, opts)
+    skipped += notes
+    return {f"{name} (kernel only)": (lambda fn=fn: fn(q)) for name, fn in peers.items()}
 
 
 def render_folder(folder: Path, n: int) -> None:

@@ -23,6 +23,7 @@ __all__ = ["run", "server"]
 
 OFF = "vqclip serve, batching off"
 MODES = {"vqclip serve, batching on": ["--max-batch", "32", "--max-wait-ms", "2"], OFF: ["--max-batch", "1"]}
+ROUNDS = 2  # each level runs on one server, then the other, twice: load hits both modes alike
 
 
 def run(opts: Options, job: str = "serve") -> dict:
@@ -44,19 +45,30 @@ def run(opts: Options, job: str = "serve") -> dict:
         model = resolve_model(name)
         args = ["--model", model.source, "--backend", backend, "--precision", precision, "--device", opts.device,
                 "--generation-jobs", "0"]
-        for mode, extra in MODES.items():
-            if mode == OFF and not opts.peers:
-                continue
-            with server([*args, *extra]) as url:
-                for clients in levels:
-                    wall, lat, errors, batch = _level(url, body, clients, max(requests, 4 * clients))
-                    case = f"{model.label} {backend} {precision}, /v1/embed/image, {clients} clients"
-                    row = make_row(job, case, mode, lat, unit="img/s", peer=mode == OFF, keep_cdf=True,
-                                   clients=clients, errors=errors, mean_batch=batch, model=model.label,
+        modes = {m: extra for m, extra in MODES.items() if opts.peers or m != OFF}
+        with contextlib.ExitStack() as stack:  # both servers up at once: the modes alternate per level
+            urls = {mode: stack.enter_context(server([*args, *extra])) for mode, extra in modes.items()}
+            for clients in levels:
+                per_round = max(requests, 4 * clients) // ROUNDS
+                got = {mode: {"wall": 0.0, "lat": [], "errors": 0, "items": 0.0, "calls": 0.0} for mode in urls}
+                for _ in range(ROUNDS):
+                    for mode, url in urls.items():
+                        wall, lat, errors, items, calls = _level(url, body, clients, per_round)
+                        g = got[mode]
+                        g["wall"] += wall
+                        g["lat"] += lat
+                        g["errors"] += errors
+                        g["items"] += items
+                        g["calls"] += calls
+                case = f"{model.label} {backend} {precision}, /v1/embed/image, {clients} clients"
+                for mode, g in got.items():
+                    row = make_row(job, case, mode, g["lat"] or None, unit="img/s", peer=mode == OFF, keep_cdf=True,
+                                   clients=clients, errors=g["errors"], model=model.label,
+                                   mean_batch=g["items"] / g["calls"] if g["calls"] else None,
                                    reproduce=opts.invocation(job, model=model.name))
-                    row["throughput"] = len(lat) / wall  # concurrent: requests over wall time, not 1 / mean
+                    # concurrent clients: answered requests over wall time, not 1 / mean latency; errors excluded
+                    row["throughput"] = len(g["lat"]) / g["wall"] if g["lat"] else None
                     rows.append(row)
-    rows.sort(key=lambda r: (r["model"], r["clients"], r["peer"]))  # each case: batching on, then off
     add_ratios(rows, OFF)
     return {"rows": rows, "skipped": []}
 
@@ -81,13 +93,16 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def server(args: list[str], timeout: float = 900.0) -> Iterator[str]:
     """A ``vqclip serve ARGS`` process on a free loopback port, ready; SIGTERM at the end."""
+    port = _free_port()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "vqclip.cli", "serve", "--port", str(port),
+                                 "--log-level", "warning", *args], stdout=log, stderr=subprocess.STDOUT)
+        yield from _until_stopped(proc, log, f"http://127.0.0.1:{port}", args, timeout)
+
+
+def _until_stopped(proc: subprocess.Popen, log, url: str, args: list[str], timeout: float) -> Iterator[str]:
     import httpx
 
-    port = _free_port()
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "vqclip.cli", "serve", "--port", str(port),
-                             "--log-level", "warning", *args], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -107,7 +122,6 @@ def server(args: list[str], timeout: float = 900.0) -> Iterator[str]:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 def _batch_stats(url: str) -> tuple[float, float]:
@@ -123,12 +137,12 @@ def _batch_stats(url: str) -> tuple[float, float]:
     return items, calls
 
 
-def _level(url: str, body: dict, clients: int, total: int) -> tuple[float, list[float], int, float | None]:
+def _level(url: str, body: dict, clients: int, total: int) -> tuple[float, list[float], int, float, float]:
+    """(wall s, latencies of the answered requests, errors, items and backend calls the server batched)."""
     before = _batch_stats(url)
     wall, lat, errors = asyncio.run(_load(url, body, clients, total))
     after = _batch_stats(url)
-    calls = after[1] - before[1]
-    return wall, lat, errors, (after[0] - before[0]) / calls if calls else None
+    return wall, lat, errors, after[0] - before[0], after[1] - before[1]
 
 
 async def _load(url: str, body: dict, clients: int, total: int) -> tuple[float, list[float], int]:
@@ -144,8 +158,10 @@ async def _load(url: str, body: dict, clients: int, total: int) -> tuple[float, 
         for _ in range(n):
             t = time.perf_counter()
             r = await c.post("/v1/embed/image", json=body)
-            latencies.append(time.perf_counter() - t)
-            errors += r.status_code != 200
+            if r.status_code == 200:  # a fast error answer is not throughput
+                latencies.append(time.perf_counter() - t)
+            else:
+                errors += 1
 
     conns = [httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=1))
              for _ in range(clients)]

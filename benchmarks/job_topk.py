@@ -9,7 +9,7 @@ import numpy as np
 
 from .harness import Options, add_ratios, make_row, measure
 
-__all__ = ["run", "STORAGES"]
+__all__ = ["run", "STORAGES", "exact_peers", "FAISS"]
 
 DIM, K = 512, 10
 STORAGES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
@@ -33,7 +33,7 @@ def run(opts: Options, job: str = "topk") -> dict:
     for n in default_rows(opts):
         g = _unit_rows(n)
         galleries = {s: kernels.Gallery.from_rows(g, s) for s in storages}
-        peers, notes = _peers(g, opts) if opts.peers else ({}, [])
+        peers, notes = exact_peers(g, opts) if opts.peers else ({}, [])
         skipped += [note for note in notes if note not in skipped]
         for b in opts.batches:
             q = np.random.default_rng(1000 + b).standard_normal((b, DIM), dtype=np.float32)
@@ -47,11 +47,11 @@ def run(opts: Options, job: str = "topk") -> dict:
             bw = None
             for name in [BANDWIDTH, *(c for c in calls if c != BANDWIDTH)]:
                 storage = name.split()[1] if name.startswith("vqclip ") else "float32"
-                extra: dict[str, Any] = {"n": n, "dim": DIM, "batch": b, "k": K, "threads": threads}
+                extra: dict[str, Any] = {"gallery_rows": n, "dim": DIM, "batch": b, "k": K, "threads": threads}
                 row = make_row(job, case, name, lat[name], items=b, unit="queries/s",
                                peer=not name.startswith("vqclip"),
                                reproduce=opts.invocation(job, rows=n, batch=b), **extra)
-                row["gb_s"] = n * DIM * BYTES[storage] / (row["p50_ms"] * 1e6)
+                row["gb_s"] = n * DIM * BYTES[storage] / (row["p50_ms"] * 1e6)  # at the p50 call
                 if name == BANDWIDTH:  # the limit line, not a runner: no ratio, GB/s is its figure
                     bw = row["gb_s"]
                     row.update(reference=True, peer=False, unit="GB/s", throughput=row["gb_s"], items=None)
@@ -74,7 +74,9 @@ def _unit_rows(n: int) -> np.ndarray:
     return out
 
 
-def _peers(g: np.ndarray, opts: Options) -> tuple[dict[str, Callable[[np.ndarray], Any]], list[str]]:
+def exact_peers(g: np.ndarray, opts: Options) -> tuple[dict[str, Callable[[np.ndarray], Any]], list[str]]:
+    """The exact top-k of other libraries over the unit rows ``g``, each ``fn(queries) -> (scores, ids)``;
+    and a note for each one missing here."""
     import torch
 
     out: dict[str, Callable] = {}
@@ -82,7 +84,7 @@ def _peers(g: np.ndarray, opts: Options) -> tuple[dict[str, Callable[[np.ndarray
     try:
         import faiss
 
-        index = faiss.IndexFlatIP(DIM)
+        index = faiss.IndexFlatIP(g.shape[1])
         index.add(g)
         out[FAISS] = lambda q: index.search(q, K)
     except ImportError:

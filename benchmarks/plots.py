@@ -73,7 +73,7 @@ def _topk_bandwidth(entry: dict, path: Path, title: str) -> Path:
         series: dict[str, list[tuple[int, float]]] = {}
         for r in entry["rows"]:
             if r["batch"] == b:
-                series.setdefault(r["runner"], []).append((r["n"], r["gb_s"]))
+                series.setdefault(r["runner"], []).append((r["gallery_rows"], r["gb_s"]))
         for runner, pts in series.items():
             pts.sort()
             style = dict(color="black", linewidth=2, linestyle=":") if runner == bw_name else dict(marker="o")
@@ -94,8 +94,9 @@ def _cdfs(entry: dict, path: Path, title: str) -> Path:
     pct = list(range(101))
     for r in entry["rows"]:
         if r.get("cdf_ms") and not r.get("stage"):
-            label = r["runner"] if entry["job"] == "search" else f"{r['runner'].removeprefix('vqclip serve, ')}, " \
-                                                                  f"{r['clients']} clients"
+            what = r["runner"] if entry["job"] == "search" else \
+                f"{r['runner'].removeprefix('vqclip serve, ')}, {r['clients']} clients"
+            label = f"{r['model']}: {what}"
             ax.plot(r["cdf_ms"], pct, label=label)
     ax.set_xscale("log")
     ax.set_xlabel("latency, ms")

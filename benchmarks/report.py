@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from vqclip._files import atomic_write_bytes
 
 __all__ = ["format_job", "write_report", "compare", "readme_table", "update_readme", "WORSE"]
 
@@ -64,17 +65,18 @@ def format_job(entry: dict) -> str:
             case = r["case"]
             lines.append(f"  {case}")
             lines.append(f"    {'runner':<44} {'throughput':>16} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-                         f"{'ratio':>7}")
+                         f"{'n':>5} {'ratio':>7}")
         ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None and r["runner"] != r.get("vs") else ""
         thr = f"{_fmt(r.get('throughput'))} {r['unit']}" if r.get("throughput") is not None else "-"
         runner = r["runner"] + (" (peer)" if r.get("peer") else "")
         lines.append(f"    {runner:<44} {thr:>16} {_fmt(r.get('p50_ms')):>9} {_fmt(r.get('p90_ms')):>9} "
-                     f"{_fmt(r.get('p99_ms')):>9} {ratio:>7}  {_detail(r)}")
+                     f"{_fmt(r.get('p99_ms')):>9} {_fmt(r.get('n')):>5} {ratio:>7}  {_detail(r)}")
     for note in entry.get("skipped", []):
         lines.append(f"  skipped: {note}")
     vs = sorted({r["vs"] for r in entry.get("rows", []) if r.get("vs")})
     if vs:
-        lines.append(f"  (ratio: throughput over {', '.join(vs)} in the same case; higher is better)")
+        lines.append(f"  (ratio: throughput over {', '.join(vs)} in the same case; higher is better; n: timed calls, "
+                     "so a p99 of few calls is their slowest)")
     return "\n".join(lines)
 
 
@@ -97,13 +99,14 @@ def to_markdown(report: dict) -> str:
         if entry.get("error"):
             out += [f"FAILED: `{entry['error']}`", ""]
         if entry.get("rows"):
-            out += ["| case | runner | throughput | p50 ms | p90 ms | p99 ms | ratio | notes |",
-                    "|---|---|---|---|---|---|---|---|"]
+            out += ["| case | runner | throughput | p50 ms | p90 ms | p99 ms | n | ratio | notes |",
+                    "|---|---|---|---|---|---|---|---|---|"]
             for r in entry["rows"]:
                 ratio = f"{r['ratio']:.2f}x {r['vs']}" if r.get("ratio") is not None and r["runner"] != r["vs"] else ""
                 thr = f"{_fmt(r.get('throughput'))} {r['unit']}" if r.get("throughput") is not None else "-"
                 out.append(f"| {r['case']} | {r['runner']}{' (peer)' if r.get('peer') else ''} | {thr} | "
-                           f"{_fmt(r.get('p50_ms'))} | {_fmt(r.get('p90_ms'))} | {_fmt(r.get('p99_ms'))} | {ratio} | "
+                           f"{_fmt(r.get('p50_ms'))} | {_fmt(r.get('p90_ms'))} | {_fmt(r.get('p99_ms'))} | "
+                           f"{_fmt(r.get('n'))} | {ratio} | "
                            f"{_detail(r)} |")
             out.append("")
         out += [f"- skipped: {note}" for note in entry.get("skipped", [])]
@@ -111,18 +114,12 @@ def to_markdown(report: dict) -> str:
     return "\n".join(out)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, out: Path) -> list[Path]:
     """``report.json``, ``report.md`` and the plots into ``out`` (made if missing); the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "report.md"]
-    _atomic_write(paths[0], (json.dumps(report, indent=1) + "\n").encode())
-    _atomic_write(paths[1], to_markdown(report).encode())
+    atomic_write_bytes(paths[0], (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(paths[1], to_markdown(report).encode())
     from .plots import plot_report
 
     return paths + plot_report(report, out)
@@ -158,7 +155,7 @@ def compare(new: dict, old: dict, worse: float = WORSE) -> list[str]:
             if r.get("throughput") and o.get("throughput") and r["throughput"] < (1 - worse) * o["throughput"]:
                 lines.append(f"WORSE {e['job']} | {r['case']} | {r['runner']}: {_fmt(r['throughput'])} {r['unit']}, "
                              f"was {_fmt(o['throughput'])} ({r['throughput'] / o['throughput'] - 1:+.0%})")
-            elif r.get("p50_ms") and o.get("p50_ms") and r["p50_ms"] > o["p50_ms"] / (1 - worse):
+            elif r.get("p50_ms") and o.get("p50_ms") and r["p50_ms"] > o["p50_ms"] * (1 + worse):
                 lines.append(f"WORSE {e['job']} | {r['case']} | {r['runner']}: p50 {_fmt(r['p50_ms'])} ms, "
                              f"was {_fmt(o['p50_ms'])} ms ({r['p50_ms'] / o['p50_ms'] - 1:+.0%})")
     if not matched:
@@ -170,10 +167,11 @@ def compare(new: dict, old: dict, worse: float = WORSE) -> list[str]:
 
 
 def _cases(entry: dict) -> dict[str, list[dict]]:
-    """Per case its rows, without the stage timings and the reference lines (search, topk)."""
+    """Per case its rows, without the reference line (topk) and the stages but the kernel (search)."""
     cases: dict[str, list[dict]] = {}
     for r in entry.get("rows", []):
-        if not r.get("stage") and not r.get("reference") and r.get("throughput"):
+        kernel = r.get("stage") and r["runner"].startswith("kernel")  # what search's peers are compared with
+        if (kernel or not r.get("stage")) and not r.get("reference") and r.get("throughput"):
             cases.setdefault(r["case"], []).append(r)
     return cases
 
@@ -184,8 +182,9 @@ def readme_table(report: dict, source: str) -> str:
     m = report["machine"]
     lines = [README_BEGIN, "",
              f"Measured by `{report['command']}` on {_machine_line(m)}, {report['created'][:10]} "
-             f"(report: `{source}`). Medians; each ratio is a runner's throughput over the case's first peer "
-             "(named in the peers column first), measured in the same rounds.", "",
+             f"(report: `{source}`). Throughput is items over the mean call (for the server: answered requests "
+             "over wall time), p50 the median call; each ratio is a runner's throughput over the case's first peer "
+             "(named first in the peers column), measured in the same run.", "",
              "| job | case | vqclip: throughput (ratio) | peers: throughput | reproduce |", "|---|---|---|---|---|"]
     for e in report["jobs"]:
         for case, rows in _cases(e).items():
@@ -213,7 +212,7 @@ def update_readme(report_path: Path, readme: Path) -> bool:
     start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
     new = text[:start] + readme_table(report, str(report_path)) + text[end:]
     if new != text:
-        _atomic_write(readme, new.encode())
+        atomic_write_bytes(readme, new.encode())
     return new != text
 
 

@@ -92,12 +92,16 @@ def _check(args: argparse.Namespace):
         if status.get(b):
             raise BackendUnavailableError(f"--backend {b}: {status[b]}")
     precisions = tuple(dict.fromkeys(p.lower() for p in (args.precisions or ("fp32", "int8"))))
+    encoders = set(jobs) - {"topk"}  # topk's precisions are storage types: no backend runs them
     for p in precisions:
         if p not in PRECISIONS:
             raise InvalidInputError(f"unknown precision {p!r}; precisions: {', '.join(PRECISIONS)}")
-        if not any(p in BACKEND_PRECISIONS[b] for b in backends):
+        if encoders and not any(p in BACKEND_PRECISIONS[b] for b in backends):
             raise InvalidInputError(f"--precision {p} is run by none of --backend {','.join(backends)}; "
                                     f"see `vqclip bench --help`")
+        if encoders and p == "bf16" and not args.device.startswith("cuda"):
+            raise InvalidInputError("--precision bf16 runs on CUDA only (the torch backend); on the CPU use "
+                                    "fp32, fp16 or int8")
     if args.device.startswith("cuda"):
         import torch
 
@@ -126,9 +130,15 @@ def _check_model(name: str) -> None:
 
 
 def _check_out(out: str) -> Path:
-    """An --out folder that can be written, proven by writing into it before the run."""
-    from vqclip.errors import OutputPathError
+    """An --out folder that can be written, proven by writing into it before the run, and the
+    plotting library its PNGs need."""
+    from vqclip.errors import BackendUnavailableError, OutputPathError
 
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError("--out writes plots with matplotlib, which is not installed: pip install "
+                                      "matplotlib (or 'vqclip[bench]')") from None
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -142,21 +152,26 @@ def _check_out(out: str) -> Path:
 
 
 def _read_old(path: str) -> dict:
+    from vqclip.bench import FORMAT
     from vqclip.errors import InvalidInputError
 
     try:
         old = json.loads(Path(path).read_text(encoding="utf-8"))
-        if not isinstance(old, dict) or "machine" not in old or "jobs" not in old:
-            raise ValueError("no 'machine' and 'jobs'")
-    except (OSError, ValueError) as e:
+        if not isinstance(old, dict) or old.get("format") != FORMAT:
+            raise ValueError(f"no 'format': {FORMAT}")
+        machine, jobs = old["machine"], old["jobs"]
+        if not isinstance(machine, dict) or not {"cpu", "cpu_class"} <= machine.keys() or not all(
+                isinstance(j, dict) and isinstance(j.get("rows", []), list) and "job" in j for j in jobs):
+            raise ValueError("its 'machine' or 'jobs' are not a report's")
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise InvalidInputError(f"--compare {path}: not a vqclip bench report.json ({e})") from None
     return old
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     opts = _check(args)
-    out = _check_out(args.out) if args.out else None
     old = _read_old(args.compare) if args.compare else None
+    out = _check_out(args.out) if args.out else None  # last: a refusal above leaves no folder behind
     from vqclip.bench import run
     from vqclip.bench.report import compare, format_job, write_report
 
@@ -175,6 +190,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     if report["failed"]:
         print(f"vqclip: error: bench jobs failed: {', '.join(report['failed'])} (their errors are in the tables "
-              "above; -v shows the traces)", file=sys.stderr)
+              "above; -v logs the traces, and report.json keeps them)", file=sys.stderr)
         return 1
     return 0

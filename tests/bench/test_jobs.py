@@ -65,6 +65,7 @@ def test_topk_measures_the_peers_and_the_read_bandwidth_and_checks_recall(cache)
         for storage in ("float32", "float16", "int8"):
             row = _runner(entry, f"vqclip {storage}", case)
             assert row["storage"] == storage and row["gb_s"] > 0 and row["pct_of_bandwidth"] > 0
+            assert row["gallery_rows"] == 3000 and row["n"] >= 3 and row["batch"] == b
         assert _runner(entry, "vqclip float32", case)["recall_at_k"] == 1.0
         assert _runner(entry, "vqclip float16", case)["recall_at_k"] >= 0.9
         for peer in ("FAISS IndexFlatIP fp32", "torch.topk(Q @ G.T) fp32", "numpy argpartition(Q @ G.T) fp32"):
@@ -79,12 +80,16 @@ def test_search_times_each_stage_on_its_own(cache):
     entry = _run("search", backends=("torch",), precisions=("fp32",), rows=(2000,))
     e2e = _runner(entry, "vqclip Index.search, torch fp32")
     assert e2e["p50_ms"] > 0 and len(e2e["cdf_ms"]) == 101 and e2e["cdf_ms"] == sorted(e2e["cdf_ms"])
-    for stage in ("tokenise", "text encoder", "kernel", "lookup"):
-        row = _runner(entry, f"{stage} (torch fp32)")
-        assert row["stage"] and row["p50_ms"] > 0  # timed alone, never a difference of two medians
-    assert _runner(entry, "kernel (torch fp32)")["vs"] == "FAISS IndexFlatIP fp32 (kernel only)"
+    stages = {stage: _runner(entry, f"{stage} (torch fp32)") for stage in ("tokenise", "text encoder", "kernel",
+                                                                           "lookup")}
+    for row in stages.values():
+        assert row["stage"] and 0 < row["p50_ms"] < e2e["p50_ms"]  # each timed alone: a part of the whole
+    assert e2e["index_rows"] == 2000 and e2e["n"] >= 5
+    e2e_kernel_vs = _runner(entry, "kernel (torch fp32)")["vs"]
+    assert e2e_kernel_vs == "FAISS IndexFlatIP fp32 (kernel only)"
     assert "ratio" not in e2e  # the peers search only: no ratio against the whole query
-    assert _runner(entry, "numpy matmul + argpartition fp32 (kernel only)")["peer"]
+    for peer in ("numpy argpartition(Q @ G.T) fp32 (kernel only)", "torch.topk(Q @ G.T) fp32 (kernel only)"):
+        assert _runner(entry, peer)["peer"] and _runner(entry, peer)["vs"] == e2e_kernel_vs
 
 
 def test_index_build_against_the_sequential_peer(cache):
@@ -128,7 +133,8 @@ def test_serve_runs_a_real_server_with_batching_on_and_off(cache):
         off = _runner(entry, "vqclip serve, batching off", f", {clients} clients")
         assert on["errors"] == 0 and off["errors"] == 0 and off["peer"] and on["clients"] == clients
         assert off["mean_batch"] == pytest.approx(1.0)
-        assert on["n"] >= 32 and len(on["cdf_ms"]) == 101
+        assert on["n"] == off["n"] == max(32, 4 * clients) and len(on["cdf_ms"]) == 101  # every request answered
+        assert on["ratio"] == pytest.approx(on["throughput"] / off["throughput"])
 
 
 def test_a_failing_job_is_recorded_and_the_others_still_run(cache, monkeypatch):

@@ -14,7 +14,9 @@ from vqclip.cli import main
     (["nosuchjob"], "unknown bench job 'nosuchjob'; jobs: encode-image, encode-text, topk, search, index-build"),
     (["topk", "--backend", "nosuch"], "unknown backend 'nosuch'; available: torch, onnxruntime, tensorrt"),
     (["topk", "--precision", "fp8"], "unknown precision 'fp8'; precisions: fp32, fp16, bf16, int8"),
-    (["topk", "--backend", "torch", "--precision", "int8"], "--precision int8 is run by none of --backend torch"),
+    (["encode-image", "--backend", "torch", "--precision", "int8"],
+     "--precision int8 is run by none of --backend torch"),
+    (["search", "--precision", "bf16"], "--precision bf16 runs on CUDA only (the torch backend)"),
     (["topk", "--model", "no-such-model"], "unknown clip model 'no-such-model'; available: "),
 ])
 def test_mistakes_are_one_line_before_anything_runs(argv, words, capsys):
@@ -54,10 +56,39 @@ def test_an_out_that_cannot_be_written_is_one_line_before_the_run(tmp_path, caps
                     "cannot write there")
 
 
-def test_compare_with_a_file_that_is_not_a_report_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("text", ["[1, 2]", '{"format": 1, "machine": {}, "jobs": []}',
+                                  '{"format": 1, "machine": {"cpu": "x", "cpu_class": "y"}, "jobs": [3]}',
+                                  '{"machine": {"cpu": "x", "cpu_class": "y"}, "jobs": []}'])
+def test_compare_with_a_file_that_is_not_a_report_is_one_line(tmp_path, capsys, text):
     bad = tmp_path / "old.json"
-    bad.write_text("[1, 2]")
-    _one_line_error(capsys, main(["bench", "topk", "--compare", str(bad)]), "not a vqclip bench report.json")
+    bad.write_text(text)
+    out = tmp_path / "out"
+    _one_line_error(capsys, main(["bench", "topk", "--compare", str(bad), "--out", str(out)]),
+                    "not a vqclip bench report.json")
+    assert not out.exists()  # refused before the --out folder is made
+
+
+def test_topk_takes_storage_types_whatever_the_backends(tmp_path, capsys):
+    assert main(["bench", "topk", "--backend", "torch", "--precision", "int8", "--rows", "500", "--batch", "1",
+                 "--seconds", "0.01", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["runner"] for r in report["jobs"][0]["rows"] if not r["peer"]} >= {"vqclip int8"}
+
+
+def test_a_failed_job_exits_1_naming_it(monkeypatch, capsys):
+    import vqclip.bench as bench
+
+    def broken(opts, job):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setitem(bench.JOBS, "topk", broken)
+    assert main(["bench", "topk", "--seconds", "0.01"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED: RuntimeError: disk on fire" in captured.out
+    assert captured.err.startswith("vqclip: error: bench jobs failed: topk ")
+
+
+def test_compare_with_a_missing_file_is_one_line(tmp_path, capsys):
     _one_line_error(capsys, main(["bench", "topk", "--compare", str(tmp_path / "missing.json")]),
                     "not a vqclip bench report.json")
 
