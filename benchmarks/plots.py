@@ -29,6 +29,14 @@ def plot_report(report: dict, out: Path) -> list[Path]:
     return written
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -55,11 +63,7 @@ def _throughput_vs_batch(entry: dict, path: Path, title: str) -> Path:
             ax.plot([b for b, _ in pts], [t for _, t in pts], marker="o", linestyle="--" if "transformers" in runner
                     else "-", label=runner)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch")
-        ax.set_ylabel(entry["rows"][0]["unit"])
-        ax.set_title(f"{entry['job']}: {model}\n{title}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, "batch", entry["rows"][0]["unit"], f"{entry['job']}: {model}\n{title}")
     return _save(fig, path)
 
 
@@ -79,31 +83,28 @@ def _topk_bandwidth(entry: dict, path: Path, title: str) -> Path:
             style = dict(color="black", linewidth=2, linestyle=":") if runner == bw_name else dict(marker="o")
             ax.plot([n for n, _ in pts], [g for _, g in pts], label=runner, **style)
         ax.set_xscale("log")
-        ax.set_xlabel("gallery rows N (D=512)")
-        ax.set_ylabel("GB/s of the runner's storage read")
-        ax.set_title(f"top-k, B={b}, k=10\n{title}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _label(ax, "gallery rows N (D=512)", "GB/s of the runner's storage read", f"top-k, B={b}, k=10\n{title}")
     return _save(fig, path)
 
 
 def _cdfs(entry: dict, path: Path, title: str) -> Path:
+    """One panel per model; a colour per client level (serve) or runner (search), peers dashed."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = [r for r in entry["rows"] if r.get("cdf_ms") and not r.get("stage")]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
     pct = list(range(101))
-    for r in entry["rows"]:
-        if r.get("cdf_ms") and not r.get("stage"):
-            what = r["runner"] if entry["job"] == "search" else \
-                f"{r['runner'].removeprefix('vqclip serve, ')}, {r['clients']} clients"
-            label = f"{r['model']}: {what}"
-            ax.plot(r["cdf_ms"], pct, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency, ms")
-    ax.set_ylabel("percent of requests at or below")
-    ax.set_title(f"{entry['job']}: latency CDF\n{title}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    for ax, model in zip(axes[0], models):
+        colours: dict[str, str] = {}
+        for r in (r for r in rows if r["model"] == model):
+            key = f"{r['clients']} clients" if "clients" in r else r["runner"].removesuffix(" (kernel only)")
+            colour = colours.setdefault(key, f"C{len(colours) % 10}")
+            label = f"{r['runner'].removeprefix('vqclip serve, ')}, {key}" if "clients" in r else r["runner"]
+            ax.plot(r["cdf_ms"], pct, color=colour, linestyle="--" if r.get("peer") else "-", label=label)
+        ax.set_xscale("log")
+        _label(ax, "latency, ms", "percent of requests at or below",
+               f"{entry['job']}: latency CDF, {model} (peers dashed)\n{title}")
     return _save(fig, path)
 
 
