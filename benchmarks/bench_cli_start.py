@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vqclip._cpus import simd_class
+from vqclip._cpus import cpu_model, simd_class
+from vqclip.bench.models import resolve_model
 
 LABELS = ["a red star", "a blue circle", "a green square", "a yellow triangle", "a purple heart"]
 
@@ -42,32 +42,6 @@ def _run(env: dict, *args: str) -> tuple[float, str]:
     if done.returncode != 0:
         raise SystemExit(f"`vqclip {' '.join(args)}` failed ({done.returncode}): {done.stderr.decode()[-400:]}")
     return wall, done.stderr.decode()
-
-
-def _random_vit(work: Path) -> str:
-    """A ViT-B/32 of random weights, saved with its config as vqclip saves models."""
-    import torch
-    from safetensors.torch import save_file
-
-    from vqclip.models.clip import CLIP
-    from vqclip.zoo import get
-
-    cfg = get("ViT-B-32").config
-    torch.manual_seed(0)
-    path = work / "vit-b-32.safetensors"
-    save_file({k: v.contiguous() for k, v in CLIP(cfg).state_dict().items()}, str(path),
-              metadata={"config": json.dumps(cfg.to_dict())})
-    return str(path)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _median(env: dict, repeats: int, *args: str) -> float:
@@ -96,7 +70,7 @@ def main() -> None:
     for i, px in enumerate(shapes.render_batch(scenes, size=96)):
         Image.fromarray(px).save(photos / f"{i}.png")
     idx, img = str(work / "pics.vqindex"), str(photos / "0.png")
-    model = ["--model", _random_vit(work)] if args.vit else []
+    model = ["--model", resolve_model("vit-b-32").source] if args.vit else []  # seed-0 weights, config stated
     _run(env, "index", "build", str(photos), "--out", idx, "--no-progress", "--backend", "onnxruntime",
          "--precision", "int8", *model)  # exports the model once, into the benchmark's cache
     _run(env, "search", idx, "a red star", "--backend", "onnxruntime", "--precision", "int8")
@@ -119,7 +93,7 @@ def main() -> None:
     ran = [ln for ln in _run(env, "-v", "search", idx, "a red star")[1].splitlines() if "running" in ln]
     load_after = os.getloadavg()
 
-    machine = f"{_cpu_model()}, CPU class {simd_class()}, {os.cpu_count()} CPUs"
+    machine = f"{cpu_model()}, CPU class {simd_class()}, {os.cpu_count()} CPUs"
     model_name = "ViT-B/32 (random weights)" if args.vit else "shapes-clip"
     print(f"# {model_name}; {machine}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}; "
           f"medians of {args.repeats}")

@@ -6,7 +6,7 @@ import functools
 import os
 import platform
 
-__all__ = ["available_cpus", "cpu_features", "simd_class", "has_vnni", "int8_gemm_path"]
+__all__ = ["available_cpus", "cpu_features", "cpu_model", "simd_class", "has_vnni", "int8_gemm_path"]
 
 
 def available_cpus() -> int:
@@ -18,17 +18,29 @@ def available_cpus() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_features() -> frozenset[str]:
-    """The CPU's feature flags as the kernel reports them (Linux ``/proc/cpuinfo``); empty
-    where they cannot be read. Example: ``"avx512_vnni" in cpu_features()``."""
+def _cpuinfo_first(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``keys`` (Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_features() -> frozenset[str]:
+    """The CPU's feature flags as the kernel reports them (Linux ``/proc/cpuinfo``); empty
+    where they cannot be read. Example: ``"avx512_vnni" in cpu_features()``."""
+    return frozenset((_cpuinfo_first("flags", "Features") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's name as the kernel reports it ("Intel(R) Xeon(R) Processor"), else the
+    platform's word for it: what a figure names beside its CPU class."""
+    return _cpuinfo_first("model name") or platform.processor() or platform.machine()
 
 
 def simd_class() -> str:

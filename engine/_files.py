@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["cache_root", "atomic_write_bytes", "fsync_dir", "read_regular", "NotRegularFileError", "make_temp_dir",
-           "user_mode"]
+           "user_mode", "prepare_folder"]
 
 
 def cache_root() -> Path:
@@ -141,3 +141,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def prepare_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) and prove a file can be written there (a permission
+    check would pass for root on a read-only mount); ``OutputPathError`` in one line."""
+    from vqclip.errors import OutputPathError
+
+    path = Path(os.path.expanduser(os.fspath(folder)))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputPathError(f"{str(path)!r} exists and is not a folder; give another output folder") from None
+    except OSError as e:
+        raise OutputPathError(f"cannot create the output folder {str(path)!r} ({e.strerror}); give another one") \
+            from e
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise OutputPathError(f"the output folder {str(path)!r} is not writable ({e.strerror}); give another one") \
+            from e
+    return path

@@ -43,6 +43,7 @@ __all__ = [
     "Manifest",
     "TensorSpec",
     "graph_filename",
+    "min_row_cosine",
     "selftest_filename",
     "read_manifest",
     "verify_sha256",
@@ -75,6 +76,17 @@ def graph_filename(component: str, precision: str, fmt: str = "onnx") -> str:
     if fmt == "onnx":
         return f"{component}.onnx" if precision == "fp32" else f"{component}.{precision}.onnx"
     return f"{component}.{precision}.plan"
+
+
+def min_row_cosine(a: Any, b: Any) -> float:
+    """The smallest cosine between matching rows of ``a`` and ``b`` (each flattened per row, in
+    float64): what a record's ``min_cosine`` bounds, at export and in a backend's self-test."""
+    import numpy as np
+
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+    return float(cos.min())
 
 
 def selftest_filename(component: str, precision: str) -> str:

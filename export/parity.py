@@ -30,6 +30,7 @@ import torch
 
 from vqclip.errors import ParityError
 from vqclip.export.graphs import Component
+from vqclip.manifest import min_row_cosine
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,7 @@ def measure(component: Component, precision: str, path: Path) -> ParityReport:
         d = float(np.abs(got - ref).max())
         if not component.normalised:
             d /= max(float(np.abs(ref).max()), 1e-12)
-        a, b = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
-        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
-        diff, cos_min, n = max(diff, d), min(cos_min, float(cos.min())), n + len(ref)
+        diff, cos_min, n = max(diff, d), min(cos_min, min_row_cosine(ref, got)), n + len(ref)
     bounds = {k: v for k, v in TOLERANCES[precision].items() if k != "zero_shot_agreement"}
     return ParityReport(component.name, precision, diff, cos_min, n, bounds=bounds)
 

@@ -30,7 +30,7 @@ from vqclip._cpus import available_cpus, has_vnni, int8_gemm_path
 from vqclip.backends._io_spec import GraphSpec, cut_after_eot, specs_of
 from vqclip.backends.base import Backend, BackendInfo
 from vqclip.errors import BackendUnavailableError, ManifestError
-from vqclip.manifest import Manifest, read_manifest, verify_sha256
+from vqclip.manifest import Manifest, min_row_cosine, read_manifest, verify_sha256
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -222,10 +222,7 @@ class OnnxRuntimeBackend(Backend):
                 x = np.ascontiguousarray(data["inputs"], dtype=spec.inputs[0].dtype)
                 want = data["outputs"].astype(np.float64)
             (got,) = sess.run([spec.outputs[0].name], {spec.inputs[0].name: x})
-            got = got.astype(np.float64).reshape(len(got), -1)
-            want = want.reshape(len(want), -1)
-            cos = float(((got * want).sum(1) / np.maximum(
-                np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1), 1e-300)).min())
+            cos = min_row_cosine(got, want)
             _SELF_TESTED[key] = cos
             log.info("%s self-test on this CPU (%s): min cosine %.5f", spec.path.name, here, cos)
         if cos < float(st["min_cosine"]):

@@ -8,6 +8,7 @@ so an OpenAI state dict loads with a shape check and nothing else. Other layouts
 from __future__ import annotations
 
 from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn

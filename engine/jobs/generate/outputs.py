@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vqclip._files import atomic_write_bytes, read_regular
+from vqclip._files import atomic_write_bytes, prepare_folder, read_regular
 from vqclip.errors import InvalidInputError, OutputPathError
 
 log = logging.getLogger(__name__)
@@ -26,21 +26,6 @@ __all__ = ["prepare_folder", "save_png", "read_png_settings", "write_json", "wri
            "load_checkpoint", "PNG_KEY"]
 
 PNG_KEY = "vqclip"  # the PNG text chunk holding the run's JSON record
-
-
-def prepare_folder(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` (and parents) and check it can be written; ``OutputPathError`` in one line."""
-    path = Path(os.path.expanduser(os.fspath(folder)))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputPathError(f"{str(path)!r} exists and is not a folder; give another output folder") from None
-    except OSError as e:
-        raise OutputPathError(f"cannot create the output folder {str(path)!r} ({e.strerror}); give another one") \
-            from e
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputPathError(f"the output folder {str(path)!r} is not writable; give another one")
-    return path
 
 
 def _write(path: Path, data: bytes) -> None:
