@@ -67,11 +67,6 @@ def run(opts: Options, on_job: Callable[[dict], None] | None = None) -> dict:
             report["failed"].append(job)
         else:
             entry.update(result, **peak.result)
-            # a job that resets the high-water mark per part (generate: per configuration) reports the parts' peaks
-            for key in ("peak_rss_mib", "peak_cuda_mib"):
-                parts = [r[key] for r in result["rows"] if r.get(key)]
-                if parts:
-                    entry[key] = max([entry.get(key) or 0.0, *parts])
         entry.update(wall_s=time.perf_counter() - t0, load_after=load_average())
         report["jobs"].append(entry)
         if on_job:

@@ -33,6 +33,23 @@ class Options:
     peers: bool = True
     explicit: dict[str, Any] = field(default_factory=dict)  # the flags the user gave, for each row's invocation
 
+    def encoder_pairs(self) -> list[tuple[str, str]]:
+        """(backend, precision) of each encoder the jobs time: each asked backend at each asked
+        precision it runs on this device (torch at fp32 alone on a CPU; no int8 on CUDA)."""
+        from vqclip.backends.factory import BACKEND_PRECISIONS
+
+        cuda = self.device.startswith("cuda")
+        pairs = [(b, p) for b in self.backends for p in self.precisions if p in BACKEND_PRECISIONS[b]
+                 and not (b == "torch" and p != "fp32" and not cuda)
+                 and not (b == "onnxruntime" and p == "int8" and cuda)]  # dynamic int8 kernels are CPU-only
+        return pairs or [("torch", "fp32")]
+
+    def preferred_pair(self) -> tuple[str, str]:
+        """The encoder of jobs that time one: ONNX Runtime int8 when asked for (what the CLI picks
+        on a CPU once the export is cached), else the first pair."""
+        pairs = self.encoder_pairs()
+        return ("onnxruntime", "int8") if ("onnxruntime", "int8") in pairs else pairs[0]
+
     def command(self, all_jobs: tuple[str, ...] = ()) -> str:
         """The `vqclip bench` command line that asks for this run."""
         return self._line(() if self.jobs == all_jobs else self.jobs, self.explicit)
@@ -121,14 +138,28 @@ class Peak:
     began: memory an earlier job still holds counts in both), and peak CUDA memory on a GPU.
 
     Linux resets the high-water mark (VmHWM) on writing 5 to /proc/self/clear_refs; where
-    that is refused the figure is the process's peak since it started, and says so."""
+    that is refused the figure is the process's peak since it started, and says so. Blocks
+    nest: an inner block's reset first hands the peak so far to the blocks around it."""
+
+    _open: list["Peak"] = []  # the blocks entered and not yet left, outermost first
 
     def __init__(self, device: str = "cpu"):
         self.device = device
         self.result: dict[str, Any] = {}
 
+    def _peaks(self) -> tuple[float, float]:
+        cuda = 0.0
+        if self.device.startswith("cuda"):
+            import torch
+
+            cuda = torch.cuda.max_memory_allocated() / 2**20
+        return _status_mib("VmHWM:"), cuda
+
     def __enter__(self) -> "Peak":
-        self.start = _status_mib("VmRSS:")
+        rss, cuda = self._peaks()
+        for outer in Peak._open:  # the reset below would erase what they have seen so far
+            outer.seen = (max(outer.seen[0], rss), max(outer.seen[1], cuda))
+        self.start, self.seen = _status_mib("VmRSS:"), (0.0, 0.0)
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -139,14 +170,16 @@ class Peak:
             import torch
 
             torch.cuda.reset_peak_memory_stats()
+        Peak._open.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.result = {"peak_rss_mib": _status_mib("VmHWM:"), "rss_start_mib": self.start, "peak_rss_scope": self.scope}
+        Peak._open.remove(self)
+        rss, cuda = self._peaks()
+        self.result = {"peak_rss_mib": max(rss, self.seen[0]), "rss_start_mib": self.start,
+                       "peak_rss_scope": self.scope}
         if self.device.startswith("cuda"):
-            import torch
-
-            self.result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            self.result["peak_cuda_mib"] = max(cuda, self.seen[1])
 
 
 def _status_mib(field: str) -> float:
@@ -176,17 +209,11 @@ _PACKAGES = ("vqclip", "torch", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """CPU model and the ISA flags the figures depend on, threads, GPU, package versions."""
-    from vqclip._cpus import available_cpus, cpu_features, simd_class
+    from vqclip._cpus import available_cpus, cpu_features, cpu_model, simd_class
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
     feats = cpu_features()
     out: dict[str, Any] = {
-        "cpu": model, "cpu_class": simd_class(), "isa": [f for f in _FLAGS if f in feats],
+        "cpu": cpu_model(), "cpu_class": simd_class(), "isa": [f for f in _FLAGS if f in feats],
         "cpus": os.cpu_count(), "cpus_available": available_cpus(), "platform": platform.platform(),
         "python": platform.python_version(), "device": device,
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "VQCLIP_SIMD") if k in os.environ},

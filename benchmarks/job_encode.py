@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vqclip.manifest import min_row_cosine
+
 from .harness import Options, add_ratios, make_row, measure
 from .models import BenchModel, load_module, resolve_model
 
@@ -42,7 +44,7 @@ def run(opts: Options, job: str) -> dict:
             for label, fn in runners.items():
                 extra: dict[str, Any] = {"model": model.label, "batch": batch}
                 if ref is not None and not label.startswith("transformers"):
-                    extra["min_cos_vs_torch_fp32"] = _min_cos(fn(x), ref)
+                    extra["min_cos_vs_torch_fp32"] = min_row_cosine(fn(x), ref)
                 rows.append(make_row(job, case, label, lat[label], items=batch, unit=unit, peer=label == PEER,
                                      reproduce=opts.invocation(job, model=model.name, batch=batch), **extra))
     add_ratios(rows, PEER)
@@ -54,8 +56,6 @@ def _runners(model: BenchModel, module: Any, component: str,
     from vqclip.encoder import open_encoder
     from vqclip.errors import BackendUnavailableError, VqclipError
 
-    from .job_search import encoder_pairs
-
     out: dict[str, Callable] = {}
     notes: list[str] = []
     if opts.peers:
@@ -65,7 +65,7 @@ def _runners(model: BenchModel, module: Any, component: str,
             notes.append(f"{PEER}: not installed ({e.name}); pip install transformers")
         except ValueError as e:  # an architecture transformers' CLIPModel has no form for (ResNet towers)
             notes.append(f"{PEER}: {e}")
-    pairs = encoder_pairs(opts)
+    pairs = opts.encoder_pairs()
     if "torch" in opts.backends and ("torch", "fp32") not in pairs:
         pairs.insert(0, ("torch", "fp32"))  # the reference of every runner's cosine
     for backend, p in pairs:
@@ -120,7 +120,3 @@ def _hf_peer(module: Any, component: str, device: str) -> Callable[[np.ndarray],
 
     return run
 
-
-def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return float(((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min())

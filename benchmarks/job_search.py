@@ -20,37 +20,13 @@ import numpy as np
 from .harness import Options, add_ratios, make_row, measure
 from .models import resolve_model
 
-__all__ = ["run_search", "run_index_build", "encoder_pairs", "preferred_pair", "make_big_index", "render_folder"]
+__all__ = ["run_search", "run_index_build", "make_big_index", "render_folder"]
 
 K = 10
 PEER = "FAISS IndexFlatIP fp32 (kernel only)"
+SEQUENTIAL = "sequential decode then encode"
 QUERIES = [f"a photo of a {c} {s} number {i}" for i, (c, s) in enumerate(
     (c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle", "star"))]
-
-
-def encoder_pairs(opts: Options) -> list[tuple[str, str]]:
-    """(backend, precision) pairs of the query / build encoders: each asked backend at each asked
-    precision it runs (torch at fp32 on the CPU)."""
-    from vqclip.backends.factory import BACKEND_PRECISIONS
-
-    pairs = []
-    for backend in opts.backends:
-        for p in opts.precisions:
-            if p not in BACKEND_PRECISIONS[backend]:
-                continue
-            if backend == "torch" and p != "fp32" and not opts.device.startswith("cuda"):
-                continue
-            if backend == "onnxruntime" and p == "int8" and opts.device.startswith("cuda"):
-                continue
-            pairs.append((backend, p))
-    return pairs or [("torch", "fp32")]
-
-
-def preferred_pair(opts: Options) -> tuple[str, str]:
-    """The one encoder of jobs that time a single one: ONNX Runtime int8 when asked for (what the
-    CLI picks on a CPU once the export is cached), else the first pair."""
-    pairs = encoder_pairs(opts)
-    return ("onnxruntime", "int8") if ("onnxruntime", "int8") in pairs else pairs[0]
 
 
 def make_big_index(path: Path, name: str, digest: str, rows: int, dim: int, storage: str = "fp16") -> None:
@@ -83,7 +59,7 @@ def run_search(opts: Options, job: str = "search") -> dict:
         for name in opts.models:
             model = resolve_model(name)
             encoders = {}
-            for backend, p in encoder_pairs(opts):
+            for backend, p in opts.encoder_pairs():
                 try:
                     encoders[f"{backend} {p}"] = open_encoder(model.source, backend, precision=p, device=opts.device)
                 except (BackendUnavailableError, VqclipError) as e:
@@ -177,8 +153,8 @@ def run_index_build(opts: Options, job: str = "index-build") -> dict:
     from vqclip.index import build_index
 
     rows: list[dict] = []
-    skipped: list[str] = []
     rounds = 2 if opts.quick else 3
+    backend, p = opts.preferred_pair()
     with tempfile.TemporaryDirectory(prefix="vqclip-bench-") as tmp:
         work = Path(tmp)
         for name in opts.models:
@@ -189,26 +165,25 @@ def run_index_build(opts: Options, job: str = "index-build") -> dict:
             folder = work / f"images-{n}"
             if not folder.exists():
                 render_folder(folder, n)
-            for backend, p in [preferred_pair(opts)]:
-                enc = open_encoder(model.source, backend, precision=p, device=opts.device)
-                enc.encode_image(enc.preprocess([_first_image(folder)] * 2))  # warm-up: sessions, arenas
-                case = f"{model.label}, {n} JPEGs 256px, {backend} {p}, fp16 index"
-                times: dict[str, list] = {"vqclip build_index": [], "sequential decode then encode": []}
-                for r in range(rounds):  # alternate the two, so load hits both alike
-                    times["sequential decode then encode"].append(_sequential(folder, enc))
-                    t = build_index(folder, work / f"idx-{r}", enc, storage="fp16", progress=False, force=True).timings
-                    times["vqclip build_index"].append(t)
-                for label, ts in times.items():
-                    walls = [t.wall_s for t in ts]
-                    best = ts[int(np.argsort(walls)[len(walls) // 2])]  # the median run's breakdown
-                    rows.append(make_row(job, case, label, walls, items=n, unit="img/s",
-                                         peer=label.startswith("sequential"), model=model.label, images=n,
-                                         encoder=f"{backend} {p}", encode_s=best.encode_s, wait_s=best.wait_s,
-                                         read_decode_s=best.read_decode_s, preprocess_s=best.preprocess_s,
-                                         not_encode_share=max(0.0, best.wall_s - best.encode_s) / best.wall_s,
-                                         reproduce=opts.invocation(job, model=model.name)))
-    add_ratios(rows, "sequential decode then encode")
-    return {"rows": rows, "skipped": skipped}
+            enc = open_encoder(model.source, backend, precision=p, device=opts.device)
+            enc.encode_image(enc.preprocess([_first_image(folder)] * 2))  # warm-up: sessions, arenas
+            case = f"{model.label}, {n} JPEGs 256px, {backend} {p}, fp16 index"
+            times: dict[str, list] = {"vqclip build_index": [], SEQUENTIAL: []}
+            for r in range(rounds):  # alternate the two, so load hits both alike
+                times[SEQUENTIAL].append(_sequential(folder, enc))
+                times["vqclip build_index"].append(
+                    build_index(folder, work / f"idx-{r}", enc, storage="fp16", progress=False, force=True).timings)
+            for label, ts in times.items():
+                walls = [t.wall_s for t in ts]
+                mid = ts[int(np.argsort(walls)[len(walls) // 2])]  # the median run's breakdown
+                rows.append(make_row(job, case, label, walls, items=n, unit="img/s", peer=label == SEQUENTIAL,
+                                     model=model.label, images=n, encoder=f"{backend} {p}", encode_s=mid.encode_s,
+                                     wait_s=mid.wait_s, read_decode_s=mid.read_decode_s,
+                                     preprocess_s=mid.preprocess_s,
+                                     not_encode_share=max(0.0, mid.wall_s - mid.encode_s) / mid.wall_s,
+                                     reproduce=opts.invocation(job, model=model.name)))
+    add_ratios(rows, SEQUENTIAL)
+    return {"rows": rows, "skipped": []}
 
 
 def _first_image(folder: Path):

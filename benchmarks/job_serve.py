@@ -33,14 +33,12 @@ def run(opts: Options, job: str = "serve") -> dict:
         import uvicorn  # noqa: F401
     except ImportError as e:
         return {"rows": [], "skipped": [f"serve: {e.name} is not installed; pip install 'vqclip[server]' httpx"]}
-    from .job_search import preferred_pair
-
     levels = (1, 8) if opts.quick else (1, 4, 16, 32)
     requests = 32 if opts.quick else 192
     jpeg = _jpeg()
     body = {"images": [base64.b64encode(jpeg).decode()]}
     rows: list[dict] = []
-    backend, precision = preferred_pair(opts)
+    backend, precision = opts.preferred_pair()
     for name in opts.models:
         model = resolve_model(name)
         args = ["--model", model.source, "--backend", backend, "--precision", precision, "--device", opts.device,

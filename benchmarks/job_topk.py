@@ -120,8 +120,11 @@ def exact_peers(g: np.ndarray, opts: Options) -> tuple[dict[str, Callable[[np.nd
 
 
 def _exact_ids(g: np.ndarray, q: np.ndarray) -> np.ndarray:
-    s = (q.astype(np.float64) @ g.T.astype(np.float32).astype(np.float64)) if len(g) <= 100_000 else q @ g.T
-    return np.argsort(-s, axis=1, kind="stable")[:, :K]
+    """The reference top-k ids: scores in float64 (64k rows at a time, to bound the copy)."""
+    q64 = q.astype(np.float64)
+    s = np.concatenate([q64 @ g[lo:lo + 65536].astype(np.float64).T for lo in range(0, len(g), 65536)], axis=1)
+    top = np.argpartition(-s, K, axis=1)[:, :K]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1), 1)
 
 
 def _recall(ids: np.ndarray, truth: np.ndarray) -> float:

@@ -45,38 +45,51 @@ def _detail(row: dict) -> str:
     return ", ".join(bits)
 
 
-def _memory(entry: dict) -> str:
-    text = f"peak RSS {_fmt(entry.get('peak_rss_mib'), '.0f')} MiB"
+def _summary(entry: dict) -> str:
+    """A job's wall time, load average before -> after, and memory."""
+    text = (f"{entry.get('wall_s', 0):.0f} s, load {_fmt(entry.get('load_before'), '.2f')} -> "
+            f"{_fmt(entry.get('load_after'), '.2f')}, peak RSS {_fmt(entry.get('peak_rss_mib'), '.0f')} MiB")
     if entry.get("rss_start_mib"):
         text += f" ({entry['rss_start_mib']:.0f} at its start)"
+    if entry.get("peak_cuda_mib"):
+        text += f", peak CUDA {entry['peak_cuda_mib']:.0f} MiB"
     return text
+
+
+_COLUMNS = ("runner", "throughput", "p50 ms", "p90 ms", "p99 ms", "n", "ratio")
+
+
+def _cells(r: dict) -> list[str]:
+    """A row's cells in the order of _COLUMNS, then its notes."""
+    ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None and r["runner"] != r.get("vs") else ""
+    thr = f"{_fmt(r.get('throughput'))} {r['unit']}" if r.get("throughput") is not None else "-"
+    return [r["runner"] + (" (peer)" if r.get("peer") else ""), thr, _fmt(r.get("p50_ms")), _fmt(r.get("p90_ms")),
+            _fmt(r.get("p99_ms")), _fmt(r.get("n")), ratio, _detail(r)]
+
+
+def _ratio_note(entry: dict) -> list[str]:
+    vs = sorted({r["vs"] for r in entry.get("rows", []) if r.get("vs")})
+    return [f"(ratio: throughput over {', '.join(vs)} in the same case; higher is better; n: timed calls, "
+            "so a p99 of few calls is their slowest)"] if vs else []
 
 
 def format_job(entry: dict) -> str:
     """One job's rows as a text table, its skipped peers and its memory, for the terminal."""
-    lines = [f"\n== {entry['job']} ({entry.get('wall_s', 0):.0f} s, load {_fmt(entry.get('load_before'), '.2f')} -> "
-             f"{_fmt(entry.get('load_after'), '.2f')}, {_memory(entry)}"
-             + (f", peak CUDA {entry['peak_cuda_mib']:.0f} MiB" if entry.get("peak_cuda_mib") else "") + ")"]
+    lines = [f"\n== {entry['job']} ({_summary(entry)})"]
     if entry.get("error"):
         lines.append(f"  FAILED: {entry['error']}")
+    widths = (44, 16, 9, 9, 9, 5, 7)
     case = None
     for r in entry.get("rows", []):
         if r["case"] != case:
             case = r["case"]
-            lines.append(f"  {case}")
-            lines.append(f"    {'runner':<44} {'throughput':>16} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-                         f"{'n':>5} {'ratio':>7}")
-        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") is not None and r["runner"] != r.get("vs") else ""
-        thr = f"{_fmt(r.get('throughput'))} {r['unit']}" if r.get("throughput") is not None else "-"
-        runner = r["runner"] + (" (peer)" if r.get("peer") else "")
-        lines.append(f"    {runner:<44} {thr:>16} {_fmt(r.get('p50_ms')):>9} {_fmt(r.get('p90_ms')):>9} "
-                     f"{_fmt(r.get('p99_ms')):>9} {_fmt(r.get('n')):>5} {ratio:>7}  {_detail(r)}")
-    for note in entry.get("skipped", []):
-        lines.append(f"  skipped: {note}")
-    vs = sorted({r["vs"] for r in entry.get("rows", []) if r.get("vs")})
-    if vs:
-        lines.append(f"  (ratio: throughput over {', '.join(vs)} in the same case; higher is better; n: timed calls, "
-                     "so a p99 of few calls is their slowest)")
+            lines += [f"  {case}", "    " + " ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                                                   for i, (c, w) in enumerate(zip(_COLUMNS, widths)))]
+        *cells, notes = _cells(r)
+        lines.append("    " + " ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in
+                                        enumerate(zip(cells, widths))) + f"  {notes}")
+    lines += [f"  skipped: {note}" for note in entry.get("skipped", [])]
+    lines += [f"  {note}" for note in _ratio_note(entry)]
     return "\n".join(lines)
 
 
@@ -92,23 +105,13 @@ def to_markdown(report: dict) -> str:
            f"- machine: {_machine_line(m)}",
            "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), ""]
     for entry in report["jobs"]:
-        out += [f"## {entry['job']}", "",
-                f"{entry.get('wall_s', 0):.0f} s; load average {_fmt(entry.get('load_before'), '.2f')} before, "
-                f"{_fmt(entry.get('load_after'), '.2f')} after; {_memory(entry)}"
-                + (f"; peak CUDA {entry['peak_cuda_mib']:.0f} MiB" if entry.get("peak_cuda_mib") else ""), ""]
+        out += [f"## {entry['job']}", "", _summary(entry), ""]
         if entry.get("error"):
             out += [f"FAILED: `{entry['error']}`", ""]
         if entry.get("rows"):
-            out += ["| case | runner | throughput | p50 ms | p90 ms | p99 ms | n | ratio | notes |",
-                    "|---|---|---|---|---|---|---|---|---|"]
-            for r in entry["rows"]:
-                ratio = f"{r['ratio']:.2f}x {r['vs']}" if r.get("ratio") is not None and r["runner"] != r["vs"] else ""
-                thr = f"{_fmt(r.get('throughput'))} {r['unit']}" if r.get("throughput") is not None else "-"
-                out.append(f"| {r['case']} | {r['runner']}{' (peer)' if r.get('peer') else ''} | {thr} | "
-                           f"{_fmt(r.get('p50_ms'))} | {_fmt(r.get('p90_ms'))} | {_fmt(r.get('p99_ms'))} | "
-                           f"{_fmt(r.get('n'))} | {ratio} | "
-                           f"{_detail(r)} |")
-            out.append("")
+            out += ["| case | " + " | ".join(_COLUMNS) + " | notes |", "|---" * (len(_COLUMNS) + 2) + "|"]
+            out += [f"| {r['case']} | " + " | ".join(_cells(r)) + " |" for r in entry["rows"]]
+            out += [""] + _ratio_note(entry) + [""]
         out += [f"- skipped: {note}" for note in entry.get("skipped", [])]
         out.append("")
     return "\n".join(out)

@@ -78,7 +78,7 @@ def add_parser(sub) -> None:
 
 def _check(args: argparse.Namespace):
     """Every mistake refused in one line before anything is measured; returns the Options."""
-    from vqclip.backends.factory import BACKEND_PRECISIONS, backend_status, resolve_backend_name
+    from vqclip.backends.factory import BACKEND_PRECISIONS, backend_status, check_device, resolve_backend_name
     from vqclip.bench import Options
     from vqclip.errors import BackendUnavailableError, InvalidInputError
 
@@ -86,12 +86,13 @@ def _check(args: argparse.Namespace):
     unknown = [j for j in jobs if j not in JOB_NAMES]
     if unknown:
         raise InvalidInputError(f"unknown bench job {unknown[0]!r}; jobs: {', '.join(JOB_NAMES)}")
-    backends = tuple(dict.fromkeys(resolve_backend_name(b) for b in (args.backends or ("torch", "onnxruntime"))))
+    default = Options(jobs=jobs, quick=args.quick)
+    backends = tuple(dict.fromkeys(resolve_backend_name(b) for b in (args.backends or default.backends)))
     status = backend_status()
     for b in backends:
         if status.get(b):
             raise BackendUnavailableError(f"--backend {b}: {status[b]}")
-    precisions = tuple(dict.fromkeys(p.lower() for p in (args.precisions or ("fp32", "int8"))))
+    precisions = tuple(dict.fromkeys(p.lower() for p in (args.precisions or default.precisions)))
     encoders = set(jobs) - {"topk"}  # topk's precisions are storage types: no backend runs them
     for p in precisions:
         if p not in PRECISIONS:
@@ -102,12 +103,7 @@ def _check(args: argparse.Namespace):
         if encoders and p == "bf16" and not args.device.startswith("cuda"):
             raise InvalidInputError("--precision bf16 runs on CUDA only (the torch backend); on the CPU use "
                                     "fp32, fp16 or int8")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError(f"--device {args.device}: this PyTorch ({torch.__version__}) sees no CUDA "
-                                          "GPU; leave --device out to run on the CPU")
+    check_device("torch", args.device)  # every job runs torch on --device: a CUDA device must exist
     models = args.models or (QUICK_MODELS if args.quick else FULL_MODELS)
     for m in models:
         _check_model(m)
@@ -117,9 +113,9 @@ def _check(args: argparse.Namespace):
     if args.device != "cpu":
         explicit["device"] = args.device
     return Options(jobs=jobs, models=tuple(models), backends=backends, precisions=precisions,
-                   batches=args.batches or (1, 16), device=args.device, quick=args.quick,
-                   seconds=args.seconds or (1.5 if args.quick else 3.0), rows=args.rows or (), peers=args.peers,
-                   explicit=explicit)
+                   batches=args.batches or default.batches, device=args.device, quick=args.quick,
+                   seconds=args.seconds or (default.seconds / 2 if args.quick else default.seconds),
+                   rows=args.rows or (), peers=args.peers, explicit=explicit)
 
 
 def _check_model(name: str) -> None:
@@ -130,8 +126,9 @@ def _check_model(name: str) -> None:
 
 
 def _check_out(out: str) -> Path:
-    """An --out folder that can be written, proven by writing into it before the run, and the
-    plotting library its PNGs need."""
+    """An --out folder that can be written, proven before the run, and the plotting library
+    its PNGs need."""
+    from vqclip._files import prepare_folder
     from vqclip.errors import BackendUnavailableError, OutputPathError
 
     try:
@@ -139,16 +136,10 @@ def _check_out(out: str) -> Path:
     except ImportError:
         raise BackendUnavailableError("--out writes plots with matplotlib, which is not installed: pip install "
                                       "matplotlib (or 'vqclip[bench]')") from None
-    path = Path(out)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".vqclip-bench-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OutputPathError(f"--out {out}: cannot write there ({e.strerror or e}); pick a folder you can "
-                              "write") from None
-    return path
+        return prepare_folder(out)
+    except OutputPathError as e:
+        raise OutputPathError(f"--out: {e}") from None
 
 
 def _read_old(path: str) -> dict:

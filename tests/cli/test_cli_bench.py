@@ -46,14 +46,14 @@ def test_device_cuda_without_a_gpu_is_one_line(capsys):
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is visible here")
-    _one_line_error(capsys, main(["bench", "topk", "--device", "cuda"]), "--device cuda: this PyTorch")
+    _one_line_error(capsys, main(["bench", "topk", "--device", "cuda"]), "sees no CUDA GPU; use --device cpu")
 
 
 def test_an_out_that_cannot_be_written_is_one_line_before_the_run(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    _one_line_error(capsys, main(["bench", "topk", "--out", str(blocker / "sub")]), f"--out {blocker / 'sub'}: "
-                    "cannot write there")
+    _one_line_error(capsys, main(["bench", "topk", "--out", str(blocker / "sub")]),
+                    f"--out: cannot create the output folder {str(blocker / 'sub')!r} (Not a directory)")
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '{"format": 1, "machine": {}, "jobs": []}',
