@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from vqclip._hashing import sha256_file
 from vqclip.decode import Loaded, Timings, decode_batches, read_and_decode
 from vqclip.encoder import Encoder
 from vqclip.errors import InvalidInputError, SearchIndexError
-from vqclip.index.store import IMAGE_EXTENSIONS, IndexStore, lock_index, walk_images
+from vqclip.index.store import IMAGE_EXTENSIONS, IndexStore, build_beside, walk_images
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,8 @@ def build_index(folder: str | Path, out: str | Path, encoder: Encoder, storage: 
         raise InvalidInputError(f"{str(folder)!r} is not a folder; give the folder of images to index")
     out = Path(out)
     if force and (out / "header.json").is_file():
-        return _rebuild(folder, out, encoder, storage, batch_size, workers, progress, commit_every)
+        return build_beside(out, lambda new: build_index(folder, new, encoder, storage, batch_size, workers, progress,
+                                                         commit_every))
     embed_dim = encoder.embed_dim or encoder.encode_texts(["a"]).shape[1]  # an encoder made by hand may not say
     store = IndexStore.create(out, model_name=encoder.identity.name, model_digest=encoder.identity.digest,
                               embed_dim=embed_dim, storage=storage, root=folder,
@@ -90,27 +90,6 @@ def build_index(folder: str | Path, out: str | Path, encoder: Encoder, storage: 
         return _sync(store, encoder, batch_size, workers, progress, commit_every)
     finally:
         store.close()
-
-
-def _rebuild(folder: Path, out: Path, encoder: Encoder, storage: str, batch_size: int, workers: int | None,
-             progress: bool | None, commit_every: int) -> IndexReport:
-    """Build beside the index at ``out`` (a damaged one included), then swap it in; the old
-    one is kept until the new one is whole, and a writer holding it is waited for, not run over."""
-    lock = lock_index(out)
-    try:
-        stamp = f"{os.getpid()}-{int(time.time())}"
-        new, old = out.with_name(f".{out.name}.new-{stamp}"), out.with_name(f".{out.name}.old-{stamp}")
-        try:
-            report = build_index(folder, new, encoder, storage, batch_size, workers, progress, commit_every)
-        except BaseException:
-            shutil.rmtree(new, ignore_errors=True)
-            raise
-        out.rename(old)
-        new.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        return report
-    finally:
-        os.close(lock)
 
 
 def update_index(path: str | Path, encoder: Encoder | None = None, batch_size: int = 32,

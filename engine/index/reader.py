@@ -35,7 +35,7 @@ from vqclip.index.store import KERNEL_DTYPES, IndexStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "Index"]
+__all__ = ["Hit", "Index", "Searchable", "open_index"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,54 @@ class Hit:
         return {"path": self.path, "score": self.score}
 
 
-class Index:
+class Searchable:
+    """What every index answers with: a text or image query encoded by the index's model, then
+    ``search_embeddings`` (the fused kernels for ``Index``, the database for ``MilvusIndex``).
+    A subclass sets ``store`` (with the model's ``header``), ``_encoder``, ``_encoder_lock`` and
+    ``_backend`` = (backend, precision, device) for the header's model."""
+
+    store: Any
+    _encoder: Encoder | None
+    _encoder_lock: threading.Lock
+    _backend: tuple
+
+    @property
+    def encoder(self) -> Encoder:
+        with self._encoder_lock:
+            if self._encoder is None:
+                from vqclip.encoder import open_encoder
+
+                h = self.store.header
+                enc = open_encoder(h.model_name, backend=self._backend[0], precision=self._backend[1],
+                                   device=self._backend[2], config=h.model_config, digest=h.model_digest)
+                self.store.check_model(enc.identity.digest, enc.identity.name, enc.config)
+                self._encoder = enc
+        return self._encoder
+
+    def search(self, text: str | None = None, image: Any = None, k: int = 10, truncate: bool = False) -> list[Hit]:
+        """Top-``k`` images for a text or an image query (exactly one), best first.
+
+        ``image`` is a path or a PIL image. ``k`` larger than the index gives every entry;
+        ``k < 1``, a blank text, or both/neither query raise ``InvalidInputError``; an
+        empty index raises ``SearchIndexError``. Scores are cosine similarities. A text longer
+        than the model's context raises ``TextTooLongError`` unless ``truncate``.
+        """
+        if (text is None) == (image is None):
+            raise InvalidInputError("give exactly one query: text=... or image=...")
+        check_k(k)
+        if text is not None:
+            if not str(text).strip():
+                raise InvalidInputError("the text query is empty or only whitespace; give some words to search for")
+            q = self.encoder.encode_texts([str(text).strip()], truncate=truncate)  # (1, E)
+        else:
+            q = self.encoder.encode_image(self.encoder.preprocess([_load_query_image(image)]))  # (1, E)
+        return self.search_embeddings(q, k)[0]
+
+    def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        raise NotImplementedError
+
+
+class Index(Searchable):
     """A read-only view of an index folder that answers text and image queries.
 
     Use ``Index.open``. The view is the committed state at open time; ``refresh()``
@@ -116,19 +163,6 @@ class Index:
     def __len__(self) -> int:
         return self.store.n_entries
 
-    @property
-    def encoder(self) -> Encoder:
-        with self._encoder_lock:
-            if self._encoder is None:
-                from vqclip.encoder import open_encoder
-
-                h = self.store.header
-                enc = open_encoder(h.model_name, backend=self._backend[0], precision=self._backend[1],
-                                   device=self._backend[2], config=h.model_config, digest=h.model_digest)
-                self.store.check_model(enc.identity.digest, enc.identity.name, enc.config)
-                self._encoder = enc
-        return self._encoder
-
     def refresh(self) -> None:
         """See the index as committed now (after an update by another process)."""
         self.store.refresh()
@@ -140,25 +174,6 @@ class Index:
         s = self.store
         # Wraps the memory-mapped rows in place: opening a 1M-row index reads no rows.
         self._gallery = Gallery.from_arrays(s.vectors, s.norms, s.scales, dtype=KERNEL_DTYPES[s.header.storage])
-
-    def search(self, text: str | None = None, image: Any = None, k: int = 10, truncate: bool = False) -> list[Hit]:
-        """Top-``k`` images for a text or an image query (exactly one), best first.
-
-        ``image`` is a path or a PIL image. ``k`` larger than the index gives every entry;
-        ``k < 1``, a blank text, or both/neither query raise ``InvalidInputError``; an
-        empty index raises ``SearchIndexError``. Scores are cosine similarities. A text longer
-        than the model's context raises ``TextTooLongError`` unless ``truncate``.
-        """
-        if (text is None) == (image is None):
-            raise InvalidInputError("give exactly one query: text=... or image=...")
-        check_k(k)
-        if text is not None:
-            if not str(text).strip():
-                raise InvalidInputError("the text query is empty or only whitespace; give some words to search for")
-            q = self.encoder.encode_texts([str(text).strip()], truncate=truncate)  # (1, E)
-        else:
-            q = self.encoder.encode_image(self.encoder.preprocess([_load_query_image(image)]))  # (1, E)
-        return self.search_embeddings(q, k)[0]
 
     def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """float32 (B, E) query embeddings -> per query the top-``k`` hits, best first.
@@ -207,3 +222,13 @@ def _kernel_threads(threads: int | None) -> int:
     from vqclip.kernels import resolve_threads
 
     return resolve_threads(check_count(threads, "threads", allow_none=True))
+
+
+def open_index(target: str | Path, **kwargs) -> Searchable:
+    """``Index.open`` for an index folder, ``MilvusIndex.open`` for a ``milvus://`` target
+    (``vqclip.index.milvus``); the same keyword arguments."""
+    if str(target).startswith("milvus://"):
+        from vqclip.index.milvus import MilvusIndex
+
+        return MilvusIndex.open(str(target), **kwargs)
+    return Index.open(target, **kwargs)

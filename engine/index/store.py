@@ -38,12 +38,14 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -51,9 +53,10 @@ from vqclip._files import atomic_write_bytes
 from vqclip.errors import IndexMismatchError, InvalidInputError, SearchIndexError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-__all__ = ["STORAGE_TYPES", "KERNEL_DTYPES", "IMAGE_EXTENSIONS", "IndexStore", "encode_rows", "decode_rows",
-           "lock_index", "walk_images"]
+__all__ = ["STORAGE_TYPES", "KERNEL_DTYPES", "IMAGE_EXTENSIONS", "Header", "IndexStore", "build_beside", "check_model",
+           "encode_rows", "decode_rows", "lock_index", "walk_images"]
 
 FORMAT = "vqclip-index"
 VERSION = 1
@@ -352,22 +355,8 @@ class IndexStore:
         return self.count - self.n_entries
 
     def check_model(self, digest: str, name: str, config: dict | None = None) -> None:
-        """Refuse a model other than the one that built the index, naming both: other weights,
-        or the same weights built as another architecture than the header's ``--arch``."""
-        if digest != self.header.model_digest:
-            raise IndexMismatchError(
-                f"index {str(self.path)!r} was built with {self.header.model_name} (weights sha256 "
-                f"{self.header.model_digest[:12]}), not {name} (weights sha256 {digest[:12]}); "
-                "search it with its own model or build a new index")
-        arch = self.header.model_config
-        if arch is not None and config is not None:
-            from vqclip.models.configs import CLIPConfig
-            from vqclip.zoo import get
-
-            if CLIPConfig.from_dict(config) != get(arch, family="clip").config:
-                raise IndexMismatchError(
-                    f"index {str(self.path)!r} was built with {self.header.model_name} as architecture {arch}, "
-                    f"not the architecture {name} was opened with; open it with --arch {arch} (config={arch!r})")
+        """Refuse a model other than the one that built the index, naming both (``check_model``)."""
+        check_model(str(self.path), self.header, digest, name, config)
 
     def entries(self) -> dict[str, Entry]:
         rows = self._reader().execute("SELECT path, size, mtime_ns, sha256, row FROM entries").fetchall()
@@ -516,6 +505,49 @@ class IndexStore:
             db.execute("UPDATE meta SET value=? WHERE key='committed_rows'", (live,))
         self.refresh()
         return live
+
+
+def build_beside(out: str | Path, make: Callable[[Path], T]) -> T:
+    """Run ``make(folder)`` on a new sibling folder of ``out``, then put it in ``out``'s place:
+    an index already there (a damaged one included) is kept until the new one is whole, and a
+    writer holding it is waited for, not run over. A failed ``make`` leaves ``out`` as it was."""
+    out = Path(out)
+    lock = lock_index(out) if (out / "header.json").is_file() else None
+    try:
+        stamp = f"{os.getpid()}-{int(time.time())}"
+        new, old = out.with_name(f".{out.name}.new-{stamp}"), out.with_name(f".{out.name}.old-{stamp}")
+        try:
+            result = make(new)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        if out.exists():
+            out.rename(old)
+        new.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        return result
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def check_model(where: str, header: Header, digest: str, name: str, config: dict | None = None) -> None:
+    """Refuse a model other than the one that built the index at ``where``, naming both: other
+    weights, or the same weights built as another architecture than the header's ``--arch``."""
+    if digest != header.model_digest:
+        raise IndexMismatchError(
+            f"index {where!r} was built with {header.model_name} (weights sha256 "
+            f"{header.model_digest[:12]}), not {name} (weights sha256 {digest[:12]}); "
+            "search it with its own model or build a new index")
+    arch = header.model_config
+    if arch is not None and config is not None:
+        from vqclip.models.configs import CLIPConfig
+        from vqclip.zoo import get
+
+        if CLIPConfig.from_dict(config) != get(arch, family="clip").config:
+            raise IndexMismatchError(
+                f"index {where!r} was built with {header.model_name} as architecture {arch}, "
+                f"not the architecture {name} was opened with; open it with --arch {arch} (config={arch!r})")
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
