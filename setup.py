@@ -126,6 +126,8 @@ ext_modules, cmdclass = kernel_extensions()
 # abandon_on_cancel needs anyio >= 4.1.
 SERVER = ["fastapi>=0.115.3", "uvicorn[standard]>=0.30", "python-multipart>=0.0.18", "prometheus-client>=0.17",
           "anyio>=4.1"]
+RAY = ["ray[data]>=2.50,<3", "pyarrow>=14"]
+MILVUS = ["pymilvus>=2.5", "milvus-lite>=2.5"]
 
 setup(
     name="vqclip",
@@ -159,10 +161,13 @@ setup(
         "test": ["pytest>=8", "transformers>=4.40", "tritonclient[grpc]>=2.40", "psutil>=5.9", *SERVER,
                  "httpx>=0.27",  # FastAPI's TestClient and the load-run clients
                  "playwright>=1.40",  # drives Debian's Chromium in the page tests (no browser download)
-                 "faiss-cpu>=1.8", "kornia>=0.7", "matplotlib>=3.7"],  # the bench jobs' smoke tests: peers, plots
+                 "faiss-cpu>=1.8", "kornia>=0.7", "matplotlib>=3.7",  # the bench jobs' smoke tests: peers, plots
+                 *RAY, *MILVUS],  # the cluster path, on a local Ray and Milvus Lite
         # `vqclip bench`: the peers it measures (kornia: the VQGAN-CLIP step) and its plots
         "bench": ["faiss-cpu>=1.8", "transformers>=4.40", "kornia>=0.7", "matplotlib>=3.7", *SERVER, "httpx>=0.27"],
         "server": SERVER,
+        "ray": RAY,  # `vqclip index build --ray`; pyarrow alone reads and imports shards
+        "milvus": MILVUS,  # `vqclip index export-milvus`, milvus:// targets; Lite is the embedded engine
         "gpu": ["onnxruntime-gpu>=1.17"],
         "trt": ["tensorrt>=10.0"],
     },

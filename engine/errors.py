@@ -26,6 +26,7 @@ __all__ = [
     "IndexMismatchError",
     "OutputPathError",
     "DeviceMemoryError",
+    "ServiceUnreachableError",
 ]
 
 
@@ -114,3 +115,7 @@ class OutputPathError(VqclipError):
 
 class DeviceMemoryError(VqclipError, MemoryError):
     """A job that does not fit in the device's memory even in the smallest pieces it can run in."""
+
+
+class ServiceUnreachableError(VqclipError):
+    """A cluster or database given by address (a Ray cluster, a Milvus server) that does not answer."""
