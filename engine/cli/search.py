@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("search", help="find the images in an index closest to a text or an image",
                        description="Search an index made by `vqclip index build` with a text or an image, or "
                                    "with many queries (--queries), answered as JSON lines.")
-    p.add_argument("index", type=user_path, metavar="INDEX", help="an index folder")
+    p.add_argument("index", type=user_path, metavar="INDEX",
+                   help="an index folder, or a milvus:// target made by `vqclip index export-milvus`")
     p.add_argument("text", nargs="?", default=None, metavar="TEXT", help="what to look for, e.g. 'a red circle'")
     p.add_argument("--image", type=user_path, metavar="PATH", help="search with an image instead of a text")
     p.add_argument("--queries", type=user_path, metavar="FILE",
@@ -41,7 +42,7 @@ def add_parser(sub) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from vqclip.index.reader import Index
+    from vqclip.index.reader import open_index
 
     check_k(args.k, "--top-k")
     given = [x is not None for x in (args.text, args.image, args.queries)]
@@ -49,7 +50,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise InvalidInputError("give one of: a TEXT query, --image PATH, or --queries FILE ('-' for stdin)")
     if args.text is not None and not args.text.strip():
         raise InvalidInputError("the text query is empty or only whitespace; give some words to search for")
-    with Index.open(args.index, backend=args.backend, precision=args.precision, device=args.device) as idx:
+    with open_index(args.index, backend=args.backend, precision=args.precision, device=args.device) as idx:
         if args.queries is not None:
             return _answer_many(idx, args.queries, args.k, args.truncate)
         hits = idx.search(text=args.text, image=args.image, k=args.k, truncate=args.truncate)

@@ -13,7 +13,7 @@ def _index_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, user_path(path)
+    return name, path if path.startswith("milvus://") else user_path(path)
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
                                    "then these flags.")
     add_model_args(p)
     p.add_argument("--index", action="append", type=_index_arg, default=[], metavar="NAME=PATH",
-                   help="serve the index at PATH as NAME (repeat for several)")
+                   help="serve the index at PATH as NAME (repeat for several); PATH may be a milvus:// target "
+                        "made by `vqclip index export-milvus`")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch", type=positive_int, default=None, help="items per backend call (default 32; "

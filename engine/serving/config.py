@@ -38,7 +38,7 @@ class ServerConfig:
     backend: str = "torch"  # torch, onnxruntime or tensorrt (onnxruntime + int8 is the fast CPU one)
     precision: str = "fp32"
     device: str | None = None  # cpu, cuda or cuda:N; None: the backend's own (cuda for tensorrt, else cpu)
-    indexes: dict[str, str] = field(default_factory=dict)  # name in the API -> index folder
+    indexes: dict[str, str] = field(default_factory=dict)  # name in the API -> index folder or milvus:// target
     # Where it listens: loopback unless the operator says otherwise.
     host: str = "127.0.0.1"
     port: int = 8000

@@ -24,7 +24,7 @@ import numpy as np
 
 from vqclip.encoder import Encoder
 from vqclip.errors import IndexMismatchError
-from vqclip.index.reader import Hit, Index
+from vqclip.index.reader import Hit, Searchable, open_index
 from vqclip.jobs.classify import ZeroShotClassifier
 from vqclip.serving.batcher import Batcher, WorkGate, run_concatenated
 from vqclip.serving.config import ServerConfig
@@ -55,7 +55,7 @@ class LoadedIndex:
     """An open index, the slot of the model that built it, and its search queue."""
 
     name: str
-    index: Index
+    index: Searchable  # an Index, or a MilvusIndex
     slot: ModelSlot
     search: Batcher  # ((1, E) query, k) -> list[Hit]
 
@@ -64,7 +64,7 @@ class LoadedIndex:
         return Path(self.index.store.header.root)
 
 
-def _search_run(index: Index):
+def _search_run(index: Searchable):
     """A batch function answering several (query rows, k) with one kernel call at the largest k."""
 
     def run(payloads: list[tuple[np.ndarray, int]]) -> list[list[list[Hit]]]:
@@ -82,7 +82,7 @@ def _search_run(index: Index):
 class Runtime:
     """The loaded models, indexes and queues of one server; ``close`` stops the workers."""
 
-    def __init__(self, config: ServerConfig, encoder: Encoder, indexes: dict[str, Index],
+    def __init__(self, config: ServerConfig, encoder: Encoder, indexes: dict[str, Searchable],
                  metrics: Metrics, gate: WorkGate | None = None):
         self.config = config
         self.metrics = metrics
@@ -110,13 +110,14 @@ class Runtime:
         if encoder is None:
             encoder = open_encoder(config.model, backend=config.backend, precision=config.precision,
                                    device=config.device, config=config.arch)
-        indexes: dict[str, Index] = {}
+        indexes: dict[str, Searchable] = {}
         try:
             for name, path in config.indexes.items():
+                target = path if path.startswith("milvus://") else Path(path).expanduser()
                 try:
-                    indexes[name] = Index.open(Path(path).expanduser(), encoder=encoder)
+                    indexes[name] = open_index(target, encoder=encoder)
                 except IndexMismatchError:
-                    idx = Index.open(Path(path).expanduser(), backend=config.backend, precision=config.precision,
+                    idx = open_index(target, backend=config.backend, precision=config.precision,
                                      device=config.device)
                     indexes[name] = idx
                     log.info("index %s was built by %s; opening that model too", name, idx.store.header.model_name)

@@ -108,7 +108,7 @@ def make_client(tiny):
     ``client.backend`` is the encoder's ``GatedBackend``. Closed at the end of the test."""
     from fastapi.testclient import TestClient
 
-    from vqclip.index import Index
+    from vqclip.index.reader import open_index
     from vqclip.serving.app import create_app
     from vqclip.serving.config import ServerConfig
     from vqclip.serving.metrics import Metrics
@@ -121,7 +121,7 @@ def make_client(tiny):
         enc.session = GatedBackend(enc.session)
         settings.setdefault("generation_jobs", 0)  # generation loads its own models: only where a test asks
         cfg = ServerConfig(indexes={n: str(p) for n, p in (indexes or {}).items()}, **settings)
-        opened = {n: Index.open(p, encoder=enc) for n, p in (indexes or {}).items()}
+        opened = {n: open_index(p, encoder=enc) for n, p in (indexes or {}).items()}  # a folder or milvus://
         client = stack.enter_context(TestClient(create_app(cfg, Runtime(cfg, enc, opened, Metrics()))))
         wait_ready(client)
         client.backend = enc.session

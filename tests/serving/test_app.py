@@ -145,6 +145,26 @@ def test_indexes_thumbnails_and_files(make_client, tiny_index):
     assert c.get("/v1/indexes/nope/rows/0/file").json()["error"]["type"] == "not_found"
 
 
+def test_an_index_served_from_milvus_answers_as_the_folder_does(make_client, tiny_index, tmp_path):
+    pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (pip install 'vqclip[milvus]')")
+    from vqclip.index.milvus import export_milvus
+
+    target = export_milvus(tiny_index.path, str(tmp_path / "v.db"), "pics").target
+    c = make_client(indexes={"local": tiny_index.path, "milvus": target})
+    infos = {i["name"]: i for i in c.get("/v1/indexes").json()["indexes"]}
+    assert infos["milvus"] == {**infos["local"], "name": "milvus"}
+    got = {}
+    for name in ("local", "milvus"):
+        r = c.post("/v1/search", json={"index": name, "text": "a red circle", "k": 5})
+        assert r.status_code == 200, r.text
+        got[name] = r.json()["hits"]
+    assert [h["path"] for h in got["milvus"]] == [h["path"] for h in got["local"]]
+    np.testing.assert_allclose([h["score"] for h in got["milvus"]], [h["score"] for h in got["local"]], atol=TOL)
+    one = next(h for h in got["milvus"] if h["path"] != "link.png")
+    f = c.get(one["file"])  # files by row, looked up in the collection
+    assert f.status_code == 200 and f.content == (tiny_index.root / one["path"]).read_bytes()
+
+
 def test_files_are_served_only_from_inside_the_index_root(make_client, tiny_index, tmp_path):
     import shutil
 

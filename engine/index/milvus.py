@@ -1,0 +1,309 @@
+"""Serving an index's search from Milvus: the same rows, model and queries as a vqclip index,
+answered by a vector database (pymilvus; Milvus Lite for a local file, a Milvus server by address).
+
+``export_milvus`` copies an index into a collection whose properties record the model identity
+(a collection is refused for another model, naming both, as an index is). The rows go in as the
+index stores them, divided by their stored norms, so inner product is the cosine the fused
+kernels compute; exact (FLAT) search therefore returns the index's own hits. HNSW and IVF_FLAT
+trade recall for speed. The export fills a new collection and then points the name (a Milvus
+alias) at it: an export that fails or is killed leaves the previous one serving.
+
+A target names the database and the collection::
+
+    milvus://HOST:PORT/COLLECTION          a Milvus server (http; MILVUS_TOKEN for auth)
+    milvus:///abs/path/photos.db/COLLECTION a Milvus Lite file (milvus://rel.db/... relative)
+
+Example::
+
+    export_milvus("photos.vqindex", "photos.db", "photos", index_type="HNSW")
+    idx = MilvusIndex.open("milvus://photos.db/photos", backend="onnxruntime", precision="int8")
+    idx.search(text="a red circle", k=5)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vqclip._validate import check_k
+from vqclip.encoder import Encoder
+from vqclip.errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    OutputExistsError,
+    SearchIndexError,
+    ServiceUnreachableError,
+)
+from vqclip.index.reader import Hit, Searchable
+from vqclip.index.store import Header, check_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INDEX_TYPES", "MilvusIndex", "export_milvus", "parse_target"]
+
+INDEX_TYPES = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 1024}}
+_SEARCH_DEFAULTS = {"HNSW": {"ef": 64}, "IVF_FLAT": {"nprobe": 16}}  # raised to k where Milvus needs it
+_MAX_K = 16384  # Milvus's limit on top-k
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
+_PREFIX = "vqclip."
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``milvus://...`` -> (pymilvus URI, collection): a ``.db`` location is a Milvus Lite file."""
+    if not target.startswith("milvus://"):
+        raise InvalidInputError(f"{target!r} is not a milvus:// target; give milvus://HOST:PORT/COLLECTION or "
+                                "milvus:///path/to/file.db/COLLECTION")
+    where, _, collection = target[len("milvus://"):].rpartition("/")
+    if not where or not _NAME.fullmatch(collection):
+        raise InvalidInputError(f"{target!r} does not end in /COLLECTION (letters, digits, '_'); give "
+                                "milvus://HOST:PORT/COLLECTION or milvus:///path/to/file.db/COLLECTION")
+    if where.endswith(".db"):
+        return where, collection
+    return f"http://{where}", collection
+
+
+def _target(uri: str, collection: str) -> str:
+    return f"milvus://{uri.split('://', 1)[1] if '://' in uri else uri}/{collection}"
+
+
+def connect(uri: str):
+    """A ``MilvusClient`` for ``uri`` (a Lite ``.db`` file, or http(s)://HOST:PORT); one line
+    naming the URI when pymilvus is missing or the database does not answer."""
+    try:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+    except ImportError as e:
+        raise BackendUnavailableError("Milvus needs pymilvus; install it with `pip install 'vqclip[milvus]'`") from e
+    if not uri.startswith(("http://", "https://")):
+        if not uri.endswith(".db"):
+            raise InvalidInputError(f"Milvus URI {uri!r} is neither a Milvus Lite file (*.db) nor http(s)://HOST:PORT")
+        parent = Path(uri).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ServiceUnreachableError(f"cannot open Milvus Lite file {uri!r}: its folder {parent} does not exist")
+        uri = str(Path(uri).expanduser().resolve())
+        # Milvus Lite serves pymilvus in this process, and its gRPC server logs a traceback for
+        # each call Lite does not implement (pymilvus asks for a timestamp on flush, then copes).
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    try:
+        return MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""), timeout=10)
+    except (MilvusException, OSError, RuntimeError) as e:
+        raise ServiceUnreachableError(f"cannot reach Milvus at {uri!r} ({_first_line(e)}); start it or check the "
+                                      "URI") from e
+
+
+def _first_line(e: BaseException) -> str:
+    msg = getattr(e, "message", None) or str(e)
+    return msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+
+
+@dataclass
+class ExportReport:
+    target: str  # what `vqclip search` / `vqclip serve --index` take
+    rows: int
+    index_type: str
+    seconds: float
+
+    def summary(self) -> str:
+        return f"{self.rows} rows in {self.target} ({self.index_type} index) in {self.seconds:.1f} s"
+
+
+def export_milvus(index: str | Path, uri: str, collection: str, index_type: str = "FLAT",
+                  params: dict | None = None, force: bool = False, batch_rows: int = 2000) -> ExportReport:
+    """Copy the index at ``index`` into ``collection`` at ``uri`` and build a Milvus index on it:
+    ``index_type`` FLAT (exact), HNSW or IVF_FLAT with ``params`` over ``INDEX_TYPES``' defaults.
+    A collection of that name is replaced only with ``force`` (``OutputExistsError`` otherwise),
+    and only once the new one is loaded."""
+    from pymilvus import DataType, MilvusClient
+
+    from vqclip.index.store import IndexStore, decode_rows
+
+    index_type = str(index_type).upper()
+    if index_type not in INDEX_TYPES:
+        raise InvalidInputError(f"index type {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
+    if not _NAME.fullmatch(collection):
+        raise InvalidInputError(f"collection name {collection!r}: use letters, digits and '_', starting with a letter")
+    t0 = time.perf_counter()
+    with IndexStore.open(index) as store:
+        client = connect(uri)
+        try:
+            existing = _resolve(client, collection)
+            if existing is not None and not force:
+                raise OutputExistsError(f"collection {collection!r} exists at {uri}; export with --force to replace "
+                                        "it (the old one serves until the new one is loaded)")
+            h = store.header
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)  # the row in the index
+            schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=h.embed_dim)
+            schema.add_field("path", DataType.VARCHAR, max_length=4096)
+            schema.add_field("size", DataType.INT64)
+            schema.add_field("mtime_ns", DataType.INT64)
+            schema.add_field("sha256", DataType.VARCHAR, max_length=64)
+            props = {f"{_PREFIX}format": "vqclip-milvus", f"{_PREFIX}version": "1",
+                     f"{_PREFIX}model_name": h.model_name, f"{_PREFIX}model_digest": h.model_digest,
+                     f"{_PREFIX}model_config": h.model_config or "", f"{_PREFIX}embed_dim": str(h.embed_dim),
+                     f"{_PREFIX}storage": h.storage, f"{_PREFIX}root": h.root, f"{_PREFIX}index_type": index_type}
+            physical = f"{collection}_v{time.time_ns()}"
+            client.create_collection(physical, schema=schema, properties=props)
+            try:
+                rows = store._reader().execute(
+                    "SELECT row, path, size, mtime_ns, sha256 FROM entries ORDER BY row").fetchall()
+                for i in range(0, len(rows), batch_rows):
+                    chunk = rows[i:i + batch_rows]
+                    r = np.array([c[0] for c in chunk], dtype=np.int64)
+                    x = decode_rows(store.vectors[r], store.scales[r] if store.scales is not None else None)
+                    x /= np.maximum(store.norms[r], 1e-30)[:, None]  # the kernels' cosine: stored row over its norm
+                    client.insert(physical, [{"id": int(c[0]), "embedding": v, "path": c[1], "size": c[2],
+                                              "mtime_ns": c[3], "sha256": c[4]} for c, v in zip(chunk, x)])
+                client.flush(physical)
+                ip = client.prepare_index_params()
+                ip.add_index("embedding", index_type=index_type, metric_type="IP",
+                             params={**INDEX_TYPES[index_type], **(params or {})})
+                client.create_index(physical, ip)
+                client.load_collection(physical)
+            except BaseException:
+                _drop_quietly(client, physical)
+                raise
+            _point(client, collection, physical, existing)
+            return ExportReport(_target(uri, collection), len(rows), index_type, time.perf_counter() - t0)
+        finally:
+            client.close()
+
+
+def _resolve(client, name: str) -> str | None:
+    """The collection ``name`` stands for: an alias's target, a collection of that name, or None."""
+    if name in client.list_aliases().get("aliases", []):
+        return client.describe_alias(name)["collection_name"]
+    return name if client.has_collection(name) else None
+
+
+def _point(client, name: str, physical: str, existing: str | None) -> None:
+    """Make ``name`` serve ``physical``; drop what it served before."""
+    if existing is None:
+        client.create_alias(physical, name)
+    elif existing == name:  # a plain collection of that name (not made by vqclip): replace it
+        client.drop_collection(name)
+        client.create_alias(physical, name)
+    else:
+        client.alter_alias(physical, name)
+        _drop_quietly(client, existing)
+
+
+def _drop_quietly(client, name: str) -> None:
+    try:
+        client.drop_collection(name)
+    except Exception as e:  # noqa: BLE001 - a leftover collection is reported, not fatal
+        log.warning("could not drop Milvus collection %s: %s", name, e)
+
+
+class MilvusEntries:
+    """The part of ``IndexStore`` that serving reads (header, row count, paths by row), for a collection."""
+
+    def __init__(self, client, collection: str, target: str, header: Header, count: int):
+        self.client, self.collection, self.path, self.header = client, collection, target, header
+        self.count = self.n_entries = count
+
+    def check_model(self, digest: str, name: str, config: dict | None = None) -> None:
+        check_model(self.path, self.header, digest, name, config)
+
+    def paths_for_rows(self, rows: list[int]) -> dict[int, str]:
+        if not rows:
+            return {}
+        got = self.client.get(self.collection, ids=[int(r) for r in rows], output_fields=["path"])
+        return {int(g["id"]): g["path"] for g in got}
+
+    def absolute(self, rel: str) -> str:
+        return str(Path(self.header.root) / rel)
+
+
+class MilvusIndex(Searchable):
+    """A collection exported by ``export_milvus``, answering queries like ``Index``.
+
+    Use ``MilvusIndex.open``. ``search_params`` go to Milvus as they are (``ef`` for HNSW,
+    ``nprobe`` for IVF_FLAT; raised to ``k`` where Milvus needs it).
+    """
+
+    def __init__(self, store: MilvusEntries, encoder: Encoder | None, backend: str | None, precision: str | None,
+                 device: str | None, index_type: str, search_params: dict | None):
+        self.store = store
+        self._encoder = encoder
+        self._backend = (backend, precision, device)
+        self._encoder_lock = threading.Lock()
+        self.index_type = index_type
+        self.search_params = {**_SEARCH_DEFAULTS.get(index_type, {}), **(search_params or {})}
+
+    @classmethod
+    def open(cls, target: str, model: Any = None, backend: str | None = "torch", encoder: Encoder | None = None,
+             precision: str | None = "fp32", threads: int | None = None, device: str | None = None,
+             search_params: dict | None = None) -> "MilvusIndex":
+        """Open the collection of ``target`` (``milvus://...``). The query encoder is as for
+        ``Index.open``; a model other than the collection's is refused (``IndexMismatchError``,
+        naming both). ``threads`` is accepted for ``Index.open``'s signature (Milvus has its own)."""
+        uri, collection = parse_target(target)
+        client = connect(uri)
+        try:
+            physical = _resolve(client, collection)
+            if physical is None:
+                raise SearchIndexError(f"{target}: no collection {collection!r} at {uri}; make it with "
+                                       f"`vqclip index export-milvus INDEX --uri {uri} --collection {collection}`")
+            props = client.describe_collection(collection).get("properties", {})
+            if props.get(f"{_PREFIX}format") != "vqclip-milvus":
+                raise SearchIndexError(f"{target}: collection {collection!r} was not made by `vqclip index "
+                                       "export-milvus` (no vqclip properties); export an index into it")
+            header = Header(props[f"{_PREFIX}model_name"], props[f"{_PREFIX}model_digest"],
+                            int(props[f"{_PREFIX}embed_dim"]), props[f"{_PREFIX}storage"], props[f"{_PREFIX}root"],
+                            "", props.get(f"{_PREFIX}model_config") or None)
+            count = int(client.get_collection_stats(collection).get("row_count", 0))
+            client.load_collection(collection)
+            store = MilvusEntries(client, collection, target, header, count)
+            if encoder is None and model is not None:
+                from vqclip.encoder import open_encoder
+
+                encoder = open_encoder(model, backend=backend, precision=precision, device=device)
+            if encoder is not None:
+                store.check_model(encoder.identity.digest, encoder.identity.name, encoder.config)
+        except BaseException:
+            client.close()
+            raise
+        return cls(store, encoder, backend, precision, device, props.get(f"{_PREFIX}index_type", "FLAT"),
+                   search_params)
+
+    def close(self) -> None:
+        self.store.client.close()
+
+    def __enter__(self) -> "MilvusIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.store.n_entries
+
+    def refresh(self) -> None:
+        """A collection is replaced whole by the next export; nothing to re-read."""
+
+    def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """float32 (B, E) query embeddings -> per query the top-``k`` hits from Milvus, best first."""
+        check_k(k)
+        if k > _MAX_K:
+            raise InvalidInputError(f"k={k}: Milvus returns at most {_MAX_K} hits per query")
+        s = self.store
+        if s.n_entries == 0:
+            raise SearchIndexError(f"{s.path} holds no images; export a non-empty index into it")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != s.header.embed_dim:
+            raise InvalidInputError(f"queries of shape {queries.shape}; expected (B, {s.header.embed_dim})")
+        params = dict(self.search_params)
+        if "ef" in params:
+            params["ef"] = max(int(params["ef"]), k)  # HNSW needs ef >= k
+        res = s.client.search(s.collection, data=list(queries), limit=k, output_fields=["path"],
+                              search_params={"metric_type": "IP", "params": params})
+        return [[Hit(s.absolute(h["entity"]["path"]), float(h["distance"]), int(h["id"])) for h in hits]
+                for hits in res]
