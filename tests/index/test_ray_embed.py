@@ -80,7 +80,7 @@ def test_shards_equal_index_build_on_the_same_folder(local_ray, folder, checkpoi
             np.testing.assert_allclose(st.vectors[e.row], want[rel], atol=1e-5)
 
 
-def test_rerun_resumes_and_redoes_only_changed_shards(local_ray, folder, checkpoint, tmp_path, images):
+def test_rerun_resumes_and_redoes_only_changed_shards(local_ray, folder, checkpoint, tmp_path, tiny):
     out = tmp_path / "shards"
     embed_with_ray(folder, out, model=str(checkpoint), backend="torch", shard_size=4)
     again = embed_with_ray(folder, out, model=str(checkpoint), backend="torch", shard_size=4)
@@ -89,10 +89,7 @@ def test_rerun_resumes_and_redoes_only_changed_shards(local_ray, folder, checkpo
     again = embed_with_ray(folder, out, model=str(checkpoint), backend="torch", shard_size=4)
     assert (again.written, again.kept) == (1, 3)
     assert len(_rows(out)) == 14
-    other = tmp_path / "other.safetensors"
-    from conftest import save_checkpoint
-
-    save_checkpoint(other, seed=1)
+    other = tiny.checkpoint(tmp_path / "other.safetensors", 1)
     with pytest.raises(IndexMismatchError, match=r"holds shards of .*tiny.safetensors.*not .*other.safetensors"):
         embed_with_ray(folder, out, model=str(other), backend="torch", shard_size=4)
 
