@@ -18,7 +18,7 @@ from typing import Callable
 
 from .harness import Options, Peak, load_average, machine_info
 
-__all__ = ["JOBS", "Options", "run", "FORMAT"]
+__all__ = ["JOBS", "DEFAULT_JOBS", "Options", "run", "FORMAT"]
 
 log = logging.getLogger("vqclip.bench")
 
@@ -41,7 +41,11 @@ JOBS: dict[str, Callable[[Options, str], dict]] = {
     "index-build": _job("job_search", "run_index_build"),
     "generate": _job("job_generate"),
     "serve": _job("job_serve"),
+    # The cluster path: only when named (they need the [ray] / [milvus] extras)
+    "index-build-ray": _job("job_cluster", "run_index_build_ray"),
+    "milvus": _job("job_cluster", "run_milvus"),
 }
+DEFAULT_JOBS = tuple(j for j in JOBS if j not in ("index-build-ray", "milvus"))
 FORMAT = 1
 
 
@@ -50,7 +54,7 @@ def run(opts: Options, on_job: Callable[[dict], None] | None = None) -> dict:
 
     A job that fails is recorded with its error and the others still run (``report["failed"]``)."""
     report = {"format": FORMAT, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": opts.command(tuple(JOBS)),
+              "command": opts.command(DEFAULT_JOBS),
               "options": {"quick": opts.quick, "seconds": opts.seconds, "device": opts.device,
                           "models": list(opts.models), "backends": list(opts.backends),
                           "precisions": list(opts.precisions), "batches": list(opts.batches)},

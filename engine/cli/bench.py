@@ -11,7 +11,9 @@ from vqclip.cli._common import PRECISIONS, device_name, user_path
 
 __all__ = ["add_parser"]
 
-JOB_NAMES = ("encode-image", "encode-text", "topk", "search", "index-build", "generate", "serve")
+JOB_NAMES = ("encode-image", "encode-text", "topk", "search", "index-build", "generate", "serve", "index-build-ray",
+             "milvus")
+DEFAULT_JOBS = JOB_NAMES[:-2]  # the cluster jobs need the [ray] / [milvus] extras: run when named
 FULL_MODELS, QUICK_MODELS = ("shapes-clip", "vit-b-32"), ("shapes-clip",)
 
 
@@ -48,8 +50,9 @@ def add_parser(sub) -> None:
         description="Run benchmark jobs, each timing vqclip and its peers in the same rounds (transformers for the "
                     "encoders; FAISS, torch and numpy for top-k and search; VQGAN-CLIP's step for generation; "
                     "batching off for the server), and print a table per job with p50/p90/p99, throughput, "
-                    f"ratios and peak memory. Jobs: {', '.join(JOB_NAMES)} (default: all).")
-    p.add_argument("jobs", nargs="*", metavar="JOB", help="jobs to run (default: all)")
+                    f"ratios and peak memory. Jobs: {', '.join(JOB_NAMES)} (default: all but index-build-ray and "
+                    "milvus, which need the [ray] and [milvus] extras).")
+    p.add_argument("jobs", nargs="*", metavar="JOB", help="jobs to run (default: all but the cluster ones)")
     p.add_argument("--model", dest="models", type=_names, default=None, metavar="M[,M]",
                    help="CLIP models: zoo names (an architecture without bundled weights runs on random weights, "
                         "e.g. vit-b-32) or checkpoint paths (default: shapes-clip, plus vit-b-32 without --quick)")
@@ -82,7 +85,7 @@ def _check(args: argparse.Namespace):
     from vqclip.bench import Options
     from vqclip.errors import BackendUnavailableError, InvalidInputError
 
-    jobs = tuple(dict.fromkeys(args.jobs)) or JOB_NAMES
+    jobs = tuple(dict.fromkeys(args.jobs)) or DEFAULT_JOBS
     unknown = [j for j in jobs if j not in JOB_NAMES]
     if unknown:
         raise InvalidInputError(f"unknown bench job {unknown[0]!r}; jobs: {', '.join(JOB_NAMES)}")

@@ -69,7 +69,8 @@ def add_parser(sub) -> None:
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per encoder call (default 32; with --ray 128, also per decode task)")
     p.add_argument("--workers", type=positive_int, default=None, help="decode threads (default: cores - 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -103,7 +104,7 @@ def _cmd_index_build(args: argparse.Namespace) -> int:
         return _build_with_ray(args)
     enc = open_encoder(args.model, backend=args.backend, precision=args.precision, device=args.device,
                        config=args.arch)
-    report = build_index(args.dir, args.out, enc, storage=args.storage or "fp16", batch_size=args.batch_size,
+    report = build_index(args.dir, args.out, enc, storage=args.storage or "fp16", batch_size=args.batch_size or 32,
                          workers=args.workers, progress=False if args.no_progress else None, force=args.force)
     return _print_report(report, args.out)
 
@@ -120,7 +121,7 @@ def _build_with_ray(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--gpus-per-actor {args.gpus_per_actor}: give 0 or more")
     report = embed_with_ray(args.dir, args.out, args.model, backend=args.backend, precision=args.precision,
                             device=args.device, config=args.arch, address=args.ray, actors=args.actors,
-                            gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size,
+                            gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size or 128,
                             shard_size=args.shard_size, progress=False if args.no_progress else None)
     for rel, reason in report.failed[:20]:
         print(f"vqclip: skipped {reason}", file=sys.stderr)
@@ -151,7 +152,7 @@ def _cmd_index_export_milvus(args: argparse.Namespace) -> int:
 def _cmd_index_update(args: argparse.Namespace) -> int:
     from vqclip.index.build import update_index
 
-    report = update_index(args.index, batch_size=args.batch_size, workers=args.workers,
+    report = update_index(args.index, batch_size=args.batch_size or 32, workers=args.workers,
                           progress=False if args.no_progress else None, backend=args.backend,
                           precision=args.precision, device=args.device)
     return _print_report(report, args.index)

@@ -89,8 +89,8 @@ class ShardsReport:
 def embed_with_ray(folder: str | Path, out: str | Path, model: Any = None, *, backend: str | None = None,
                    precision: str | None = None, device: str | None = None, config: Any = None,
                    encoder_factory: Callable[[], Any] | None = None, address: str | None = None, actors: int = 1,
-                   cpus_per_actor: float = 1, gpus_per_actor: float = 0, batch_size: int = 32,
-                   shard_size: int = 1024, progress: bool | None = None) -> ShardsReport:
+                   cpus_per_actor: float = 1, gpus_per_actor: float = 0, decode_cpus: float = 0.5,
+                   batch_size: int = 128, shard_size: int = 1024, progress: bool | None = None) -> ShardsReport:
     """Encode every image under ``folder`` on Ray and write Parquet shards into ``out``.
 
     ``address``: None or "local" starts Ray on this machine for the job; "auto", "HOST:PORT" or
@@ -98,7 +98,10 @@ def embed_with_ray(folder: str | Path, out: str | Path, model: Any = None, *, ba
     cannot be reached). An already initialised Ray is used as it is. ``encoder_factory``
     (picklable, called once on the driver and once per actor) replaces opening ``model`` on
     ``backend``/``precision``/``device``. Rerunning into ``out`` resumes; ``out`` made for another
-    model is refused (``IndexMismatchError``, naming both).
+    model is refused (``IndexMismatchError``, naming both). Ray schedules by the CPUs each stage
+    asks for: ``cpus_per_actor`` per encoder actor and ``decode_cpus`` per decode task (half a
+    CPU: reading a file waits on the disk, so two tasks share a core); ``batch_size`` images go
+    through each task and each encoder call.
     """
     try:
         import ray
@@ -147,7 +150,7 @@ def embed_with_ray(folder: str | Path, out: str | Path, model: Any = None, *, ba
         started = _connect(ray, address)
         try:
             _run(ray, todo, out, spec, enc.preprocessor, digest, embed_dim, root, model_meta, actors,
-                 cpus_per_actor, gpus_per_actor, batch_size, progress, report)
+                 cpus_per_actor, gpus_per_actor, decode_cpus, batch_size, progress, report)
         finally:
             if started:
                 ray.shutdown()
@@ -267,7 +270,8 @@ class _Encode:
 
 
 def _run(ray, todo: dict, out: Path, spec, pre, digest: str, embed_dim: int, root: str, model_meta: dict,
-         actors: int, cpus_per_actor: float, gpus_per_actor: float, batch_size: int, progress: bool | None,
+         actors: int, cpus_per_actor: float, gpus_per_actor: float, decode_cpus: float, batch_size: int,
+         progress: bool | None,
          report: ShardsReport) -> None:
     """The Ray Data pipeline over the files of the shards in ``todo``; shards written as they complete."""
     import ray.data
@@ -281,7 +285,7 @@ def _run(ray, todo: dict, out: Path, spec, pre, digest: str, embed_dim: int, roo
     # Ray Data's defaults retry a task whose worker died and restart a dead actor, re-running its batch.
     # The memory request (a batch of pixels, and as much again for decoded images) also keeps Ray
     # from fusing decoding into the encoder actors: decoding runs in its own tasks, beside them.
-    ds = ds.map_batches(_decode, fn_kwargs={"pre": pre}, batch_size=batch_size, num_cpus=1,
+    ds = ds.map_batches(_decode, fn_kwargs={"pre": pre}, batch_size=batch_size, num_cpus=decode_cpus,
                         memory=_WORKER_BYTES + 2 * batch_size * 3 * pre.size * pre.size * 4)
     encode = type("Encode", (_Encode,), {"factory": staticmethod(spec), "digest": digest})
     ds = ds.map_batches(encode, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors),

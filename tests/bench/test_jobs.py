@@ -99,6 +99,24 @@ def test_index_build_against_the_sequential_peer(cache):
     assert 0 <= ours["not_encode_share"] <= 1 and ours["encode_s"] > 0
 
 
+def test_milvus_job_times_kernel_flat_and_hnsw_with_recall(cache):
+    pytest.importorskip("milvus_lite", reason="the milvus job needs milvus-lite (pip install 'vqclip[milvus]')")
+    entry = _run("milvus", rows=(3000,))
+    kernel = _runner(entry, "vqclip Index fp16 (kernel + lookup)")
+    flat, hnsw = _runner(entry, "Milvus Lite FLAT"), _runner(entry, "Milvus Lite HNSW (M=16, efC=100, ef=64)")
+    assert kernel["recall_at_k"] == flat["recall_at_k"] == 1.0  # both exact over the same fp16 rows
+    assert 0.5 < hnsw["recall_at_k"] <= 1.0 and hnsw["index_build_s"] > 0
+    assert flat["insert_rows_s"] > 0 and kernel["vs"] == "Milvus Lite FLAT" and kernel["ratio"] > 0
+    assert kernel["n"] > flat["n"]  # the kernel is timed beside each Milvus index
+
+
+def test_index_build_ray_against_build_index(cache):
+    pytest.importorskip("ray.data", reason="the index-build-ray job needs Ray Data (pip install 'vqclip[ray]')")
+    entry = _run("index-build-ray", backends=("torch",), precisions=("fp32",), rows=(6,))
+    ours, peer = _runner(entry, "vqclip index build --ray (Ray Data)"), _runner(entry, "vqclip build_index")
+    assert ours["images"] == 6 and peer["peer"] and ours["vs"] == "vqclip build_index" and ours["ray_cpus"] >= 1
+
+
 def test_generate_steps_beside_the_vqgan_clip_step(cache):
     pytest.importorskip("kornia", reason="the VQGAN-CLIP step (the peer) needs kornia")
     entry = _run("generate")

@@ -1,0 +1,164 @@
+"""Jobs ``milvus`` and ``index-build-ray``: the cluster path beside the one-machine path.
+
+``milvus``: N random unit rows (fp16 index) searched by the fused kernels (``Index``, kernel and
+SQLite lookup) and through Milvus Lite (``MilvusIndex``) with a FLAT (exact) and then an HNSW
+index on the same collection; one query at a time, k=10; recall@10 against exact float32 search;
+the export's insert rate and each index's build time. ``index-build-ray``: ``embed_with_ray`` on
+a local Ray (started once, before timing: a cluster is up before its jobs) against ``build_index``
+on the same folder and encoder, alternated; the Ray run's wall includes its actors' start, which
+is also timed alone (``start_s``: a job of 32 images).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .harness import Options, add_ratios, make_row, measure
+from .job_search import make_big_index, render_folder
+from .job_topk import _exact_ids, _recall
+from .models import resolve_model
+
+__all__ = ["run_milvus", "run_index_build_ray"]
+
+K = 10
+KERNEL = "vqclip Index fp16 (kernel + lookup)"
+BUILD = "vqclip build_index"
+HNSW = {"M": 16, "efConstruction": 100}  # 200 (the export default) takes ~2x longer to build at 1M
+FLAT = "Milvus Lite FLAT"
+HNSW_RUNNER = "Milvus Lite HNSW (M=16, efC=100, ef=64)"
+
+
+def run_milvus(opts: Options, job: str = "milvus") -> dict:
+    from vqclip.index import Index
+    from vqclip.index.milvus import MilvusIndex, export_milvus
+
+    n = (opts.rows or ((20_000,) if opts.quick else (1_000_000,)))[0]
+    dim = 512
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="vqclip-bench-") as tmp:
+        work = Path(tmp)
+        idx_path = work / "rows.vqindex"
+        make_big_index(idx_path, "random-rows", "0" * 64, n, dim, storage="fp16")
+        t = time.perf_counter()
+        target = export_milvus(idx_path, str(work / "bench.db"), "rows").target
+        export_s = time.perf_counter() - t
+        q_all = np.random.default_rng(7).standard_normal((64, dim)).astype(np.float32)
+        q_all /= np.linalg.norm(q_all, axis=1, keepdims=True)
+        with Index.open(idx_path) as idx, MilvusIndex.open(target) as m:
+            truth = _exact_ids(np.asarray(idx.store.vectors, dtype=np.float32) / idx.store.norms[:, None], q_all)
+            # One collection, two vector indexes in turn; the kernel is timed beside each.
+            lat = _time_queries({KERNEL: idx, FLAT: m}, q_all, opts)
+            recall = {KERNEL: _recall_of(idx, q_all, truth), FLAT: _recall_of(m, q_all, truth)}
+            hnsw_s = _reindex(m, "HNSW", HNSW)
+            m.index_type, m.search_params = "HNSW", {"ef": 64}
+            again = _time_queries({KERNEL: idx, HNSW_RUNNER: m}, q_all, opts)
+            lat[KERNEL] += again[KERNEL]
+            lat[HNSW_RUNNER] = again[HNSW_RUNNER]
+            recall[HNSW_RUNNER] = _recall_of(m, q_all, truth)
+        case = f"N={n:,} D={dim} B=1 k={K}, fp16 rows"
+        for name in (KERNEL, FLAT, HNSW_RUNNER):
+            extra: dict[str, Any] = {"index_rows": n, "dim": dim, "k": K, "recall_at_k": recall[name]}
+            if name == FLAT:
+                extra.update(export_s=export_s, insert_rows_s=n / export_s)
+            if name == HNSW_RUNNER:
+                extra["index_build_s"] = hnsw_s
+            rows.append(make_row(job, case, name, lat[name], items=1, unit="queries/s", peer=name != KERNEL,
+                                 keep_cdf=True, reproduce=opts.invocation(job, rows=n), **extra))
+    add_ratios(rows, FLAT)
+    return {"rows": rows, "skipped": []}
+
+
+def _time_queries(indexes: dict[str, Any], q_all: np.ndarray, opts: Options) -> dict[str, list[float]]:
+    state = {"i": 0}
+
+    def call(ix):
+        def run():
+            q = q_all[state["i"] % len(q_all)][None]
+            ix.search_embeddings(q, K)
+        return run
+
+    def advance():
+        state["i"] += 1
+
+    return measure({name: call(ix) for name, ix in indexes.items()}, opts.seconds * 3, sync=advance)
+
+
+def _recall_of(ix, q_all: np.ndarray, truth: np.ndarray) -> float:
+    ids = np.array([[h.row for h in hits] for hits in ix.search_embeddings(q_all, K)])
+    return _recall(ids, truth)
+
+
+def _reindex(m, index_type: str, params: dict) -> float:
+    """Replace the collection's vector index (same rows): seconds to build and load it."""
+    c, name = m.store.client, m.store.collection
+    t = time.perf_counter()
+    c.release_collection(name)
+    c.drop_index(name, "embedding")
+    ip = c.prepare_index_params()
+    ip.add_index("embedding", index_type=index_type, metric_type="IP", params=params)
+    c.create_index(name, ip)
+    c.load_collection(name)
+    return time.perf_counter() - t
+
+
+def run_index_build_ray(opts: Options, job: str = "index-build-ray") -> dict:
+    import ray
+
+    from vqclip.encoder import open_encoder
+    from vqclip.index import build_index
+    from vqclip.index.ray_embed import EncoderSpec, embed_with_ray
+
+    rows: list[dict] = []
+    rounds = 2 if opts.quick else 3
+    backend, p = opts.preferred_pair()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    try:
+        with tempfile.TemporaryDirectory(prefix="vqclip-bench-") as tmp:
+            work = Path(tmp)
+            for name in opts.models:
+                model = resolve_model(name)
+                # Enough images that the job's start (Ray workers, the actors' sessions) is not all
+                # it measures; that start is timed apart, as a job of one 32-image shard.
+                n = (opts.rows or ((256,) if opts.quick else (4000,)))[0]
+                if "random" in model.label and not opts.rows:
+                    n = min(n, 64 if opts.quick else 512)
+                folder = work / f"images-{n}"
+                if not folder.exists():
+                    render_folder(folder, n)
+                enc = open_encoder(model.source, backend, precision=p, device=opts.device)
+                spec = EncoderSpec(model.source, backend, p, opts.device)
+                case = f"{model.label}, {n} JPEGs 256px, {backend} {p}, Ray on {cpus} CPUs, 1 actor"
+                ray_label = "vqclip index build --ray (Ray Data)"
+                small = work / "images-32"
+                if not small.exists():
+                    render_folder(small, 32)
+                times: dict[str, list[float]] = {BUILD: [], ray_label: []}
+                start_s = []
+                for r in range(rounds):  # alternate, so load hits both alike
+                    t = time.perf_counter()
+                    build_index(folder, work / f"idx-{r}", enc, storage="fp16", progress=False, force=True)
+                    times[BUILD].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    embed_with_ray(folder, work / f"shards-{model.label}-{r}", encoder_factory=spec, shard_size=256,
+                                   progress=False)
+                    times[ray_label].append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    embed_with_ray(small, work / f"small-{model.label}-{r}", encoder_factory=spec, progress=False)
+                    start_s.append(time.perf_counter() - t)
+                for label, walls in times.items():
+                    rows.append(make_row(job, case, label, walls, items=n, unit="img/s", peer=label == BUILD,
+                                         model=model.label, images=n, encoder=f"{backend} {p}", ray_cpus=cpus,
+                                         start_s=float(np.median(start_s)) if label == ray_label else None,
+                                         reproduce=opts.invocation(job, model=model.name)))
+    finally:
+        if started:
+            ray.shutdown()
+    add_ratios(rows, BUILD)
+    return {"rows": rows, "skipped": []}
