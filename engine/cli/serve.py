@@ -13,7 +13,9 @@ def _index_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path if path.startswith("milvus://") else user_path(path)
+    from vqclip.index.reader import is_milvus_target
+
+    return name, path if is_milvus_target(path) else user_path(path)
 
 
 def add_parser(sub) -> None:

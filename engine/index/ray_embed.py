@@ -37,6 +37,7 @@ from vqclip.errors import (
     InvalidInputError,
     SearchIndexError,
     ServiceUnreachableError,
+    VqclipError,
 )
 from vqclip.index.shards import JOB_FILE, listing_digest, read_job, shard_is_current, shard_name, write_job, write_shard
 from vqclip.index.store import walk_images
@@ -116,62 +117,86 @@ def embed_with_ray(folder: str | Path, out: str | Path, model: Any = None, *, ba
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise InvalidInputError(f"{str(folder)!r} is not a folder; give the folder of images to embed")
-    factory = encoder_factory or EncoderSpec(model, backend, precision, device, config)
-    enc = factory()  # on the driver: identity and preprocessing; the actors open their own
+    # The driver needs the model's identity and preprocessing only: on the CPU, so a GPU job's
+    # head node needs no GPU; the actors open the model on the backend and device asked for.
+    on_driver = device if device in (None, "cpu") else "cpu"
+    factory = encoder_factory or EncoderSpec(model, backend if on_driver == device else None,
+                                             precision if on_driver == device else None, on_driver, config)
+    enc = factory()
     digest = enc.identity.digest
     embed_dim = enc.embed_dim or enc.encode_texts(["a"]).shape[1]
-    _check_out(out, digest, enc.identity.name)
+    root = str(folder.resolve())
+    model_meta = {"name": enc.identity.name, "digest": digest, "config": enc.architecture}
+    old = _check_out(out, model_meta, root)
 
     report = ShardsReport()
     listing = _list(folder, out, report)
+    if not listing and old:
+        raise SearchIndexError(f"{folder} holds no images now, while {out} holds {old} shards of it: is the "
+                               "folder mounted? (give a new --out to embed an empty folder)")
     shards = [listing[i:i + shard_size] for i in range(0, len(listing), shard_size)]
     report.shards = len(shards)
-    root = str(folder.resolve())
-    model_meta = {"name": enc.identity.name, "digest": digest, "config": enc.architecture}
     out.mkdir(parents=True, exist_ok=True)
-    write_job(out, {"model": model_meta, "embed_dim": embed_dim, "root": root, "shard_size": shard_size,
-                    "shards": len(shards), "files": len(listing)})
-    for stale in out.glob("shard-*.parquet"):  # a shorter listing than last time: its tail shards are gone
-        try:
-            if int(stale.stem.split("-")[1]) >= len(shards):
-                stale.unlink()
-        except ValueError:
-            pass
+    job = {"model": model_meta, "embed_dim": embed_dim, "root": root, "shard_size": shard_size,
+           "shards": len(shards), "files": len(listing)}
+    write_job(out, {**job, "complete": False})  # `index import` refuses a folder until the job says complete
     todo = {}
     for i, items in enumerate(shards):
-        digest_i = listing_digest((rel, size, mtime) for rel, _, size, mtime in items)
+        digest_i = listing_digest(root, ((rel, size, mtime) for rel, _, size, mtime in items))
         if shard_is_current(out / shard_name(i), digest, digest_i):
             report.kept += 1
         else:
             todo[i] = (items, digest_i)
     if todo:
-        spec = factory if encoder_factory is not None else EncoderSpec(model, backend, precision, device, config,
-                                                                       digest)
+        spec = encoder_factory or EncoderSpec(model, backend, precision, device, config, digest)
         started = _connect(ray, address)
         try:
             _run(ray, todo, out, spec, enc.preprocessor, digest, embed_dim, root, model_meta, actors,
                  cpus_per_actor, gpus_per_actor, decode_cpus, batch_size, progress, report)
+        except ray.exceptions.RayError as e:
+            raise _unwrap(e) from e
         finally:
             if started:
                 ray.shutdown()
+    for stale in out.glob("shard-*.parquet"):  # a shorter listing than last time: its tail shards are gone
+        n = stale.stem.split("-")[-1]
+        if n.isdigit() and int(n) >= len(shards):
+            stale.unlink()
+    write_job(out, {**job, "complete": True})
     report.wall_s = time.perf_counter() - t0
     log.info("shards %s: %s", out, report.summary())
     return report
 
 
-def _check_out(out: Path, digest: str, name: str) -> None:
-    """``out`` is new, empty, or a shard folder of the same model."""
+def _unwrap(e: BaseException) -> Exception:
+    """A Ray error as the user's error inside it (a ``VqclipError`` a worker raised), else one line."""
+    cause = getattr(e, "cause", None) or e.__cause__
+    if isinstance(cause, VqclipError):
+        return cause
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return SearchIndexError(f"the Ray job failed ({type(e).__name__}: {first}); rerun it to resume from the shards "
+                            "written")
+
+
+def _check_out(out: Path, model: dict, root: str) -> int:
+    """``out`` is new, empty, or a shard folder of the same model, architecture and folder: the
+    number of shards it holds."""
     if out.exists() and not out.is_dir():
         raise SearchIndexError(f"{out} is a file; give a folder for the shards")
     job = read_job(out) if out.is_dir() else None
     if job is None:
         if out.is_dir() and any(out.iterdir()):
             raise SearchIndexError(f"{out} is not empty and holds no vqclip shards ({JOB_FILE}); give a new folder")
-        return
+        return 0
     m = job["model"]
-    if m["digest"] != digest:
-        raise IndexMismatchError(f"{out} holds shards of {m.get('name')} (weights sha256 {m['digest'][:12]}), not "
-                                 f"{name} (weights sha256 {digest[:12]}); give a new --out for this model")
+    if m["digest"] != model["digest"] or m.get("config") != model["config"]:
+        raise IndexMismatchError(f"{out} holds shards of {m.get('name')} (weights sha256 {m['digest'][:12]}, "
+                                 f"architecture {m.get('config') or 'as stated'}), not {model['name']} (weights "
+                                 f"sha256 {model['digest'][:12]}, architecture {model['config'] or 'as stated'}); "
+                                 "give a new --out for this model")
+    if job.get("root") != root:
+        raise SearchIndexError(f"{out} holds shards of the folder {job.get('root')}, not {root}; give a new --out")
+    return len(list(out.glob("shard-*.parquet")))
 
 
 def _list(folder: Path, out: Path, report: ShardsReport) -> list[tuple[str, str, int, int]]:
@@ -294,6 +319,8 @@ def _run(ray, todo: dict, out: Path, spec, pre, digest: str, embed_dim: int, roo
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for j in range(len(b["rel"])):
             i = int(b["shard"][j])
+            if i not in got:  # a row of a shard already written, delivered again by a retried task
+                continue
             got[i][str(b["rel"][j])] = (str(b["sha256"][j]), str(b["error"][j]), b["embedding"][j])
             if len(got[i]) == len(todo[i][0]):
                 _write(out, i, todo[i], got.pop(i), embed_dim, root, model_meta, report)

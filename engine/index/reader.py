@@ -35,7 +35,7 @@ from vqclip.index.store import KERNEL_DTYPES, IndexStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hit", "Index", "Searchable", "open_index"]
+__all__ = ["Hit", "Index", "Searchable", "is_milvus_target", "open_index"]
 
 
 @dataclass(frozen=True)
@@ -224,10 +224,15 @@ def _kernel_threads(threads: int | None) -> int:
     return resolve_threads(check_count(threads, "threads", allow_none=True))
 
 
+def is_milvus_target(text: str | Path) -> bool:
+    """Whether ``text`` names a Milvus collection (``vqclip.index.milvus.parse_target``), not a folder."""
+    return str(text).startswith(("milvus://", "milvus+https://"))
+
+
 def open_index(target: str | Path, **kwargs) -> Searchable:
     """``Index.open`` for an index folder, ``MilvusIndex.open`` for a ``milvus://`` target
     (``vqclip.index.milvus``); the same keyword arguments."""
-    if str(target).startswith("milvus://"):
+    if is_milvus_target(target):
         from vqclip.index.milvus import MilvusIndex
 
         return MilvusIndex.open(str(target), **kwargs)

@@ -75,10 +75,10 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.parquet"
 
 
-def listing_digest(items: Iterable[tuple[str, int, int]]) -> str:
-    """sha256 over (relative path, size, mtime_ns) of the files a shard covers, in order: a
-    rerun recomputes a shard only when its files changed."""
-    h = hashlib.sha256()
+def listing_digest(root: str, items: Iterable[tuple[str, int, int]]) -> str:
+    """sha256 over the folder and the (relative path, size, mtime_ns) of the files a shard covers,
+    in order: a rerun recomputes a shard only when its files changed."""
+    h = hashlib.sha256(f"{root}\n".encode("utf-8", "surrogateescape"))
     for rel, size, mtime in items:
         h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
@@ -158,6 +158,7 @@ def iter_shard_rows(meta: ShardMeta, batch_rows: int = _IMPORT_BATCH) -> Iterato
     ``SearchIndexError`` for a row an index would refuse (path outside the root, bad numbers)."""
     pa, pq = _pa()
     E = meta.embed_dim
+    seen: set[str] = set()
     try:
         f = pq.ParquetFile(meta.path)
         for b in f.iter_batches(batch_size=batch_rows, columns=["path", "size", "mtime_ns", "sha256", "embedding"]):
@@ -173,17 +174,30 @@ def iter_shard_rows(meta: ShardMeta, batch_rows: int = _IMPORT_BATCH) -> Iterato
                 p = PurePosixPath(rel) if isinstance(rel, str) else None
                 if p is None or not rel or p.is_absolute() or ".." in p.parts:
                     raise SearchIndexError(f"{meta.path}: entry path {rel!r} is outside the image root")
+                if rel in seen:
+                    raise SearchIndexError(f"{meta.path}: the path {rel!r} has two rows; write the shard again")
+                seen.add(rel)
             yield list(zip(*cols)), emb
     except (OSError, pa.ArrowException) as e:
         raise SearchIndexError(f"{meta.path}: cannot read its rows ({e}); write the shard again") from e
 
 
 def find_shards(sources: Iterable[str | Path]) -> list[Path]:
-    """Shard files of ``sources``: a folder gives its ``*.parquet`` files (sorted), a file itself."""
+    """Shard files of ``sources``: a file itself; a folder written by ``embed_with_ray`` its job's
+    shards, all of them (a job that has not finished is refused); another folder its ``*.parquet``."""
     out: list[Path] = []
     for s in sources:
         p = Path(s)
-        if p.is_dir():
+        job = read_job(p) if p.is_dir() else None
+        if job is not None:
+            want = [p / shard_name(i) for i in range(int(job.get("shards", 0)))]
+            missing = [q.name for q in want if not q.is_file()]
+            if not job.get("complete") or missing:
+                raise SearchIndexError(f"{p} is from a job that has not finished ({len(want) - len(missing)} of "
+                                       f"{len(want)} shards written); rerun `vqclip index build DIR --out {p} --ray` "
+                                       "to complete it")
+            out.extend(want)
+        elif p.is_dir():
             found = sorted(q for q in p.glob("*.parquet") if q.is_file())
             if not found:
                 raise SearchIndexError(f"{p} holds no .parquet shards; give the --out folder of "

@@ -24,7 +24,7 @@ import numpy as np
 
 from vqclip.encoder import Encoder
 from vqclip.errors import IndexMismatchError
-from vqclip.index.reader import Hit, Searchable, open_index
+from vqclip.index.reader import Hit, Searchable, is_milvus_target, open_index
 from vqclip.jobs.classify import ZeroShotClassifier
 from vqclip.serving.batcher import Batcher, WorkGate, run_concatenated
 from vqclip.serving.config import ServerConfig
@@ -113,7 +113,7 @@ class Runtime:
         indexes: dict[str, Searchable] = {}
         try:
             for name, path in config.indexes.items():
-                target = path if path.startswith("milvus://") else Path(path).expanduser()
+                target = path if is_milvus_target(path) else Path(path).expanduser()
                 try:
                     indexes[name] = open_index(target, encoder=encoder)
                 except IndexMismatchError:

@@ -40,6 +40,8 @@ def test_ray_shards_import_export_and_search_through_milvus(env, capsys):
     # Exporting again without --force: refused, the collection still answers.
     _one_line_error(capsys, main(["index", "export-milvus", idx, "--uri", db, "--collection", "shapes"]),
                     "collection 'shapes' exists")
+    assert main(["search", f"milvus://{db}/shapes", "a red circle", "-k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == answers[1]
     _one_line_error(capsys, main(["index", "import", shards, "--out", idx]), "already holds an index")
 
 

@@ -68,7 +68,7 @@ def test_hnsw_recall_at_10_against_exact(rows_index, exported):
     _, hnsw, _ = exported
     q = _queries(64, seed=2)
     with Index.open(rows_index) as idx, MilvusIndex.open(hnsw) as m:
-        assert m.index_type == "HNSW"
+        assert m.store.client.describe_index(m.store.collection, "embedding")["index_type"] == "HNSW"  # Milvus's own
         exact = idx.search_embeddings(q, 10)
         approx = m.search_embeddings(q, 10)
     recall = np.mean([len({h.row for h in a} & {h.row for h in e}) / 10 for a, e in zip(approx, exact)])
@@ -114,15 +114,54 @@ def test_export_replaces_only_with_force_and_leaves_one_collection(rows_index, t
     finally:
         client.close()
     with MilvusIndex.open(f"milvus://{db}/pics") as m:
-        assert m.index_type == "IVF_FLAT" and len(m) == N
+        assert m.store.client.describe_index(m.store.collection, "embedding")["index_type"] == "IVF_FLAT"
+        assert len(m) == N
+        before = m.search_embeddings(_queries(4), 5)
+        # A forced export that dies after its rows went in (here: in the index build) leaves the
+        # old collection serving and no half-made one behind.
+        import vqclip.index.milvus as milvus_module
+
+        def dies(*args):
+            raise RuntimeError("killed mid-build")
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(milvus_module, "create_index", dies)
+            with pytest.raises(RuntimeError, match="killed mid-build"):
+                export_milvus(rows_index, db, "pics", index_type="HNSW", force=True)
+        assert [h.row for h in m.search_embeddings(_queries(4), 5)[0]] == [h.row for h in before[0]]
+    with MilvusIndex.open(f"milvus://{db}/pics") as m:
+        assert m.index_type == "IVF_FLAT"
+    client = connect(db)
+    try:
+        assert len(client.list_collections()) == 2  # pics's one and "plain": the failed export left nothing
+    finally:
+        client.close()
     with pytest.raises(SearchIndexError, match="was not made by `vqclip index export-milvus`"):
         MilvusIndex.open(f"milvus://{db}/plain")
+    with pytest.raises(OutputExistsError, match="'plain' .* was not made by vqclip"):
+        export_milvus(rows_index, db, "plain", force=True)  # --force never drops someone else's collection
     with pytest.raises(SearchIndexError, match="no collection 'nothere'"):
         MilvusIndex.open(f"milvus://{db}/nothere")
 
 
+def test_an_open_index_keeps_its_collection_until_refresh(rows_index, tmp_path, tiny):
+    db = str(tmp_path / "r.db")
+    target = export_milvus(rows_index, db, "pics").target
+    with MilvusIndex.open(target, encoder=tiny.encoder(0)) as m:
+        first = m.store.collection
+        export_milvus(rows_index, db, "pics", index_type="IVF_FLAT", params={"nlist": 16}, force=True)
+        assert m.store.collection == first  # pinned: a search never meets a half-swapped name
+        m.refresh()
+        assert m.store.collection != first and m.index_type == "IVF_FLAT"
+        assert len(m.search_embeddings(_queries(1), 3)[0]) == 3
+        q = _queries(2)
+        np.testing.assert_allclose([h.score for h in m.search_embeddings(3 * q, 3)[0]],
+                                   [h.score for h in m.search_embeddings(q, 3)[0]], atol=1e-6)  # cosine, any norm
+
+
 def test_bad_targets_and_unreachable_databases(rows_index, tmp_path):
     assert parse_target("milvus://host:19530/pics") == ("http://host:19530", "pics")
+    assert parse_target("milvus+https://host:443/pics") == ("https://host:443", "pics")
     assert parse_target("milvus:///data/x.db/pics") == ("/data/x.db", "pics")
     for bad in ("milvus://host:19530", "milvus://host/bad-name", "http://host/pics"):
         with pytest.raises(InvalidInputError):
@@ -131,5 +170,8 @@ def test_bad_targets_and_unreachable_databases(rows_index, tmp_path):
         MilvusIndex.open("milvus://127.0.0.1:1/pics")
     with pytest.raises(ServiceUnreachableError, match="its folder .*nowhere does not exist"):
         export_milvus(rows_index, str(tmp_path / "nowhere" / "x.db"), "pics")
+    with pytest.raises(SearchIndexError, match="no Milvus Lite file at"):
+        MilvusIndex.open(f"milvus://{tmp_path}/absent.db/pics")
+    assert not (tmp_path / "absent.db").exists()  # searching never makes an empty database
     with pytest.raises(InvalidInputError, match="index type 'DISKANN'"):
         export_milvus(rows_index, str(tmp_path / "x.db"), "pics", index_type="diskann")

@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'vqcl
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'vqclip[ray]')")
 
 from vqclip.encoder import open_encoder  # noqa: E402
-from vqclip.errors import IndexMismatchError, ServiceUnreachableError  # noqa: E402
+from vqclip.errors import IndexMismatchError, SearchIndexError, ServiceUnreachableError  # noqa: E402
 from vqclip.index import IndexStore, build_index  # noqa: E402
 from vqclip.index.ray_embed import EncoderSpec, embed_with_ray  # noqa: E402
 from vqclip.index.shards import import_shards, iter_shard_rows, read_shard_meta, shard_name  # noqa: E402
@@ -92,6 +92,17 @@ def test_rerun_resumes_and_redoes_only_changed_shards(local_ray, folder, checkpo
     other = tiny.checkpoint(tmp_path / "other.safetensors", 1)
     with pytest.raises(IndexMismatchError, match=r"holds shards of .*tiny.safetensors.*not .*other.safetensors"):
         embed_with_ray(folder, out, model=str(other), backend="torch", shard_size=4)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(SearchIndexError, match="holds shards of the folder .*pics, not .*elsewhere"):
+        embed_with_ray(elsewhere, out, model=str(checkpoint), backend="torch", shard_size=4)
+    unmounted = tmp_path / "copy"
+    (out / "vqclip-shards.json").write_text((out / "vqclip-shards.json").read_text().replace(
+        str(folder.resolve()), str(unmounted.resolve())))  # the job's folder, now empty (a lost mount)
+    unmounted.mkdir()
+    with pytest.raises(SearchIndexError, match="holds no images now, while .* holds 4 shards of it"):
+        embed_with_ray(unmounted, out, model=str(checkpoint), backend="torch", shard_size=4)
+    assert len(_rows(out)) == 14  # nothing deleted
 
 
 class CrashOnce:

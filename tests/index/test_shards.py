@@ -53,11 +53,12 @@ def test_shard_round_trip_readable_by_any_parquet_reader(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [shard_name(0)]  # no temporary file left
 
 
-def test_listing_digest_changes_with_any_file_field():
+def test_listing_digest_changes_with_the_folder_or_any_file_field():
     base = [("a.png", 1, 2), ("b.png", 3, 4)]
-    assert listing_digest(base) == listing_digest(list(base))
+    assert listing_digest("/r", base) == listing_digest("/r", list(base))
+    assert listing_digest("/other", base) != listing_digest("/r", base)
     for changed in ([("a.png", 1, 2), ("b.png", 3, 5)], [("a.png", 1, 2), ("c.png", 3, 4)], base[:1]):
-        assert listing_digest(changed) != listing_digest(base)
+        assert listing_digest("/r", changed) != listing_digest("/r", base)
 
 
 def test_import_gives_an_index_with_every_row_and_the_failures_as_skipped(tmp_path):
@@ -131,7 +132,44 @@ def test_import_refuses_rows_an_index_would_not_hold(tmp_path):
     write_shard(tmp_path / "up.parquet", _meta(0), ["../../etc/x.png"], [1], [1], ["0" * 64], _unit(1, 16))
     with pytest.raises(SearchIndexError, match="outside the image root"):
         import_shards([tmp_path / "up.parquet"], tmp_path / "idx")
+    write_shard(tmp_path / "two.parquet", _meta(0), ["a.png", "a.png"], [1, 1], [1, 1], ["0" * 64] * 2, _unit(2, 16))
+    with pytest.raises(SearchIndexError, match="'a.png' has two rows"):
+        import_shards([tmp_path / "two.parquet"], tmp_path / "idx")
     assert not (tmp_path / "idx").exists()  # a failed import leaves nothing behind
+
+
+def test_import_refuses_a_job_folder_until_the_job_is_complete(tmp_path):
+    from vqclip.index.shards import write_job
+
+    out = tmp_path / "job"
+    out.mkdir()
+    _shard(out, 0)
+    _shard(out, 1, seed=1)
+    job = {"model": {"name": "m", "digest": "a" * 64, "config": None}, "embed_dim": 16, "root": "/data/pics",
+           "shard_size": 4, "shards": 3, "files": 12}
+    write_job(out, {**job, "complete": False})  # killed mid-job: shard 2 never written
+    with pytest.raises(SearchIndexError, match=r"has not finished \(2 of 3 shards written\); rerun"):
+        import_shards([out], tmp_path / "idx")
+    write_job(out, {**job, "complete": True})  # says complete, yet a shard is gone
+    with pytest.raises(SearchIndexError, match="has not finished"):
+        import_shards([out], tmp_path / "idx")
+    _shard(out, 2, seed=2)
+    _shard(out, 7, seed=7)  # not one of the job's shards (the job covers 0..2): never imported
+    assert import_shards([out], tmp_path / "idx").total == 12
+
+
+def test_a_failed_forced_import_keeps_the_old_index(tmp_path):
+    (tmp_path / "s").mkdir()
+    _shard(tmp_path / "s", 0)
+    import_shards([tmp_path / "s"], tmp_path / "idx")
+    emb = _unit(2, 16)
+    emb[0, 0] = np.inf
+    write_shard(tmp_path / "s" / shard_name(1), _meta(1), ["x.png", "y.png"], [1, 1], [1, 1], ["0" * 64] * 2, emb)
+    with pytest.raises(SearchIndexError, match="not numbers"):
+        import_shards([tmp_path / "s"], tmp_path / "idx", force=True)
+    with IndexStore.open(tmp_path / "idx") as st:
+        assert st.n_entries == 4  # the index from before, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "s"]  # nothing left beside it
 
 
 def test_import_over_an_index_needs_force_and_keeps_the_old_one_until_done(tmp_path):
