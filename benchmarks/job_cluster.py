@@ -5,8 +5,9 @@ SQLite lookup) and through Milvus Lite (``MilvusIndex``) with a FLAT (exact) and
 index on the same collection; one query at a time, k=10; recall@10 against exact float32 search;
 the export's insert rate and each index's build time. ``index-build-ray``: ``embed_with_ray`` on
 a local Ray (started once, before timing: a cluster is up before its jobs) against ``build_index``
-on the same folder and encoder, alternated; the Ray run's wall includes its actors' start, which
-is also timed alone (``start_s``: a job of 32 images).
+on the same folder and encoder, alternated, each opening the model as its command does; the Ray
+run is timed to its shards and to the index imported from them (the output ``build_index`` makes);
+its wall includes its actors' start, also timed alone (``start_s``: a job of 32 images).
 """
 from __future__ import annotations
 
@@ -43,9 +44,8 @@ def run_milvus(opts: Options, job: str = "milvus") -> dict:
         work = Path(tmp)
         idx_path = work / "rows.vqindex"
         make_big_index(idx_path, "random-rows", "0" * 64, n, dim, storage="fp16")
-        t = time.perf_counter()
-        target = export_milvus(idx_path, str(work / "bench.db"), "rows").target
-        export_s = time.perf_counter() - t
+        export = export_milvus(idx_path, str(work / "bench.db"), "rows")
+        target = export.target
         q_all = np.random.default_rng(7).standard_normal((64, dim)).astype(np.float32)
         q_all /= np.linalg.norm(q_all, axis=1, keepdims=True)
         with Index.open(idx_path) as idx, MilvusIndex.open(target) as m:
@@ -54,7 +54,7 @@ def run_milvus(opts: Options, job: str = "milvus") -> dict:
             lat = _time_queries({KERNEL: idx, FLAT: m}, q_all, opts)
             recall = {KERNEL: _recall_of(idx, q_all, truth), FLAT: _recall_of(m, q_all, truth)}
             hnsw_s = _reindex(m, "HNSW", HNSW)
-            m.index_type, m.search_params = "HNSW", {"ef": 64}
+            m.store.index_type, m.search_params = "HNSW", {"ef": 64}
             again = _time_queries({KERNEL: idx, HNSW_RUNNER: m}, q_all, opts)
             lat[KERNEL] += again[KERNEL]
             lat[HNSW_RUNNER] = again[HNSW_RUNNER]
@@ -63,7 +63,7 @@ def run_milvus(opts: Options, job: str = "milvus") -> dict:
         for name in (KERNEL, FLAT, HNSW_RUNNER):
             extra: dict[str, Any] = {"index_rows": n, "dim": dim, "k": K, "recall_at_k": recall[name]}
             if name == FLAT:
-                extra.update(export_s=export_s, insert_rows_s=n / export_s)
+                extra.update(export_s=export.seconds, insert_rows_s=n / export.insert_s)
             if name == HNSW_RUNNER:
                 extra["index_build_s"] = hnsw_s
             rows.append(make_row(job, case, name, lat[name], items=1, unit="queries/s", peer=name != KERNEL,
@@ -73,18 +73,12 @@ def run_milvus(opts: Options, job: str = "milvus") -> dict:
 
 
 def _time_queries(indexes: dict[str, Any], q_all: np.ndarray, opts: Options) -> dict[str, list[float]]:
-    state = {"i": 0}
-
+    """One query per call, each runner stepping through the same queries in the same order."""
     def call(ix):
-        def run():
-            q = q_all[state["i"] % len(q_all)][None]
-            ix.search_embeddings(q, K)
-        return run
+        seen = iter(range(1 << 30))
+        return lambda: ix.search_embeddings(q_all[next(seen) % len(q_all)][None], K)
 
-    def advance():
-        state["i"] += 1
-
-    return measure({name: call(ix) for name, ix in indexes.items()}, opts.seconds * 3, sync=advance)
+    return measure({name: call(ix) for name, ix in indexes.items()}, opts.seconds * 3)
 
 
 def _recall_of(ix, q_all: np.ndarray, truth: np.ndarray) -> float:
@@ -94,13 +88,15 @@ def _recall_of(ix, q_all: np.ndarray, truth: np.ndarray) -> float:
 
 def _reindex(m, index_type: str, params: dict) -> float:
     """Replace the collection's vector index (same rows): seconds to build and load it."""
+    from vqclip.index.milvus import create_index
+
     c, name = m.store.client, m.store.collection
     t = time.perf_counter()
     c.release_collection(name)
     c.drop_index(name, "embedding")
     ip = c.prepare_index_params()
     ip.add_index("embedding", index_type=index_type, metric_type="IP", params=params)
-    c.create_index(name, ip)
+    create_index(c, name, ip)
     c.load_collection(name)
     return time.perf_counter() - t
 
@@ -111,6 +107,7 @@ def run_index_build_ray(opts: Options, job: str = "index-build-ray") -> dict:
     from vqclip.encoder import open_encoder
     from vqclip.index import build_index
     from vqclip.index.ray_embed import EncoderSpec, embed_with_ray
+    from vqclip.index.shards import import_shards
 
     rows: list[dict] = []
     rounds = 2 if opts.quick else 3
@@ -132,30 +129,35 @@ def run_index_build_ray(opts: Options, job: str = "index-build-ray") -> dict:
                 folder = work / f"images-{n}"
                 if not folder.exists():
                     render_folder(folder, n)
-                enc = open_encoder(model.source, backend, precision=p, device=opts.device)
+                open_encoder(model.source, backend, precision=p, device=opts.device)  # the export, made once
                 spec = EncoderSpec(model.source, backend, p, opts.device)
                 case = f"{model.label}, {n} JPEGs 256px, {backend} {p}, Ray on {cpus} CPUs, 1 actor"
-                ray_label = "vqclip index build --ray (Ray Data)"
+                ray_label = "vqclip index build --ray (Ray Data, shards)"
+                both_label = "vqclip index build --ray + index import"
                 small = work / "images-32"
                 if not small.exists():
                     render_folder(small, 32)
-                times: dict[str, list[float]] = {BUILD: [], ray_label: []}
+                times: dict[str, list[float]] = {BUILD: [], ray_label: [], both_label: []}
                 start_s = []
                 for r in range(rounds):  # alternate, so load hits both alike
-                    t = time.perf_counter()
-                    build_index(folder, work / f"idx-{r}", enc, storage="fp16", progress=False, force=True)
+                    t = time.perf_counter()  # as `vqclip index build` runs: open the model, then build
+                    build_index(folder, work / f"idx-{r}", open_encoder(model.source, backend, precision=p,
+                                                                       device=opts.device),
+                                storage="fp16", progress=False, force=True)
                     times[BUILD].append(time.perf_counter() - t)
                     t = time.perf_counter()
-                    embed_with_ray(folder, work / f"shards-{model.label}-{r}", encoder_factory=spec, shard_size=256,
-                                   progress=False)
+                    shards = work / f"shards-{model.label}-{r}"
+                    embed_with_ray(folder, shards, encoder_factory=spec, progress=False)
                     times[ray_label].append(time.perf_counter() - t)
+                    import_shards([shards], work / f"imported-{r}", storage="fp16", force=True)
+                    times[both_label].append(time.perf_counter() - t)
                     t = time.perf_counter()
                     embed_with_ray(small, work / f"small-{model.label}-{r}", encoder_factory=spec, progress=False)
                     start_s.append(time.perf_counter() - t)
                 for label, walls in times.items():
                     rows.append(make_row(job, case, label, walls, items=n, unit="img/s", peer=label == BUILD,
                                          model=model.label, images=n, encoder=f"{backend} {p}", ray_cpus=cpus,
-                                         start_s=float(np.median(start_s)) if label == ray_label else None,
+                                         start_s=float(np.median(start_s)) if label != BUILD else None,
                                          reproduce=opts.invocation(job, model=model.name)))
     finally:
         if started:

@@ -113,8 +113,10 @@ def test_milvus_job_times_kernel_flat_and_hnsw_with_recall(cache):
 def test_index_build_ray_against_build_index(cache):
     pytest.importorskip("ray.data", reason="the index-build-ray job needs Ray Data (pip install 'vqclip[ray]')")
     entry = _run("index-build-ray", backends=("torch",), precisions=("fp32",), rows=(6,))
-    ours, peer = _runner(entry, "vqclip index build --ray (Ray Data)"), _runner(entry, "vqclip build_index")
+    ours, peer = _runner(entry, "vqclip index build --ray (Ray Data, shards)"), _runner(entry, "vqclip build_index")
     assert ours["images"] == 6 and peer["peer"] and ours["vs"] == "vqclip build_index" and ours["ray_cpus"] >= 1
+    imported = _runner(entry, "vqclip index build --ray + index import")
+    assert imported["p50_ms"] > ours["p50_ms"] and 0 < ours["start_s"]  # the same job, plus the import
 
 
 def test_generate_steps_beside_the_vqgan_clip_step(cache):
