@@ -43,7 +43,7 @@ from vqclip.errors import (
     SearchIndexError,
     ServiceUnreachableError,
 )
-from vqclip.index.reader import Hit, Searchable
+from vqclip.index.reader import Hit, Searchable, given_encoder
 from vqclip.index.store import Header, check_model
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,12 @@ def create_index(client, collection: str, index_params) -> None:
     except MilvusException as e:
         if "index already exists" not in _first_line(e):
             raise
-        log.info("Milvus built the index of %s on a first call that pymilvus retried", collection)
+        log.info("Milvus is building the index of %s on a first call that pymilvus retried", collection)
+    while True:  # the retried call answers at once: wait for the first one's build to finish
+        d = client.describe_index(collection, "embedding")
+        if d.get("state", "Finished") == "Finished" and not d.get("pending_index_rows", 0):
+            return
+        time.sleep(1.0)
 
 
 def _resolve(client, name: str) -> str | None:
@@ -337,12 +342,7 @@ class MilvusIndex(Searchable):
         client = connect(uri, must_exist=True)
         try:
             store = MilvusEntries(client, collection, target)
-            if encoder is None and model is not None:
-                from vqclip.encoder import open_encoder
-
-                encoder = open_encoder(model, backend=backend, precision=precision, device=device)
-            if encoder is not None:
-                store.check_model(encoder.identity.digest, encoder.identity.name, encoder.config)
+            encoder = given_encoder(store, model, encoder, backend, precision, device)
         except BaseException:
             client.close()
             raise

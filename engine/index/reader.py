@@ -140,12 +140,7 @@ class Index(Searchable):
         threads = _kernel_threads(threads)  # a bad value fails before any model loads
         store = IndexStore.open(path)
         try:
-            if encoder is None and model is not None:
-                from vqclip.encoder import open_encoder
-
-                encoder = open_encoder(model, backend=backend, precision=precision, device=device)
-            if encoder is not None:
-                store.check_model(encoder.identity.digest, encoder.identity.name, encoder.config)
+            encoder = given_encoder(store, model, encoder, backend, precision, device)
         except BaseException:
             store.close()
             raise
@@ -206,6 +201,19 @@ class Index(Searchable):
             hits = [Hit(s.absolute(paths[int(i)]), float(sc), int(i)) for sc, i in zip(srow, irow) if int(i) in paths]
             out.append(hits[:k])
         return out
+
+
+def given_encoder(store: Any, model: Any, encoder: Encoder | None, backend: str | None, precision: str | None,
+                  device: str | None) -> Encoder | None:
+    """The query encoder a caller gave (``encoder``, or ``model`` opened on ``backend``), checked
+    against the store's model; None leaves the header's model to open on the first query."""
+    if encoder is None and model is not None:
+        from vqclip.encoder import open_encoder
+
+        encoder = open_encoder(model, backend=backend, precision=precision, device=device)
+    if encoder is not None:
+        store.check_model(encoder.identity.digest, encoder.identity.name, encoder.config)
+    return encoder
 
 
 def _load_query_image(image: Any):
