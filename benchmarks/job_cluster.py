@@ -1,13 +1,14 @@
 """Jobs ``milvus`` and ``index-build-ray``: the cluster path beside the one-machine path.
 
-``milvus``: N random unit rows (fp16 index) searched by the fused kernels (``Index``, kernel and
-SQLite lookup) and through Milvus Lite (``MilvusIndex``) with a FLAT (exact) and then an HNSW
-index on the same collection; one query at a time, k=10; recall@10 against exact float32 search;
-the export's insert rate and each index's build time. ``index-build-ray``: ``embed_with_ray`` on
-a local Ray (started once, before timing: a cluster is up before its jobs) against ``build_index``
-on the same folder and encoder, alternated, each opening the model as its command does; the Ray
-run is timed to its shards and to the index imported from them (the output ``build_index`` makes);
-its wall includes its actors' start, also timed alone (``start_s``: a job of 32 images).
+``milvus``: N unit rows in clusters (fp16 index; ``clustered_rows``) searched by the fused
+kernels (``Index``, kernel and SQLite lookup) and through Milvus Lite (``MilvusIndex``) with a
+FLAT (exact) and then an HNSW index on the same collection; one query at a time, k=10;
+recall@10 against exact float32 search; the export's insert rate and each index's build time.
+``index-build-ray``: ``embed_with_ray`` on a local Ray (started once, before timing: a cluster
+is up before its jobs) against ``build_index`` on the same folder and encoder, alternated, each
+opening the model as its command does; the Ray run is timed to its shards and to the index
+imported from them (the output ``build_index`` makes); its wall includes its actors' start,
+also timed alone (``start_s``: a job of 32 images).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .harness import Options, add_ratios, make_row, measure
-from .job_search import make_big_index, render_folder
+from .job_search import clustered_rows, make_big_index, render_folder
 from .job_topk import _exact_ids, _recall
 from .models import resolve_model
 
@@ -30,6 +31,7 @@ KERNEL = "vqclip Index fp16 (kernel + lookup)"
 BUILD = "vqclip build_index"
 HNSW = {"M": 16, "efConstruction": 100}  # 200 (the export default) takes ~2x longer to build at 1M
 FLAT = "Milvus Lite FLAT"
+CLUSTERS = 10_000  # ~100 rows a cluster at 1M
 HNSW_RUNNER = "Milvus Lite HNSW (M=16, efC=100, ef=64)"
 
 
@@ -43,11 +45,10 @@ def run_milvus(opts: Options, job: str = "milvus") -> dict:
     with tempfile.TemporaryDirectory(prefix="vqclip-bench-") as tmp:
         work = Path(tmp)
         idx_path = work / "rows.vqindex"
-        make_big_index(idx_path, "random-rows", "0" * 64, n, dim, storage="fp16")
+        make_big_index(idx_path, "clustered-rows", "0" * 64, n, dim, storage="fp16", clusters=CLUSTERS)
         export = export_milvus(idx_path, str(work / "bench.db"), "rows")
         target = export.target
-        q_all = np.random.default_rng(7).standard_normal((64, dim)).astype(np.float32)
-        q_all /= np.linalg.norm(q_all, axis=1, keepdims=True)
+        q_all = clustered_rows(np.random.default_rng(7), 64, dim, CLUSTERS)  # new points of the same clusters
         with Index.open(idx_path) as idx, MilvusIndex.open(target) as m:
             truth = _exact_ids(np.asarray(idx.store.vectors, dtype=np.float32) / idx.store.norms[:, None], q_all)
             # One collection, two vector indexes in turn; the kernel is timed beside each.
@@ -59,7 +60,7 @@ def run_milvus(opts: Options, job: str = "milvus") -> dict:
             lat[KERNEL] += again[KERNEL]
             lat[HNSW_RUNNER] = again[HNSW_RUNNER]
             recall[HNSW_RUNNER] = _recall_of(m, q_all, truth)
-        case = f"N={n:,} D={dim} B=1 k={K}, fp16 rows"
+        case = f"N={n:,} D={dim} B=1 k={K}, fp16 rows in {CLUSTERS:,} clusters"
         for name in (KERNEL, FLAT, HNSW_RUNNER):
             extra: dict[str, Any] = {"index_rows": n, "dim": dim, "k": K, "recall_at_k": recall[name]}
             if name == FLAT:

@@ -20,7 +20,7 @@ import numpy as np
 from .harness import Options, add_ratios, make_row, measure
 from .models import resolve_model
 
-__all__ = ["run_search", "run_index_build", "make_big_index", "render_folder"]
+__all__ = ["run_search", "run_index_build", "make_big_index", "clustered_rows", "render_folder"]
 
 K = 10
 PEER = "FAISS IndexFlatIP fp32 (kernel only)"
@@ -29,8 +29,10 @@ QUERIES = [f"a photo of a {c} {s} number {i}" for i, (c, s) in enumerate(
     (c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle", "star"))]
 
 
-def make_big_index(path: Path, name: str, digest: str, rows: int, dim: int, storage: str = "fp16") -> None:
-    """An index of ``rows`` random unit rows under made-up paths (no images behind them)."""
+def make_big_index(path: Path, name: str, digest: str, rows: int, dim: int, storage: str = "fp16",
+                   clusters: int = 0) -> None:
+    """An index of ``rows`` random unit rows under made-up paths (no images behind them); with
+    ``clusters``, rows scattered around that many centres (``clustered_rows``) instead."""
     from vqclip.index import IndexStore
 
     root = path.parent / "no-images"
@@ -41,11 +43,25 @@ def make_big_index(path: Path, name: str, digest: str, rows: int, dim: int, stor
     try:
         for lo in range(0, rows, 100_000):
             n = min(100_000, rows - lo)
-            x = rng.standard_normal((n, dim), dtype=np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            if clusters:
+                x = clustered_rows(rng, n, dim, clusters)
+            else:
+                x = rng.standard_normal((n, dim), dtype=np.float32)
+                x /= np.linalg.norm(x, axis=1, keepdims=True)
             store.add([(f"img/{lo + i:07d}.jpg", 1000, 0, "0" * 64) for i in range(n)], x, free)
     finally:
         store.close()
+
+
+def clustered_rows(rng: np.random.Generator, n: int, dim: int, clusters: int, spread: float = 0.6) -> np.ndarray:
+    """``n`` unit rows, each a centre (of ``clusters``, drawn from ``np.random.default_rng(1)``
+    by every call) plus noise of norm ~``spread``: a cosine of ~0.86 to its centre, structured
+    as embeddings of real collections are, where uniformly random rows in 512 dimensions have
+    no near neighbours for an approximate index to find."""
+    centres = np.random.default_rng(1).standard_normal((clusters, dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def run_search(opts: Options, job: str = "search") -> dict:
