@@ -173,9 +173,10 @@ def _unwrap(e: BaseException) -> Exception:
     cause = getattr(e, "cause", None) or e.__cause__
     if isinstance(cause, VqclipError):
         return cause
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return SearchIndexError(f"the Ray job failed ({type(e).__name__}: {first}); rerun it to resume from the shards "
-                            "written")
+    what = cause if isinstance(cause, BaseException) else e
+    first = str(what).strip().splitlines()[0] if str(what).strip() else ""
+    return SearchIndexError(f"the Ray job failed ({type(what).__name__}: {first}); rerun it to resume from the "
+                            "shards written")
 
 
 def _check_out(out: Path, model: dict, root: str) -> int:

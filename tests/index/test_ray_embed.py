@@ -147,3 +147,16 @@ def test_unreachable_address_fails_fast_naming_it(folder, checkpoint, tmp_path):
     with pytest.raises(ServiceUnreachableError, match=r"cannot reach the Ray cluster at '127.0.0.1:1'"):
         embed_with_ray(folder, tmp_path / "s", model=str(checkpoint), address="127.0.0.1:1")
     assert not (tmp_path / "s").exists()
+
+
+def test_a_workers_error_reaches_the_user_as_itself_or_one_line():
+    from ray.exceptions import RayTaskError
+
+    from vqclip.index.ray_embed import _unwrap
+
+    mine = IndexMismatchError("this worker opened other.safetensors")
+    assert _unwrap(RayTaskError("MapWorker.submit", "Traceback ...", mine)) is mine
+    other = _unwrap(RayTaskError("MapWorker.submit", "Traceback ...", MemoryError("out of memory\nmore")))
+    assert isinstance(other, SearchIndexError)
+    assert str(other) == ("the Ray job failed (MemoryError: out of memory); rerun it to resume from the shards "
+                          "written")
