@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .harness import Options, add_ratios, make_row, measure
-from .job_search import clustered_rows, make_big_index, render_folder
+from .job_search import clustered_rows, image_folder, make_big_index, render_folder
 from .job_topk import _exact_ids, _recall
 from .models import resolve_model
 
@@ -29,7 +29,7 @@ __all__ = ["run_milvus", "run_index_build_ray"]
 K = 10
 KERNEL = "vqclip Index fp16 (kernel + lookup)"
 BUILD = "vqclip build_index"
-HNSW = {"M": 16, "efConstruction": 100}  # 200 (the export default) takes ~2x longer to build at 1M
+HNSW = {"M": 16, "efConstruction": 100}  # below the export's 200: a 1M-row build in minutes on 2 cores
 FLAT = "Milvus Lite FLAT"
 CLUSTERS = 10_000  # ~100 rows a cluster at 1M
 HNSW_RUNNER = "Milvus Lite HNSW (M=16, efC=100, ef=64)"
@@ -124,18 +124,13 @@ def run_index_build_ray(opts: Options, job: str = "index-build-ray") -> dict:
                 model = resolve_model(name)
                 # Enough images that the job's start (Ray workers, the actors' sessions) is not all
                 # it measures; that start is timed apart, as a job of one 32-image shard.
-                n = (opts.rows or ((256,) if opts.quick else (4000,)))[0]
-                if "random" in model.label and not opts.rows:
-                    n = min(n, 64 if opts.quick else 512)
-                folder = work / f"images-{n}"
-                if not folder.exists():
-                    render_folder(folder, n)
+                folder, n = image_folder(work, model.label, opts, sizes=(256, 4000), random_sizes=(64, 512))
                 open_encoder(model.source, backend, precision=p, device=opts.device)  # the export, made once
                 spec = EncoderSpec(model.source, backend, p, opts.device)
                 case = f"{model.label}, {n} JPEGs 256px, {backend} {p}, Ray on {cpus} CPUs, 1 actor"
                 ray_label = "vqclip index build --ray (Ray Data, shards)"
                 both_label = "vqclip index build --ray + index import"
-                small = work / "images-32"
+                small = work / "images-start"
                 if not small.exists():
                     render_folder(small, 32)
                 times: dict[str, list[float]] = {BUILD: [], ray_label: [], both_label: []}

@@ -20,7 +20,7 @@ import numpy as np
 from .harness import Options, add_ratios, make_row, measure
 from .models import resolve_model
 
-__all__ = ["run_search", "run_index_build", "make_big_index", "clustered_rows", "render_folder"]
+__all__ = ["run_search", "run_index_build", "make_big_index", "clustered_rows", "image_folder", "render_folder"]
 
 K = 10
 PEER = "FAISS IndexFlatIP fp32 (kernel only)"
@@ -164,6 +164,20 @@ def render_folder(folder: Path, n: int) -> None:
         Image.fromarray(shapes.render(scene, size=256, supersample=2)).save(folder / f"{i:05d}.jpg", quality=90)
 
 
+def image_folder(work: Path, label: str, opts: Options, sizes: tuple[int, int],
+                 random_sizes: tuple[int, int]) -> tuple[Path, int]:
+    """A folder of rendered JPEGs under ``work`` (made once per size) and its image count:
+    ``--rows`` if given, else (quick, full) of ``sizes``, at most ``random_sizes`` for a model
+    on random weights."""
+    n = (opts.rows or (sizes[0] if opts.quick else sizes[1],))[0]
+    if "random" in label and not opts.rows:
+        n = min(n, random_sizes[0] if opts.quick else random_sizes[1])
+    folder = work / f"images-{n}"
+    if not folder.exists():
+        render_folder(folder, n)
+    return folder, n
+
+
 def run_index_build(opts: Options, job: str = "index-build") -> dict:
     from vqclip.encoder import open_encoder
     from vqclip.index import build_index
@@ -175,12 +189,8 @@ def run_index_build(opts: Options, job: str = "index-build") -> dict:
         work = Path(tmp)
         for name in opts.models:
             model = resolve_model(name)
-            n = (opts.rows or ((128,) if opts.quick else (384,)))[0]
-            if "random" in model.label and not opts.rows:
-                n = min(n, 32 if opts.quick else 64)  # a ViT-sized random model: the cost per image is what counts
-            folder = work / f"images-{n}"
-            if not folder.exists():
-                render_folder(folder, n)
+            # a ViT-sized random model: fewer images, the cost per image is what counts
+            folder, n = image_folder(work, model.label, opts, sizes=(128, 384), random_sizes=(32, 64))
             enc = open_encoder(model.source, backend, precision=p, device=opts.device)
             enc.encode_image(enc.preprocess([_first_image(folder)] * 2))  # warm-up: sessions, arenas
             case = f"{model.label}, {n} JPEGs 256px, {backend} {p}, fp16 index"

@@ -87,12 +87,14 @@ def _param(text: str) -> tuple[str, int | float | str]:
     return key, value
 
 
-def _print_report(report, out) -> int:
+def _print_report(report, out, then: str | None = None) -> int:
     for _, reason in report.failed[:20]:  # each reason names its file
         print(f"vqclip: skipped {reason}", file=sys.stderr)
     if len(report.failed) > 20:
         print(f"vqclip: ... and {len(report.failed) - 20} more unreadable images", file=sys.stderr)
     print(f"{out}: {report.summary()}")
+    if then:
+        print(f"next: {then}")
     return 0  # skipped images never fail a build; they are counted and listed
 
 
@@ -123,13 +125,7 @@ def _build_with_ray(args: argparse.Namespace) -> int:
                             device=args.device, config=args.arch, address=args.ray, actors=args.actors,
                             gpus_per_actor=args.gpus_per_actor, batch_size=args.batch_size or 128,
                             shard_size=args.shard_size, progress=False if args.no_progress else None)
-    for rel, reason in report.failed[:20]:
-        print(f"vqclip: skipped {reason}", file=sys.stderr)
-    if len(report.failed) > 20:
-        print(f"vqclip: ... and {len(report.failed) - 20} more unreadable images", file=sys.stderr)
-    print(f"{args.out}: {report.summary()}")
-    print(f"next: vqclip index import {args.out} --out INDEX")
-    return 0
+    return _print_report(report, args.out, then=f"vqclip index import {args.out} --out INDEX")
 
 
 def _cmd_index_import(args: argparse.Namespace) -> int:

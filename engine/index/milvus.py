@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from vqclip._validate import check_k
 from vqclip.encoder import Encoder
 from vqclip.errors import (
     BackendUnavailableError,
@@ -178,18 +177,18 @@ def export_milvus(index: str | Path, uri: str, collection: str, index_type: str 
                 schema.add_field("size", DataType.INT64)
                 schema.add_field("mtime_ns", DataType.INT64)
                 schema.add_field("sha256", DataType.VARCHAR, max_length=64)
-                rows = store._reader().execute(
-                    "SELECT row, path, size, mtime_ns, sha256 FROM entries ORDER BY row").fetchall()
+                db = store._reader()
+                n_rows, max_row = db.execute("SELECT COUNT(*), MAX(row) FROM entries").fetchone()
                 props = {f"{_PREFIX}format": "vqclip-milvus", f"{_PREFIX}version": "1",
                          f"{_PREFIX}model_name": h.model_name, f"{_PREFIX}model_digest": h.model_digest,
                          f"{_PREFIX}model_config": h.model_config or "", f"{_PREFIX}embed_dim": str(h.embed_dim),
                          f"{_PREFIX}storage": h.storage, f"{_PREFIX}root": h.root,
-                         f"{_PREFIX}index_type": index_type, f"{_PREFIX}rows": str(rows[-1][0] + 1 if rows else 0)}
+                         f"{_PREFIX}index_type": index_type, f"{_PREFIX}rows": str(max_row + 1 if n_rows else 0)}
                 physical = f"{collection}_v{time.time_ns()}"
                 client.create_collection(physical, schema=schema, properties=props)
                 try:
-                    for i in range(0, len(rows), batch_rows):
-                        chunk = rows[i:i + batch_rows]
+                    cursor = db.execute("SELECT row, path, size, mtime_ns, sha256 FROM entries ORDER BY row")
+                    while chunk := cursor.fetchmany(batch_rows):  # streamed: an index's entries need not fit
                         r = np.array([c[0] for c in chunk], dtype=np.int64)
                         x = decode_rows(store.vectors[r], store.scales[r] if store.scales is not None else None)
                         x /= np.maximum(store.norms[r], 1e-30)[:, None]  # the kernels' cosine: row over its norm
@@ -206,7 +205,7 @@ def export_milvus(index: str | Path, uri: str, collection: str, index_type: str 
                 except BaseException:
                     _drop_quietly(client, physical)  # the old collection, if any, still serves
                     raise
-            return ExportReport(_target(uri, collection), len(rows), index_type, time.perf_counter() - t0, insert_s)
+            return ExportReport(_target(uri, collection), n_rows, index_type, time.perf_counter() - t0, insert_s)
         finally:
             client.close()
 
@@ -300,6 +299,9 @@ class MilvusEntries:
     def check_model(self, digest: str, name: str, config: dict | None = None) -> None:
         check_model(self.path, self.header, digest, name, config)
 
+    def close(self) -> None:
+        self.client.close()
+
     def paths_for_rows(self, rows: list[int]) -> dict[int, str]:
         if not rows:
             return {}
@@ -348,18 +350,6 @@ class MilvusIndex(Searchable):
             raise
         return cls(store, encoder, backend, precision, device, search_params)
 
-    def close(self) -> None:
-        self.store.client.close()
-
-    def __enter__(self) -> "MilvusIndex":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return self.store.n_entries
-
     def refresh(self) -> None:
         """Follow the name to the collection it serves now; its model must be this index's encoder's."""
         self.store.refresh()
@@ -369,15 +359,10 @@ class MilvusIndex(Searchable):
     def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """float32 (B, E) query embeddings -> per query the top-``k`` hits from Milvus, best first;
         scores are cosines (queries are normalised, as the kernels do)."""
-        check_k(k)
+        s = self.store
+        queries = self._checked_queries(queries, k, "export a non-empty index into it")
         if k > _MAX_K:
             raise InvalidInputError(f"k={k}: Milvus returns at most {_MAX_K} hits per query")
-        s = self.store
-        if s.n_entries == 0:
-            raise SearchIndexError(f"{s.path} holds no images; export a non-empty index into it")
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != s.header.embed_dim:
-            raise InvalidInputError(f"queries of shape {queries.shape}; expected (B, {s.header.embed_dim})")
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-30)
         params = dict(self.search_params)
         if "ef" in params:

@@ -94,6 +94,29 @@ class Searchable:
     def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         raise NotImplementedError
 
+    def _checked_queries(self, queries: np.ndarray, k: int, empty_hint: str) -> np.ndarray:
+        """``queries`` as float32 (B, E) C-order, once ``k``, their shape and a non-empty store check out."""
+        check_k(k)
+        s = self.store
+        if s.n_entries == 0:
+            raise SearchIndexError(f"index {str(s.path)!r} holds no images; {empty_hint}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != s.header.embed_dim:
+            raise InvalidInputError(f"queries of shape {queries.shape}; expected (B, {s.header.embed_dim})")
+        return queries
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.store.n_entries
+
 
 class Index(Searchable):
     """A read-only view of an index folder that answers text and image queries.
@@ -146,18 +169,6 @@ class Index(Searchable):
             raise
         return cls(store, encoder, backend, precision, threads, device)
 
-    def close(self) -> None:
-        self.store.close()
-
-    def __enter__(self) -> "Index":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return self.store.n_entries
-
     def refresh(self) -> None:
         """See the index as committed now (after an update by another process)."""
         self.store.refresh()
@@ -176,14 +187,8 @@ class Index(Searchable):
         Rows with no entry (holes, only while an update is running) are skipped by asking
         the kernel for ``k + holes`` and dropping them.
         """
-        check_k(k)
         s = self.store
-        if s.n_entries == 0:
-            raise SearchIndexError(f"index {str(s.path)!r} holds no images; add some and run "
-                                   f"`vqclip index update {s.path}`")
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != s.header.embed_dim:
-            raise InvalidInputError(f"queries of shape {queries.shape}; expected (B, {s.header.embed_dim})")
+        queries = self._checked_queries(queries, k, f"add some and run `vqclip index update {s.path}`")
         kk = min(s.count, k + max(s.holes, 0))
         scores, ids = self._gallery.search(queries, kk, threads=self.threads)  # (B, kk) each; -1 pads past the rows
         if (ids < 0).any():  # kk <= count rows exist, so a -1 is a row the kernel dropped: not a number

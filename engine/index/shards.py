@@ -275,21 +275,19 @@ def import_shards(sources: Iterable[str | Path], out: str | Path, storage: str =
                                   embed_dim=first.embed_dim, storage=storage, root=first.root,
                                   model_config=first.model_config)
         try:
-            added: set[str] = set()
+            failed = [f for m in metas for f in m.failed]
+            if failed:  # first: a path that has a row in some shard too leaves the list when its row is added
+                store.mark_skipped(failed)
+            free: list[int] = []  # rows of entries replaced by a later shard's row for the same path
+            rows = 0
             for m in metas:
-                free: list[int] = []
                 for entries, emb in iter_shard_rows(m):
                     store.add(entries, emb, free)
-                    added.update(e[0] for e in entries)
-                    report.added += len(entries)
-            failed = {f[0]: f for m in metas for f in m.failed if f[0] not in added}
-            if failed:
-                store.mark_skipped(list(failed.values()))
-                report.failed = [(f[0], f[3]) for f in failed.values()]
-            store.compact()  # a path in two shards: the later row replaced the earlier
-            report.total = store.n_entries
-            report.updated = report.added - report.total
-            report.added = report.total
+                    rows += len(entries)
+            store.compact()
+            report.total = report.added = store.n_entries
+            report.updated = rows - report.total
+            report.failed = [(rel, reason) for rel, (_, _, reason) in store.skipped().items()]
         finally:
             store.close()
         return report
