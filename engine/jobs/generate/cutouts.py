@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from vqclip.errors import InvalidInputError
 
-__all__ = ["CutoutSpec", "CutoutParams", "draw", "apply", "CUT_METHODS", "PADDINGS"]
+__all__ = ["CutoutSpec", "CutoutParams", "draw", "apply", "augment", "pooled", "sampling_grid", "keep_mask",
+           "additive_noise", "CUT_METHODS", "PADDINGS"]
 
 CUT_METHODS = ("pooled", "crops")
 PADDINGS = ("zeros", "border", "reflection")
@@ -168,14 +169,14 @@ def _sources(images: torch.Tensor, params: list[CutoutParams], cut_size: int) ->
     """What each cutout is warped from: (sum n, 3, S, S), in job order. An image whose
     params hold crops gives its crops; otherwise its pooled image, once per cutout."""
     s = cut_size
-    pooled = (F.adaptive_avg_pool2d(images, s) + F.adaptive_max_pool2d(images, s)) / 2  # (J, 3, S, S)
+    pool = pooled(images, s)  # (J, 3, S, S)
     out = []
     for j, p in enumerate(params):
         if len(p.crops):
             for side, y, x in p.crops.tolist():  # as the original notebook resizes its crops
                 out.append(F.adaptive_avg_pool2d(images[j:j + 1, :, y:y + side, x:x + side], s))
         else:
-            out.append(pooled[j:j + 1].expand(len(p.noise), -1, -1, -1))
+            out.append(pool[j:j + 1].expand(len(p.noise), -1, -1, -1))
     return torch.cat(out)
 
 
@@ -194,12 +195,56 @@ def _jitter(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     luma = (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     x = (x - luma) * s + luma
     # Hue: rotate the chroma plane of YIQ by hue * 2 pi.
-    yiq = torch.einsum("ij,njhw->nihw", _TO_YIQ.to(x), x)
+    yiq = F.conv2d(x, _TO_YIQ.to(x)[:, :, None, None])  # a 1x1 convolution: one kernel, also in ONNX
     angle = hue.view(-1) * 2 * math.pi
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], i * cos - q * sin, i * sin + q * cos], 1)
-    return torch.einsum("ij,njhw->nihw", _FROM_YIQ.to(x), yiq).clamp(0, 1)  # kornia clamps too
+    return F.conv2d(yiq, _FROM_YIQ.to(x)[:, :, None, None]).clamp(0, 1)  # kornia clamps too
+
+
+def pooled(images: torch.Tensor, cut_size: int) -> torch.Tensor:
+    """VQGAN-CLIP's pooled cutout source: (avg + max) / 2 to CLIP's size, (J, 3, S, S)."""
+    return (F.adaptive_avg_pool2d(images, cut_size) + F.adaptive_max_pool2d(images, cut_size)) / 2
+
+
+def sampling_grid(params: list[CutoutParams], cut_size: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """Where each cutout pixel samples its source, for ``grid_sample``: (sum n, S, S, 2)."""
+    warp = torch.cat([p.warp for p in params]).to(device, dtype)  # (N, 3, 3)
+    lin = torch.linspace(-1 + 1 / cut_size, 1 - 1 / cut_size, cut_size, device=device, dtype=dtype)  # pixel centres
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    base = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(1, -1, 3)  # (1, S*S, 3)
+    mapped = base @ warp.transpose(1, 2)  # (N, S*S, 3)
+    return (mapped[..., :2] / mapped[..., 2:]).view(len(warp), cut_size, cut_size, 2)
+
+
+def keep_mask(params: list[CutoutParams], cut_size: int, dtype: torch.dtype = torch.float32,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """1 outside each cutout's erased box, 0 inside: (sum n, 1, S, S)."""
+    erase = torch.cat([p.erase for p in params]).to(device, dtype)  # (N, 4)
+    pos = (torch.arange(cut_size, device=device, dtype=dtype) + 0.5) / cut_size
+    inside_y = (pos[None, :] >= erase[:, 0:1]) & (pos[None, :] < erase[:, 2:3])  # (N, S)
+    inside_x = (pos[None, :] >= erase[:, 1:2]) & (pos[None, :] < erase[:, 3:4])
+    return (~(inside_y[:, None, :, None] & inside_x[:, None, None, :])).to(dtype)
+
+
+def additive_noise(params: list[CutoutParams], cut_size: int, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """Each cutout's noise, its std times its standard normal field: (sum n, 3, S, S); None: no noise."""
+    if all(p.field is None for p in params):
+        return None
+    fields = [p.field if p.field is not None else torch.zeros(len(p.noise), 3, cut_size, cut_size) for p in params]
+    std = torch.cat([p.noise for p in params]).to(device, dtype).view(-1, 1, 1, 1)
+    return std * torch.cat(fields).to(device, dtype)
+
+
+def augment(src: torch.Tensor, grid: torch.Tensor, jitter: torch.Tensor, keep: torch.Tensor,
+            noise: torch.Tensor | None, padding: str) -> torch.Tensor:
+    """The differentiable part of the cutouts: warp, colour jitter, erase, noise; (N, 3, S, S)."""
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    out = _jitter(out, jitter) * keep
+    return out if noise is None else out + noise
 
 
 def apply(params: list[CutoutParams], images: torch.Tensor, cut_size: int) -> torch.Tensor:
@@ -207,33 +252,16 @@ def apply(params: list[CutoutParams], images: torch.Tensor, cut_size: int) -> to
     (jobs may differ in cutn, method and augmentations) -> (sum n, 3, S, S), job by job."""
     src = _sources(images, params, cut_size)  # (N, 3, S, S)
     dev, dt = src.device, src.dtype
-    warp = torch.cat([p.warp for p in params]).to(dev, dt)  # (N, 3, 3)
-    n = src.shape[0]
-    lin = torch.linspace(-1 + 1 / cut_size, 1 - 1 / cut_size, cut_size, device=dev, dtype=dt)  # pixel centres
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    base = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(1, -1, 3)  # (1, S*S, 3)
-    mapped = base @ warp.transpose(1, 2)  # (N, S*S, 3)
-    grid = (mapped[..., :2] / mapped[..., 2:]).view(n, cut_size, cut_size, 2)
-    if len({p.padding for p in params}) == 1:
-        out = F.grid_sample(src, grid, mode="bilinear", padding_mode=params[0].padding, align_corners=False)
-    else:  # jobs that pad differently: one warp per padding mode
-        out = torch.empty_like(src)
-        start = 0
-        for p in params:
-            n_p = len(p.noise)
-            out[start:start + n_p] = F.grid_sample(src[start:start + n_p], grid[start:start + n_p], mode="bilinear",
-                                                   padding_mode=p.padding, align_corners=False)
-            start += n_p
-    out = _jitter(out, torch.cat([p.jitter for p in params]).to(dev, dt))
-    erase = torch.cat([p.erase for p in params]).to(dev, dt)  # (N, 4)
-    pos = (torch.arange(cut_size, device=dev, dtype=dt) + 0.5) / cut_size
-    inside_y = (pos[None, :] >= erase[:, 0:1]) & (pos[None, :] < erase[:, 2:3])  # (N, S)
-    inside_x = (pos[None, :] >= erase[:, 1:2]) & (pos[None, :] < erase[:, 3:4])
-    keep = ~(inside_y[:, None, :, None] & inside_x[:, None, None, :])  # (N, 1, S, S)
-    out = out * keep
-    if any(p.field is not None for p in params):
-        fields = [p.field if p.field is not None else torch.zeros(len(p.noise), 3, cut_size, cut_size)
-                  for p in params]
-        std = torch.cat([p.noise for p in params]).to(dev, dt).view(-1, 1, 1, 1)
-        out = out + std * torch.cat(fields).to(dev, dt)
-    return out
+    grid = sampling_grid(params, cut_size, dt, dev)
+    jitter = torch.cat([p.jitter for p in params]).to(dev, dt)
+    keep, noise = keep_mask(params, cut_size, dt, dev), additive_noise(params, cut_size, dt, dev)
+    paddings = [p.padding for p in params]
+    if len(set(paddings)) == 1:
+        return augment(src, grid, jitter, keep, noise, paddings[0])
+    out, start = [], 0  # jobs that pad differently: one warp per job
+    for p in params:
+        part = slice(start, start + len(p.noise))
+        out.append(augment(src[part], grid[part], jitter[part], keep[part], None if noise is None else noise[part],
+                           p.padding))
+        start = part.stop
+    return torch.cat(out)

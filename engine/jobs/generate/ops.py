@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["quantise", "clamp_with_grad", "prompt_loss", "spherical_distance", "smoothness", "symmetry",
+__all__ = ["quantise", "nearest_codes", "clamp_with_grad", "keep_into_range", "prompt_loss", "spherical_distance",
+           "smoothness", "symmetry",
            "palette_loss", "saturation_loss", "codebook_bounds"]
 
 
@@ -26,9 +27,7 @@ class _ClampWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        # A descent step moves x by -grad: keep the gradient unless it pushes x further out.
-        keep = (grad * (x - x.clamp(ctx.lo, ctx.hi))) >= 0
-        return grad * keep, None, None
+        return keep_into_range(grad, x, ctx.lo, ctx.hi), None, None
 
 
 def clamp_with_grad(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
@@ -48,18 +47,26 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-def quantise(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Nearest codebook vectors with a straight-through gradient.
-
-    z (B, C, h, w) float, codebook (K, C) -> z_q (B, C, h, w): forward exactly the nearest
-    code at each position (ties to the lower index), backward the identity to ``z``.
-    """
+def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The nearest codebook vector at each position (ties to the lower index), no gradient:
+    z (B, C, h, w), codebook (K, C) -> (B, C, h, w)."""
     b, c, h, w = z.shape
     with torch.no_grad():
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, c)  # (N, C)
         d = (flat**2).sum(1, keepdim=True) + (codebook**2).sum(1) - 2 * flat @ codebook.t()  # (N, K)
-        codes = codebook[d.argmin(1)].view(b, h, w, c).permute(0, 3, 1, 2).contiguous()  # (B, C, h, w)
-    return _StraightThrough.apply(z, codes)
+        return codebook[d.argmin(1)].view(b, h, w, c).permute(0, 3, 1, 2).contiguous()  # (B, C, h, w)
+
+
+def quantise(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Nearest codebook vectors with a straight-through gradient: forward exactly
+    ``nearest_codes(z, codebook)``, backward the identity to ``z``."""
+    return _StraightThrough.apply(z, nearest_codes(z, codebook))
+
+
+def keep_into_range(grad: torch.Tensor, x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """``clamp_with_grad``'s backward: ``grad`` where a descent step (-grad) does not push x
+    further out of [lo, hi], else 0."""
+    return grad * ((grad * (x - x.clamp(lo, hi))) >= 0)
 
 
 def codebook_bounds(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +75,8 @@ def codebook_bounds(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``2 * arcsin(|a - b| / 2)^2`` of unit vectors: a (N, E), b (P, E) -> (N, P)."""
-    return (a[:, None, :] - b[None, :, :]).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
+    """``2 * arcsin(|a - b| / 2)^2`` of unit vectors: a (..., N, E), b (..., P, E) -> (..., N, P)."""
+    return (a[..., :, None, :] - b[..., None, :, :]).norm(dim=-1).div(2).arcsin().pow(2).mul(2)
 
 
 def prompt_loss(embeddings: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
@@ -79,12 +86,13 @@ def prompt_loss(embeddings: torch.Tensor, targets: torch.Tensor, weights: torch.
     embeddings (N, E): unit embeddings of its N cutouts; targets (P, E) unit prompt
     embeddings; weights (P,) signed; stops (P,) distances under which a prompt stops
     pulling (-inf: never). Per prompt: ``|w| * mean_n(sign(w) * d)``, the gradient cut
-    where ``sign(w) * d`` is below the stop, as VQGAN-CLIP's ``Prompt`` does.
+    where ``sign(w) * d`` is below the stop, as VQGAN-CLIP's ``Prompt`` does. Leading batch
+    dims (one per image) broadcast: (J, N, E), (J, P, E), (J, P) -> (J, P).
     """
-    d = spherical_distance(embeddings, targets) * torch.sign(weights)  # (N, P)
-    floored = torch.maximum(d, stops)
+    d = spherical_distance(embeddings, targets) * torch.sign(weights)[..., None, :]  # (..., N, P)
+    floored = torch.maximum(d, stops[..., None, :])
     d = d.detach() + (floored - floored.detach())  # value of d, gradient of max(d, stop)
-    return weights.abs() * d.mean(0)
+    return weights.abs() * d.mean(-2)
 
 
 def smoothness(x: torch.Tensor) -> torch.Tensor:
@@ -102,10 +110,11 @@ def symmetry(x: torch.Tensor) -> torch.Tensor:
 def palette_loss(x: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of each pixel to the nearest palette colour, per image.
 
-    x (B, 3, H, W) in [0, 1], colours (P, 3) in [0, 1] -> (B,). Squared, so the pull
-    fades smoothly as a pixel reaches its colour.
+    x (B, 3, H, W) in [0, 1], colours (P, 3) or one set per image (B, P, 3) in [0, 1] -> (B,).
+    Squared, so the pull fades smoothly as a pixel reaches its colour.
     """
     px = x.permute(0, 2, 3, 1)  # (B, H, W, 3)
+    colours = colours[:, None, None] if colours.dim() == 3 else colours
     d = (px[..., None, :] - colours).pow(2).sum(-1)  # (B, H, W, P)
     return d.min(-1).values.mean(dim=(1, 2))
 
