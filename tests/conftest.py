@@ -176,3 +176,20 @@ def _quiet_exporter():
     # The exporter and ORT's quantiser log every step at INFO/WARNING; keep failures readable.
     for name in ("torch.onnx", "onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# The bundled pair's generation step exported once: the preset's padding and palette, cutn 2.
+BUNDLED_STEP = {"size": (64, 64), "cutn": 2, "prompts": 8, "palette": 9, "padding": "border"}
+
+
+@pytest.fixture(scope="session")
+def bundled_step_graph(tmp_path_factory, bundled_clip):
+    """``vqclip export shapes-clip --generation --cutn 2`` made once (the folder; read it, never write)."""
+    from vqclip.export.generation import StepShape, export_generation
+    from vqclip.jobs.generate import Generator
+
+    gen = Generator()
+    out = tmp_path_factory.mktemp("generation-step") / "shapes"
+    export_generation(gen.clip, gen.vqgan, out, StepShape(**BUNDLED_STEP), mean=tuple(gen.mean.flatten().tolist()),
+                      std=tuple(gen.std.flatten().tolist()))
+    return out
