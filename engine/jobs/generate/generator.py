@@ -130,12 +130,17 @@ class Generator:
         dtype: "fp32", or "fp64": slower, but a job then gives the same image whatever jobs it
             is batched with (in fp32, batch-size-dependent rounding can flip a near-tie code
             and the run becomes a different sample; benchmarks/RESULTS.md).
+        backend: "torch" (autograd), or "onnxruntime": each step's forward and backward is one
+            exported ONNX graph (``graph_step``; CPU, fp32, pooled cutouts).
+        step_graph: for "onnxruntime", a folder from ``vqclip export CLIP --generation``; None:
+            graphs are exported on first use into the cache.
 
     Raises ``BackendUnavailableError`` for a CUDA device where PyTorch sees none.
     Not thread-safe: one thread steps it (the server's generation worker).
     """
 
-    def __init__(self, clip: Any = None, vqgan: Any = None, *, device: str = "cpu", dtype: str = "fp32"):
+    def __init__(self, clip: Any = None, vqgan: Any = None, *, device: str = "cpu", dtype: str = "fp32",
+                 backend: str = "torch", step_graph: str | Path | None = None):
         from vqclip.checkpoints import load_clip, load_vqgan, weights_digest
         from vqclip.constants import DEFAULT_CLIP, DEFAULT_VQGAN, OPENAI_MEAN, OPENAI_STD
         from vqclip.zoo import record_with_weights
@@ -167,6 +172,15 @@ class Generator:
         self.z_min, self.z_max = ops.codebook_bounds(self.codebook)
         self.jobs: list[Job] = []
         self.cut_split: dict[tuple[int, int, int], int] = {}  # (w, h, jobs) -> micro-batches, after out of memory
+        from vqclip.jobs.generate.graph_step import GENERATION_BACKENDS, GraphStepper
+
+        self.backend = str(backend).lower()
+        if self.backend not in GENERATION_BACKENDS:
+            raise InvalidInputError(f"generation backend {backend!r} is not one of {', '.join(GENERATION_BACKENDS)}")
+        if step_graph is not None and self.backend != "onnxruntime":
+            raise InvalidInputError("a step graph folder runs on the onnxruntime generation backend "
+                                    "(generate --backend onnxruntime; serve --generation-backend onnxruntime)")
+        self.stepper = GraphStepper(self, step_graph) if self.backend == "onnxruntime" else None
 
     # ------------------------------------------------------------------ jobs
     def default_settings(self) -> GenerateSettings:
@@ -203,7 +217,11 @@ class Generator:
         if settings.background_prompt:
             sets = [_with_background(s, settings.background_prompt) for s in sets]
             job.prompt_sets = sets
+        if self.stepper is not None:
+            self.stepper.check(job.settings, (w, h))
         job.targets = [self._embed(s, settings.truncate) for s in sets]
+        if self.stepper is not None:
+            self.stepper.shape_for([job])  # the prompt count against a given graph
         self._init_latent(job)
         self.jobs.append(job)
         return job
@@ -273,7 +291,10 @@ class Generator:
         events: list[StepEvent] = []
         groups: dict[tuple, list[Job]] = {}
         for job in self.running():
-            groups.setdefault((job.size, job.settings.precision), []).append(job)
+            key = (job.size, job.settings.precision)
+            if self.stepper is not None:  # one graph shape per group
+                key += (job.settings.cutouts.cutn, job.settings.cutouts.padding)
+            groups.setdefault(key, []).append(job)
         for jobs in groups.values():
             events += self._step_group(jobs)
         return events
@@ -300,7 +321,7 @@ class Generator:
 
     def _step_group(self, jobs: list[Job]) -> list[StepEvent]:
         t0 = time.perf_counter()
-        img, terms = self._gradients_fitting(jobs)
+        img, terms = self._gradients_fitting(jobs) if self.stepper is None else self.stepper.gradients(jobs)
         dt = time.perf_counter() - t0
         events = []
         with torch.no_grad():
