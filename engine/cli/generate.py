@@ -94,6 +94,12 @@ def add_parser(sub) -> None:
     x.add_argument("--truncate", action="store_true", help="cut prompts longer than CLIP's context instead of refusing")
     d = p.add_argument_group("device")
     d.add_argument("--device", default="cpu", type=device_name, help="cpu (default), cuda or cuda:N")
+    d.add_argument("--backend", dest="generation_backend", default="torch", type=str.lower,
+                   choices=["torch", "onnxruntime"],
+                   help="torch (autograd; default) or onnxruntime: each step's forward and backward as one exported "
+                        "ONNX graph (CPU, fp32, pooled cutouts; exported on first use, or --step-graph)")
+    d.add_argument("--step-graph", type=user_path, metavar="DIR",
+                   help="with --backend onnxruntime: a folder from `vqclip export CLIP --generation`")
     d.add_argument("--precision", default=None,
                    help="fp32 (default), bf16, fp16 or auto (half precision on CUDA and AMX CPUs)")
     d.add_argument("--fp64", action="store_true",
@@ -167,7 +173,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     noise = _noise_prompts(args.noise_prompts)
     jobs_prompts = [parse_prompts(p, args.image_prompts, noise) for p in args.prompts] or \
         ([parse_prompts(None, args.image_prompts, noise)] if not args.resume else [])
-    gen = Generator(args.clip, args.vqgan, device=args.device, dtype="fp64" if args.fp64 else "fp32")
+    gen = Generator(args.clip, args.vqgan, device=args.device, dtype="fp64" if args.fp64 else "fp32",
+                    backend=args.generation_backend, step_graph=args.step_graph)
     settings = _settings(args, gen.default_settings())
     if args.deterministic:
         _deterministic(gen)

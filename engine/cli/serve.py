@@ -50,6 +50,10 @@ def add_parser(sub) -> None:
                    help="generation jobs stepped together (default 4; 0 turns generation off)")
     p.add_argument("--generation-vqgan", default=None, type=user_path, metavar="NAME|PATH",
                    help="the VQGAN of generation jobs (default: the bundled shapes-vqgan)")
+    p.add_argument("--generation-backend", default=None, type=str.lower, choices=["torch", "onnxruntime"],
+                   help="torch (autograd; default) or onnxruntime: steps run the exported step graph, no autograd")
+    p.add_argument("--generation-step-graph", default=None, type=user_path, metavar="DIR",
+                   help="with --generation-backend onnxruntime: a folder from `vqclip export CLIP --generation`")
     p.add_argument("--generation-out", default=None, type=user_path, metavar="DIR",
                    help="also write each job's result PNG and sidecar here (default: kept in memory)")
     p.add_argument("--trust-request-id", action="store_true", default=None,
@@ -66,7 +70,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in ("model", "arch", "backend", "precision", "device", "host", "port",
                                                "max_batch", "max_wait_ms", "max_queue", "timeout_s", "api_key_file",
                                                "rate_limit", "cors_origins", "log_level", "generation_jobs",
-                                               "generation_vqgan", "generation_out", "trust_request_id")}
+                                               "generation_vqgan", "generation_out", "trust_request_id",
+                                               "generation_backend", "generation_step_graph")}
     cfg = load_config(args.config, overrides)
     if args.index:
         cfg.indexes = {**cfg.indexes, **dict(args.index)}

@@ -70,6 +70,8 @@ class ServerConfig:
     generation_clip: str | None = None  # the guiding CLIP (a zoo name or path); None: the served --model
     generation_vqgan: str | None = None  # the VQGAN; None: the bundled shapes-vqgan
     generation_out: str | None = None  # folder for the results (PNG + sidecar); None: kept in memory only
+    generation_backend: str = "torch"  # "onnxruntime": steps run the exported step graph (no autograd)
+    generation_step_graph: str | None = None  # its export folder; None: exported on first use into the cache
     generation_preview_every: int = 10  # steps between preview images in a job's events
     trust_request_id: bool = False  # take a proxy's X-Request-Id as a new job's id (behind a load balancer)
     max_generation_steps: int = 1000
@@ -114,6 +116,10 @@ class ServerConfig:
         bad = [n for n in self.indexes if not n or not all(c.isalnum() or c in "-_." for c in n)]
         if bad:
             raise ServerSetupError(f"index name {bad[0]!r} must be non-empty letters, digits, '-', '_' or '.'")
+        if self.generation_backend not in ("torch", "onnxruntime"):
+            raise ServerSetupError(f"generation_backend must be torch or onnxruntime, got {self.generation_backend!r}")
+        if self.generation_step_graph is not None and self.generation_backend != "onnxruntime":
+            raise ServerSetupError("generation_step_graph runs on generation_backend onnxruntime; set both")
         if not isinstance(self.cors_origins, list) or not all(isinstance(o, str) for o in self.cors_origins):
             raise ServerSetupError("cors_origins must be a list of origins, e.g. [https://app.example.com]")
 

@@ -132,7 +132,8 @@ class GenerationService:
         """Load the models (at app creation, so a bad path stops the server before it listens)."""
         from vqclip.jobs.generate import Generator
 
-        self.generator = Generator(self.cfg.generation_clip or self.cfg.model, self.cfg.generation_vqgan)
+        self.generator = Generator(self.cfg.generation_clip or self.cfg.model, self.cfg.generation_vqgan,
+                                   backend=self.cfg.generation_backend, step_graph=self.cfg.generation_step_graph)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vqclip-generate", daemon=True)
@@ -237,6 +238,11 @@ class GenerationService:
             raise ApiError(400, f"size {settings.size} is larger than the limit of {cfg.max_generation_side} px a side")
         if settings.cutouts.cutn > cfg.max_generation_cutn:
             raise ApiError(400, f"cutn={settings.cutouts.cutn} is more than the limit of {cfg.max_generation_cutn}")
+        if self.generator.stepper is not None:
+            try:
+                self.generator.stepper.check(settings, settings.size or (self.generator.native,) * 2)
+            except VqclipError as e:  # a size or cutn the served step graph was not exported for
+                raise ApiError(400, str(e)) from None
         return settings
 
     def _run(self) -> None:

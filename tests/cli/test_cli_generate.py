@@ -127,3 +127,24 @@ def test_generate_help_states_the_presets_defaults():
     assert f"bundled {bundled.init}, others {other.init}" in helps["init"]
     assert f"bundled {bundled.init_weight}, others {other.init_weight:g}" in helps["init_weight"]
     assert f"bundled {bundled.cutouts.cutn}, others {other.cutouts.cutn}" in helps["cutn"]
+
+
+def test_the_onnxruntime_backend_runs_an_exported_step_graph(tmp_path, capsys, bundled_step_graph):
+    rc = main(["generate", "a red star", "--backend", "onnxruntime", "--step-graph", str(bundled_step_graph),
+               "--steps", "2", "--cutn", "2", "--seeds", "1", "--out", str(tmp_path), "--json", "--no-progress"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["status"] == "done"
+    assert (tmp_path / "a-red-star-1.png").is_file()
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--backend", "onnxruntime", "--step-graph", "GRAPH", "--cutn", "4"], "export one with --size 64 64 --cutn 4"),
+    (["--backend", "onnxruntime", "--cut-method", "crops"], "pooled cutouts only"),
+    (["--step-graph", "GRAPH"], "runs on the onnxruntime generation backend"),
+    (["--backend", "onnxruntime", "--step-graph", "NOWHERE"], "is not a generation-step export"),
+])
+def test_the_onnxruntime_backend_refuses_in_one_line(tmp_path, capsys, bundled_step_graph, args, match):
+    args = [str(bundled_step_graph) if a == "GRAPH" else str(tmp_path / "none") if a == "NOWHERE" else a
+            for a in args]
+    rc = main(["generate", "x", "--steps", "1", *args, "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("vqclip: error:") and match in err and "\n" not in err

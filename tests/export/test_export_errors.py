@@ -133,3 +133,33 @@ def test_triton_clash_refused_before_any_work(tmp_path, tiny):
     with pytest.raises(OutputExistsError, match="Triton model folder .*mine_vqgan_decoder already exists"):
         export_model(tiny.vqgan(with_encoder=False), tmp_path / "out", triton_repo=repo, name="mine")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--triton", "repo"], "--generation exports one fp32 ONNX graph"),
+    (["--precision", "int8"], "--generation exports one fp32 ONNX graph"),
+    (["--size", "63"], "multiples of 4"),
+    (["--size", "64", "64", "64"], "a side or width height"),
+    (["EXISTS"], "already exists; pass --force"),
+])
+def test_generation_export_refuses_in_one_line_before_any_work(tmp_path, capsys, args, match):
+    out = tmp_path / "out"
+    if args == ["EXISTS"]:
+        out.mkdir()
+        args = []
+    rc = main(["export", "shapes-clip", "--generation", "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and match in err and "\n" not in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available(),
+                    reason="tensorrt and a CUDA GPU are present, so the missing-TensorRT gate does not apply")
+def test_generation_tensorrt_gate_stops_before_any_work(tmp_path, capsys, tiny_clip, tiny_vqgan):
+    from vqclip.export.generation import StepShape, export_generation
+
+    with pytest.raises(BackendUnavailableError, match="--tensorrt needs"):
+        export_generation(tiny_clip, tiny_vqgan, tmp_path / "out", StepShape(size=(32, 32), cutn=2),
+                          mean=(0.5,) * 3, std=(0.5,) * 3, tensorrt=True)
+    assert main(["export", "shapes-clip", "--generation", "--tensorrt", "--out", str(tmp_path / "out")]) == 2
+    assert "--tensorrt needs" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

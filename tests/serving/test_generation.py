@@ -174,3 +174,23 @@ def test_a_load_balancers_request_id_becomes_the_job_id(make_client):
         assert job["id"] != rid and len(job["id"]) == 16 and int(job["id"], 16) >= 0
     for job in (first, again, odd):
         _wait(c, job["id"])
+
+
+def test_jobs_run_on_the_exported_step_graph_without_autograd(make_client, bundled_step_graph):
+    c = make_client(generation_jobs=2, generation_clip="shapes-clip", generation_backend="onnxruntime",
+                    generation_step_graph=str(bundled_step_graph))
+    r = c.post("/v1/generate", json={"prompt": "a red star", "seed": 3, **FAST})
+    assert r.status_code == 202, r.text
+    done = _wait(c, r.json()["id"])
+    assert done["step"] == 3 and done["loss"] is not None
+    bad = c.post("/v1/generate", json={"prompt": "a red star", "steps": 3, "cutn": 4})
+    assert bad.status_code == 400 and "--cutn 4" in bad.json()["error"]["message"]
+
+
+def test_an_unknown_generation_backend_stops_the_server_at_setup():
+    from vqclip.serving.config import ServerConfig, ServerSetupError
+
+    with pytest.raises(ServerSetupError, match="generation_backend must be torch or onnxruntime"):
+        ServerConfig(generation_backend="jax")
+    with pytest.raises(ServerSetupError, match="generation_step_graph runs on generation_backend onnxruntime"):
+        ServerConfig(generation_step_graph="/x")
