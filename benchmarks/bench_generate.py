@@ -8,7 +8,7 @@ pixels; prints the rates, the guiding CLIP's own rate beside them, and writes a 
 of every result with its verdicts.
 
 Usage:
-    python benchmarks/bench_generate.py quality [--list test] [--grid PATH] [--json PATH]
+    python benchmarks/bench_generate.py quality [--list test] [--grid PATH] [--json PATH] [--backend onnxruntime]
 """
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ def _machine() -> dict:
 
 def quality(args) -> dict:
     from vqclip.jobs.generate.evaluate import judge_run, prompt_list
+    from vqclip.jobs.generate.generator import Generator
 
     prompts = prompt_list(args.list)
-    report = judge_run(prompts, grid=args.grid)
+    report = judge_run(prompts, generator=Generator(backend=args.backend), grid=args.grid)
+    report["backend"] = args.backend
     report["machine"] = _machine()
     return report
 
@@ -45,6 +47,8 @@ def main() -> None:
     q.add_argument("--list", default="test", choices=["val", "test"])
     q.add_argument("--grid", type=Path, default=Path("generate-grid.png"))
     q.add_argument("--json", type=Path)
+    q.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                   help="generation backend (onnxruntime: the exported step graph)")
     args = ap.parse_args()
     result = quality(args)
     if args.json:

@@ -59,7 +59,8 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,nohe
 # 2. The CUDA top-k kernels against the CPU kernels.
 step "2 CUDA kernel tests" 60 kernels.txt "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py -k cuda
 
-# 3. The tests that skip on a CPU machine: CUDA backends, generation on CUDA (-rs lists any skip).
+# 3. The tests that skip on a CPU machine: CUDA backends, generation on CUDA, the exported generation
+# step on ONNX Runtime's CUDA provider (without onnxruntime-gpu: its one-line refusal) (-rs lists any skip).
 step "3 GPU tests" 120 tests.txt "$PY" -m pytest -q -rs -p no:cacheprovider tests/backends tests/jobs/generate \
   -k "cuda or gpu or tensorrt"
 

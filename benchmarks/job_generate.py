@@ -1,6 +1,8 @@
 """Job ``generate``: steps/s of vqclip's ``Generator`` beside the VQGAN-CLIP ``generate.py`` step
-(``_vqgan_clip_baseline.py``) with the same size, cutouts and optimiser, in the same rounds;
-then J jobs stepped as one batch against the same J jobs one after another."""
+(``_vqgan_clip_baseline.py``) with the same size, cutouts and optimiser, in the same rounds,
+and on the CPU the same step as the exported ONNX graph on ONNX Runtime (``backend="onnxruntime"``,
+its ratio against the PyTorch fp32 step); then J jobs stepped as one batch against the same J
+jobs one after another."""
 from __future__ import annotations
 
 import time
@@ -17,6 +19,8 @@ CONFIGS = {  # name -> (models, size, cutn)
     "vit512": ("vit-b-32+f16-16384", 512, 32),  # the peers' 10 GB GPU figure: --device cuda
 }
 PEER = "VQGAN-CLIP generate.py step"
+TORCH = "vqclip Generator fp32"
+ORT = "vqclip Generator onnxruntime (exported step graph)"
 SEQUENTIAL = "vqclip Generator, the same jobs one after another"
 PROMPT = "a red star"
 
@@ -42,6 +46,10 @@ def run(opts: Options, job: str = "generate") -> dict:
                 r.update(peak.result)  # this configuration's peak, its peer beside it in the same process
     add_ratios(rows, PEER)
     add_ratios(rows, SEQUENTIAL)
+    for r in rows:  # the exported step against the PyTorch step it replaces
+        if r["runner"] == ORT:
+            torch_row = next(t for t in rows if t["case"] == r["case"] and t["runner"] == TORCH)
+            r["vs_torch_fp32"] = r["throughput"] / torch_row["throughput"]
     return {"rows": rows, "skipped": skipped}
 
 
@@ -62,6 +70,16 @@ def _config(name: str, opts: Options, job: str, baseline: Any, sync) -> list[dic
         gen.step()
 
     calls = {f"vqclip Generator {p}": (lambda j=j: ours(j)) for p, j in jobs.items()}
+    if opts.device == "cpu":
+        graph = Generator(clip, vqgan, backend="onnxruntime")
+        graph_job = graph.add_job(PROMPT, settings.with_(seed=0, precision="fp32"))
+        graph.step()  # exports the step graph on first use (into the cache): not timed
+
+        def on_graph() -> None:
+            graph.jobs = [graph_job]
+            graph.step()
+
+        calls[ORT] = on_graph
     if baseline is not None:
         calls[PEER] = baseline(clip, vqgan, _text_embedding(clip, PROMPT), (size, size), cutn).step
     lat = measure(calls, opts.seconds * (1 if kind == "bundled" else 3), min_rounds=3 if opts.quick else 5,

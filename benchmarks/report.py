@@ -36,6 +36,8 @@ def _detail(row: dict) -> str:
         bits.append(f"recall {row['recall_at_k']:.3f}")
     if row.get("min_cos_vs_torch_fp32") is not None:
         bits.append(f"min cos {row['min_cos_vs_torch_fp32']:.5f}")
+    if row.get("vs_torch_fp32") is not None:
+        bits.append(f"{row['vs_torch_fp32']:.2f}x the PyTorch fp32 step")
     if row.get("not_encode_share") is not None:
         bits.append(f"{row['not_encode_share']:.0%} of wall outside encoding")
     if row.get("mean_batch"):
