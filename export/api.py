@@ -166,13 +166,27 @@ def _refuse_existing(path: Path, force: bool, what: str) -> None:
     if path.is_symlink() or not path.is_dir():
         raise _refusal(lambda force: f"{path} is a file, not an export folder; {force} replaces only a vqclip "
                                      "export folder (or an empty one): choose another path")
-    if any(path.iterdir()):
-        try:
-            read_manifest(path, verify=False)
-        except Exception:  # no readable vqclip manifest: someone else's folder
-            raise _refusal(lambda force: f"{path} holds files that are not a vqclip export (no manifest.json of "
-                                         f"one); {force} replaces only a vqclip export folder or an empty one: "
-                                         "choose another path") from None
+    if any(path.iterdir()) and not _is_export(path):  # someone else's folder
+        raise _refusal(lambda force: f"{path} holds files that are not a vqclip export (no manifest.json of "
+                                     f"one); {force} replaces only a vqclip export folder or an empty one: "
+                                     "choose another path")
+
+
+def _is_export(path: Path) -> bool:
+    """A folder vqclip wrote: a model export (its manifest reads) or a generation-step export."""
+    import json
+
+    from vqclip.export.generation import FORMAT, RECORD
+
+    try:
+        read_manifest(path, verify=False)
+        return True
+    except Exception:
+        pass
+    try:
+        return json.loads((path / RECORD).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _refusal(text: Callable[[str], str]) -> OutputExistsError:

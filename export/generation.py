@@ -78,7 +78,8 @@ class GenerationStep(nn.Module):
     (J*n, 3, S, S): the cutouts' draws (``cutouts.sampling_grid`` ...); reg (J, 4): weights
     of smoothness, symmetry, saturation, palette; palette (J, K, 3).
     Outputs: prompt_loss (J, P), terms (J, 5) (``REGULARISERS``), image (J, 3, H, W) in
-    [0, 1], grad (J, C, h, w) = d(sum of all losses)/dz.
+    [0, 1], grad (J, C, h, w): the gradient the PyTorch loop's autograd gives z for the sum of
+    all losses (straight-through quantiser, clamp-with-gradient rule).
     """
 
     def __init__(self, clip: nn.Module, vqgan: nn.Module, shape: StepShape, mean: torch.Tensor, std: torch.Tensor):
@@ -189,12 +190,17 @@ def _upsample_nearest_backward(grad, output_size, input_size, scales_h=None, sca
     return grad.reshape(b, c, h, oh // h, w, ow // w).sum(dim=(3, 5))
 
 
+def _windows(size: int, out: int) -> list[tuple[int, int]]:
+    """Adaptive pooling's windows along one axis: [floor(i*size/out), ceil((i+1)*size/out)) for each i."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
 def _pool_matrix(size: int, out: int, dtype: torch.dtype) -> torch.Tensor:
-    """(out, size): row i averages adaptive pooling's window i, [floor(i*size/out), ceil((i+1)*size/out))."""
-    i = torch.arange(out)[:, None]
-    lo, hi = (i * size) // out, -((-(i + 1) * size) // out)
-    cols = torch.arange(size)[None, :]
-    return ((cols >= lo) & (cols < hi)).to(dtype) / (hi - lo).to(dtype)
+    """(out, size): row i averages adaptive pooling's window i."""
+    m = [[0.0] * size for _ in range(out)]
+    for i, (lo, hi) in enumerate(_windows(size, out)):
+        m[i][lo:hi] = [1.0 / (hi - lo)] * (hi - lo)
+    return torch.tensor(m, dtype=dtype)
 
 
 def _adaptive_avg_pool(x, output_size):
@@ -211,7 +217,7 @@ def _adaptive_avg_pool_backward(grad, x):
 def _window_index(size: int, out: int) -> torch.Tensor:
     """(out, k): the positions of each adaptive window along one axis, the last repeated to the
     widest window's length k (a repeat never changes a max, and comes after its original)."""
-    bounds = [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+    bounds = _windows(size, out)
     k = max(hi - lo for lo, hi in bounds)
     return torch.tensor([[min(lo + a, hi - 1) for a in range(k)] for lo, hi in bounds])
 
@@ -309,9 +315,13 @@ def export_step(step: GenerationStep, path: Path, opset: int = 18) -> None:
     against its I/O contract."""
     import onnx
 
-    from vqclip.export.onnx_export import _quiet_exporter, _rename_value, graph_io
+    from vqclip.export.onnx_export import _MAX_PROTO_BYTES, _quiet_exporter, _rename_value, graph_io
 
     ins, outs = step.specs()
+    n_bytes = sum(p.numel() * p.element_size() for p in step.parameters())
+    if n_bytes > _MAX_PROTO_BYTES:
+        raise NotImplementedError(f"{n_bytes / 2**30:.1f} GiB of weights needs ONNX external data, which this "
+                                  "exporter does not write yet")
     example = step.example()
     gm = trace_step(step, example)
     names_out = [f"vqclip_output_{i}" for i in range(len(outs))]
@@ -382,30 +392,34 @@ def within(parity: dict) -> list[str]:
 def _frozen(*modules: nn.Module):
     """Eval mode and no parameter gradients while tracing (the weights are constants of the
     graph: a parameter that wants its gradient would put a weight gradient into it); restored after."""
-    state = [(m, m.training, [(p, p.requires_grad) for p in m.parameters()]) for m in modules]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
     for m in modules:
         m.eval().requires_grad_(False)
     try:
         yield
     finally:
-        for m, training, flags in state:
-            m.train(training)
-            for p, flag in flags:
-                p.requires_grad_(flag)
+        for sub, training in modes:
+            sub.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def export_generation(clip: nn.Module, vqgan: nn.Module, out_dir: str | Path, shape: StepShape, *,
                       mean: tuple[float, ...], std: tuple[float, ...], force: bool = False,
-                      tensorrt: bool = False) -> dict:
+                      tensorrt: bool = False, identity: dict | None = None) -> dict:
     """Write ``out_dir/generation_step.onnx`` and ``generation.json`` (shape, models, parity, versions)
     for this CLIP and VQGAN, validated against the torch step; the record written.
 
-    Built in a temp folder beside ``out_dir`` and renamed: a failed export leaves nothing.
-    ``tensorrt``: also build ``generation_step.plan`` (fp32, the graph's fixed shapes). NOT RUN in
-    this project: no machine here has TensorRT; without it (or a CUDA GPU) this raises
-    ``BackendUnavailableError`` before any work, and nothing in vqclip runs the plan yet.
-    Raises ``OutputExistsError`` for an existing ``out_dir`` without ``force``, ``ParityError``
-    when the graph is outside ``TOLERANCES``.
+    Built in a temp folder beside ``out_dir`` and renamed: a failed export leaves nothing, and
+    ``force`` replaces only a vqclip export (or an empty folder), never a user's files.
+    ``identity``: the models' digests as the caller knows them (``Generator.identity``; default:
+    ``weights_digest`` of the modules). ``tensorrt``: also build ``generation_step.plan`` (fp32,
+    the graph's fixed shapes). NOT RUN in this project: no machine here has TensorRT; without it
+    (or a CUDA GPU) this raises ``BackendUnavailableError`` before any work, and nothing in
+    vqclip runs the plan yet. Raises ``OutputExistsError`` for an existing ``out_dir`` without
+    ``force``, ``ParityError`` when the graph is outside ``TOLERANCES``,
+    ``UnsupportedOperationError`` when the models' step does not trace or export.
     """
     import json
     import shutil
@@ -416,8 +430,10 @@ def export_generation(clip: nn.Module, vqgan: nn.Module, out_dir: str | Path, sh
     from vqclip import __version__
     from vqclip._cpus import simd_class
     from vqclip._files import make_temp_dir
+    from vqclip._hashing import sha256_file
     from vqclip.checkpoints import weights_digest
-    from vqclip.errors import OutputExistsError, ParityError
+    from vqclip.errors import ParityError, UnsupportedOperationError
+    from vqclip.export.api import _refuse_existing, _swap_in
     from vqclip.export.onnx_export import OPSET
 
     out_dir = Path(out_dir)
@@ -425,22 +441,28 @@ def export_generation(clip: nn.Module, vqgan: nn.Module, out_dir: str | Path, sh
         from vqclip.export.tensorrt import require_tensorrt
 
         require_tensorrt()
-    if out_dir.exists() and not force:
-        raise OutputExistsError(f"{str(out_dir)!r} already exists; pass --force to replace it or choose another --out")
+    _refuse_existing(out_dir, force, "export folder")
     step = GenerationStep(clip, vqgan, shape, torch.tensor(mean), torch.tensor(std))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(f".{out_dir.name}.", out_dir.parent)
     try:
         with _frozen(clip, vqgan):
             t0 = time.perf_counter()
-            export_step(step, tmp / f"{GRAPH}.onnx", OPSET)
+            try:
+                export_step(step, tmp / f"{GRAPH}.onnx", OPSET)
+            except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:  # the tracer's or exporter's
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise UnsupportedOperationError(f"the generation step of these models does not export to ONNX "
+                                                f"({type(e).__name__}: {first}); keep --generation-backend torch"
+                                                ) from e
             parity = measure_step(step, tmp / f"{GRAPH}.onnx")
         bad = within(parity)
         if bad:
             raise ParityError(f"the exported generation step is outside tolerance ({', '.join(bad)}: "
                               f"{ {k: parity[k] for k in bad} }, limits {TOLERANCES}); keep --generation-backend torch")
         record = {"format": FORMAT, "version": 1, "graph": f"{GRAPH}.onnx", "shape": shape.to_dict(),
-                  "models": {"clip": weights_digest(clip), "vqgan": weights_digest(vqgan)},
+                  "graph_sha256": sha256_file(tmp / f"{GRAPH}.onnx"),
+                  "models": identity or {"clip": weights_digest(clip), "vqgan": weights_digest(vqgan)},
                   "mean": list(mean), "std": list(std), "opset": OPSET, "parity": parity, "tolerances": TOLERANCES,
                   "cpu": simd_class(), "seconds": round(time.perf_counter() - t0, 1),
                   "versions": {"vqclip": __version__, "torch": torch.__version__,
@@ -452,9 +474,7 @@ def export_generation(clip: nn.Module, vqgan: nn.Module, out_dir: str | Path, sh
             record["tensorrt"] = build_engine(tmp / f"{GRAPH}.onnx", tmp / f"{GRAPH}.plan",
                                               {i.name: (i.shape, i.shape, i.shape) for i in ins}, precision="fp32")
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        _swap_in(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,9 +8,17 @@ from vqclip.cli._common import positive_int, user_path
 __all__ = ["add_parser"]
 
 
+_GENERATION_ONLY = ("vqgan", "size", "cutn", "padding", "prompts", "palette", "jobs")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.generation:
         return _export_generation(args)
+    given = [f"--{k}" for k in _GENERATION_ONLY if getattr(args, k) is not None]
+    if given:
+        from vqclip.errors import InvalidInputError
+
+        raise InvalidInputError(f"{', '.join(given)} shape(s) the generation step: add --generation, or drop them")
     from vqclip.export import export_model  # lazy: the engine never imports export at import time
 
     m = export_model(args.model, args.out, args.precision, tensorrt=args.tensorrt, triton_repo=args.triton,
@@ -49,12 +57,12 @@ def _export_generation(args: argparse.Namespace) -> int:
     size = (side[0], side[-1])
     if len(side) > 2 or any(v < gen.factor or v % gen.factor for v in size):
         raise InvalidInputError(f"--size takes a side or width height, multiples of {gen.factor}; got {side}")
-    shape = StepShape(size=size, cutn=args.cutn or base.cutn, prompts=args.prompts,
+    shape = StepShape(size=size, cutn=args.cutn or base.cutn, prompts=args.prompts or 8,
                       palette=args.palette or max(1, len(preset.palette)), padding=args.padding or base.padding,
-                      jobs=args.jobs)
+                      jobs=args.jobs or 1)
     record = export_generation(gen.clip, gen.vqgan, args.out, shape, mean=tuple(gen.mean.flatten().tolist()),
                                std=tuple(gen.std.flatten().tolist()), force=args.force,
-                               tensorrt=args.tensorrt)
+                               tensorrt=args.tensorrt, identity=dict(gen.identity))
     p = record["parity"]
     print(f"exported the generation step of {gen.names['clip']} + {gen.names['vqgan']} to {args.out} "
           f"({size[0]}x{size[1]}, cutn {shape.cutn}, {shape.prompts} prompts, {shape.palette} colours, padding "
@@ -86,9 +94,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--vqgan", type=user_path, metavar="NAME|PATH", help="the VQGAN (default: the bundled shapes-vqgan)")
     g.add_argument("--size", nargs="+", type=positive_int, metavar="PX", help="side, or width height (default: native)")
     g.add_argument("--cutn", type=positive_int, metavar="N", help="cutouts per job (default: the pair's preset)")
-    g.add_argument("--padding", choices=["zeros", "border", "reflection"], help="the warp's padding (default: preset)")
-    g.add_argument("--prompts", type=positive_int, default=8, metavar="N", help="prompt slots per job (default 8)")
+    g.add_argument("--padding", choices=("zeros", "border", "reflection"),  # cutouts.PADDINGS, without torch
+                   help="the warp's padding (default: preset)")
+    g.add_argument("--prompts", type=positive_int, metavar="N", help="prompt slots per job (default 8)")
     g.add_argument("--palette", type=positive_int, metavar="N",
                    help="palette colour slots (default: the preset's palette, at least 1)")
-    g.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="jobs stepped per call (default 1)")
+    g.add_argument("--jobs", type=positive_int, metavar="N", help="jobs stepped per call (default 1)")
     e.set_defaults(func=_cmd_export)

@@ -134,6 +134,9 @@ class GenerationService:
 
         self.generator = Generator(self.cfg.generation_clip or self.cfg.model, self.cfg.generation_vqgan,
                                    backend=self.cfg.generation_backend, step_graph=self.cfg.generation_step_graph)
+        if self.generator.stepper is not None:  # export the default job's step graph now, not at the first job
+            gen = self.generator
+            gen.stepper.warm(gen.default_settings().with_(save_every=0), (gen.native, gen.native))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vqclip-generate", daemon=True)
@@ -214,7 +217,7 @@ class GenerationService:
 
         cfg = self.cfg
         check_text_length(req.prompt, cfg.max_text_chars, "the prompt")
-        parse_prompts(req.prompt)  # a bad prompt is a 400 now, not a failed job later
+        sets = parse_prompts(req.prompt)  # a bad prompt is a 400 now, not a failed job later
         base = self.generator.default_settings()
         changes = {k: v for k, v in req.model_dump().items()
                    if v is not None and k in ("seed", "steps", "lr", "smoothness", "symmetry", "saturation",
@@ -240,7 +243,8 @@ class GenerationService:
             raise ApiError(400, f"cutn={settings.cutouts.cutn} is more than the limit of {cfg.max_generation_cutn}")
         if self.generator.stepper is not None:
             try:
-                self.generator.stepper.check(settings, settings.size or (self.generator.native,) * 2)
+                self.generator.stepper.check(settings, settings.size or (self.generator.native,) * 2,
+                                             prompt_sets=sets)
             except VqclipError as e:  # a size or cutn the served step graph was not exported for
                 raise ApiError(400, str(e)) from None
         return settings

@@ -163,3 +163,8 @@ def test_generation_tensorrt_gate_stops_before_any_work(tmp_path, capsys, tiny_c
                           mean=(0.5,) * 3, std=(0.5,) * 3, tensorrt=True)
     assert main(["export", "shapes-clip", "--generation", "--tensorrt", "--out", str(tmp_path / "out")]) == 2
     assert "--tensorrt needs" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_generation_flags_without_generation_are_refused(tmp_path, capsys):
+    assert main(["export", "shapes-clip", "--out", str(tmp_path / "out"), "--cutn", "4"]) == 2
+    assert "--cutn shape(s) the generation step: add --generation" in capsys.readouterr().err

@@ -68,15 +68,19 @@ def test_grid_sample_backward_scatters_like_torch(padding):
     _close(mine, _vjp(lambda t: F.grid_sample(t, grid, padding_mode=padding, align_corners=False), x, g))
 
 
-def test_the_graph_gives_the_generators_own_gradient(bundled_step_graph):
+@pytest.mark.parametrize("mode", ["init", "decay"])
+def test_the_graph_gives_the_generators_own_gradient(bundled_step_graph, mode):
     """Same job state, same draws: the exported step's dL/dz and losses against the PyTorch
-    generator's autograd step (the runtime's reference), with every regulariser on."""
+    generator's autograd step (the runtime's reference), with every regulariser on; "decay"
+    also pads the palette (3 colours in the graph's 9 slots) and the prompts (2 in 8)."""
     from vqclip.jobs.generate import Generator
 
     torch_gen, graph_gen = Generator(), Generator(backend="onnxruntime", step_graph=bundled_step_graph)
     preset = torch_gen.default_settings()
-    settings = preset.with_(seed=5, steps=10, symmetry=0.5, saturation=0.2, init_weight=0.5,
+    settings = preset.with_(seed=5, steps=10, symmetry=0.5, saturation=0.2, init_weight=0.5, init_mode=mode,
                             cutouts=replace(preset.cutouts, cutn=2, brightness=0.2, contrast=0.2))
+    if mode == "decay":
+        settings = settings.with_(palette=("red", "blue", "grey"), background_prompt=None)
     a, b = torch_gen.add_job("a red star|blurry:-0.5", settings), graph_gen.add_job("a red star|blurry:-0.5", settings)
     for step in range(3):  # a few steps in, so init and the optimiser have moved z
         img_a, terms_a = torch_gen._gradients([a], 1)
@@ -126,7 +130,7 @@ def test_the_export_folder_records_its_shape_models_and_parity(bundled_step_grap
     model = onnx.load(str(bundled_step_graph / f"{G.GRAPH}.onnx"), load_external_data=False)
     ops = {n.op_type for n in model.graph.node}
     assert "GridSample" in ops and "ScatterElements" in ops and "Conv" in ops  # the backward as forward ops
-    assert not any("backward" in n.op_type.lower() for n in model.graph.node)
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}  # standard ONNX only: no custom or function ops
 
 
 def test_vit_b_32_and_f16_16384_shapes_on_random_weights(tmp_path):
@@ -160,5 +164,17 @@ def test_an_export_outside_tolerance_leaves_nothing(tmp_path, tiny_clip, tiny_vq
         G.export_generation(tiny_clip, tiny_vqgan, tmp_path / "out", shape, mean=(0.5,) * 3, std=(0.5,) * 3)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "out").mkdir()
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="already exists; pass force=True"):
         G.export_generation(tiny_clip, tiny_vqgan, tmp_path / "out", shape, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_force_replaces_an_earlier_export_never_a_users_folder(tmp_path, tiny_clip, tiny_vqgan):
+    from vqclip.errors import OutputExistsError
+
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="not a vqclip export"):
+        G.export_generation(tiny_clip, tiny_vqgan, mine, StepShape(size=(32, 32), cutn=2, prompts=2),
+                            mean=(0.5,) * 3, std=(0.5,) * 3, force=True)
+    assert [p.name for p in mine.iterdir()] == ["holiday.jpg"]

@@ -176,7 +176,13 @@ def test_a_load_balancers_request_id_becomes_the_job_id(make_client):
         _wait(c, job["id"])
 
 
-def test_jobs_run_on_the_exported_step_graph_without_autograd(make_client, bundled_step_graph):
+def test_jobs_run_on_the_exported_step_graph_without_autograd(make_client, bundled_step_graph, monkeypatch):
+    from vqclip.jobs.generate import Generator
+
+    def autograd(*args, **kwargs):
+        raise AssertionError("the torch autograd step ran")
+
+    monkeypatch.setattr(Generator, "_gradients", autograd)
     c = make_client(generation_jobs=2, generation_clip="shapes-clip", generation_backend="onnxruntime",
                     generation_step_graph=str(bundled_step_graph))
     r = c.post("/v1/generate", json={"prompt": "a red star", "seed": 3, **FAST})
@@ -185,6 +191,9 @@ def test_jobs_run_on_the_exported_step_graph_without_autograd(make_client, bundl
     assert done["step"] == 3 and done["loss"] is not None
     bad = c.post("/v1/generate", json={"prompt": "a red star", "steps": 3, "cutn": 4})
     assert bad.status_code == 400 and "--cutn 4" in bad.json()["error"]["message"]
+    many = "|".join(f"a red star {i}" for i in range(5))  # 10 prompts with the background split; the graph has 8
+    bad = c.post("/v1/generate", json={"prompt": many, **FAST})
+    assert bad.status_code == 400 and "--prompts 10" in bad.json()["error"]["message"]
 
 
 def test_an_unknown_generation_backend_stops_the_server_at_setup():

@@ -40,7 +40,7 @@ from vqclip.jobs.generate import ops
 from vqclip.jobs.generate.cutouts import CutoutParams, draw
 from vqclip.jobs.generate.cutouts import apply as apply_cutouts
 from vqclip.jobs.generate.prompts import Prompt, parse_prompts
-from vqclip.jobs.generate.settings import OPTIMISERS, GenerateSettings, parse_colour
+from vqclip.jobs.generate.settings import OPTIMISERS, GenerateSettings, init_term, parse_colour
 
 log = logging.getLogger(__name__)
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5
@@ -401,10 +401,8 @@ class Generator:
     def _regularisers(self, job: Job, img: torch.Tensor) -> dict[str, torch.Tensor]:
         s, out = job.settings, {}
         if s.init_weight:
-            if s.init_mode == "decay":  # VQGAN-CLIP: mse(z, 0) * w / (2i + 1) / 2
-                out["init"] = F.mse_loss(job.z, torch.zeros_like(job.z)) * s.init_weight / (2 * job.step + 1) / 2
-            else:
-                out["init"] = F.mse_loss(job.z, job.z_init) * s.init_weight / 2
+            coef, anchored = init_term(s, job.step)
+            out["init"] = F.mse_loss(job.z, job.z_init if anchored else torch.zeros_like(job.z)) * coef
         if s.smoothness:
             out["smoothness"] = ops.smoothness(img).sum() * s.smoothness
         if s.symmetry:

@@ -8,7 +8,7 @@ runs forward and backward in one call, and the gradient is handed to the job's o
 
 A graph is made for one ``StepShape`` (size, cutouts, prompt and palette slots, padding, jobs
 per call): given as an export folder (``vqclip export CLIP --generation``), or made on first
-use into the cache (``<cache>/generation/``, seconds for the bundled models). On
+use into the cache (``<cache>/generation/``; 30 s for the bundled models on this project's CPU). On
 ``device="cuda"`` it runs on ONNX Runtime's CUDA provider (onnxruntime-gpu; NOT RUN here: no
 machine of this project has it).
 
@@ -24,15 +24,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from vqclip.errors import BackendUnavailableError, ManifestError, UnsupportedOperationError
+from vqclip.errors import BackendUnavailableError, ManifestError, UnsupportedOperationError, VqclipError
 from vqclip.jobs.generate.cutouts import additive_noise, draw, keep_mask, sampling_grid
-from vqclip.jobs.generate.settings import parse_colour
+from vqclip.jobs.generate.settings import init_term, parse_colour
 
 if TYPE_CHECKING:
     from vqclip.jobs.generate.generator import Generator, Job
@@ -86,34 +88,59 @@ class GraphStepper:
         self.ort, self.gen, self.jobs_per_call = onnxruntime, gen, jobs_per_call
         self.threads = threads or available_cpus()
         self.folder = None if folder is None else Path(folder)
-        self.sessions: dict[Any, tuple[Any, Any]] = {}  # StepShape -> (session, shape)
+        self.sessions: dict[Any, Any] = {}  # StepShape -> ONNX Runtime session
+        self.failed: dict[Any, Exception] = {}  # StepShape -> why its export failed
         if self.folder is not None:
             self._given = self._read(self.folder)
 
     # ------------------------------------------------------------------ graphs
-    def _read(self, folder: Path) -> Any:
-        """The ``StepShape`` of an export folder made for these models (else ``ManifestError``)."""
+    def _read(self, folder: Path, want: Any = None) -> Any:
+        """The ``StepShape`` of an export folder made for these models, their normalisation and
+        this vqclip, its graph whole (else ``ManifestError``); ``want``: the shape it must be."""
+        from vqclip import __version__
+        from vqclip._hashing import sha256_file
         from vqclip.export.generation import FORMAT, GRAPH, RECORD, StepShape
 
+        hint = "make one with `vqclip export CLIP --generation --vqgan VQGAN --out DIR`"
         try:
             record = json.loads((folder / RECORD).read_text())
             if record.get("format") != FORMAT:
                 raise ValueError(f"format {record.get('format')!r}")
-            shape = StepShape.from_dict(record["shape"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ManifestError(f"{str(folder)!r} is not a generation-step export ({e}); make one with "
-                                "`vqclip export CLIP --generation --vqgan VQGAN --out DIR`") from None
+            shape, models = StepShape.from_dict(record["shape"]), dict(record["models"])
+            made_by, norm = record["versions"]["vqclip"], (list(record["mean"]), list(record["std"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ManifestError(f"{str(folder)!r} is not a generation-step export ({type(e).__name__}: {e}); "
+                                f"{hint}") from None
         for k in ("clip", "vqgan"):
-            if record["models"].get(k) != self.gen.identity[k]:
+            if models.get(k) != self.gen.identity[k]:
                 raise ManifestError(f"the generation step in {str(folder)!r} was exported from another {k} "
-                                    f"(sha256 {str(record['models'].get(k))[:12]}); export it from this one")
-        if not (folder / f"{GRAPH}.onnx").is_file():
+                                    f"(sha256 {str(models.get(k))[:12]}); export it from this one")
+        if made_by != __version__:  # the step's function may have changed since
+            raise ManifestError(f"the generation step in {str(folder)!r} was made by vqclip {made_by}, this is "
+                                f"{__version__}; export it again")
+        mine = (self.gen.mean.flatten().tolist(), self.gen.std.flatten().tolist())
+        if not np.allclose(np.array(norm, dtype=float), np.array(mine, dtype=float), atol=1e-6):
+            raise ManifestError(f"the generation step in {str(folder)!r} normalises with mean/std {norm}, this CLIP "
+                                f"with {mine}; export it again")
+        if want is not None and shape != want:
+            raise ManifestError(f"{str(folder)!r} holds a step of shape {shape}, not {want}")
+        graph = folder / f"{GRAPH}.onnx"
+        if not graph.is_file():
             raise ManifestError(f"{str(folder)!r} has no {GRAPH}.onnx; export it again")
+        if record.get("graph_sha256") != sha256_file(graph):
+            raise ManifestError(f"{graph} is damaged (its sha256 is not the one recorded at export); export it again")
         return shape
 
-    def check(self, settings: Any, size: tuple[int, int], prompts: int = 1) -> None:
-        """Refuse (``UnsupportedOperationError``, one line) what the step graph cannot run."""
+    def check(self, settings: Any, size: tuple[int, int], prompts: int = 1, prompt_sets: list | None = None) -> None:
+        """Refuse (``UnsupportedOperationError``, one line) what the step graph cannot run.
+        ``prompt_sets``: parsed prompts, counted as the job will hold them (background split included)."""
         s = settings
+        if prompt_sets is not None:
+            from vqclip.jobs.generate.generator import _with_background
+
+            if s.background_prompt:
+                prompt_sets = [_with_background(p, s.background_prompt) for p in prompt_sets]
+            prompts = max([prompts, *(len(p) for p in prompt_sets)])
         if s.cutouts.method != "pooled":
             raise UnsupportedOperationError("the onnxruntime generation backend takes pooled cutouts only "
                                             f"(--cut-method {s.cutouts.method} asked); use the torch backend")
@@ -147,11 +174,30 @@ class GraphStepper:
         return StepShape(size=tuple(jobs[0].size), cutn=first.cutouts.cutn, prompts=_slots(prompts, 8),
                          palette=max(1, colours), padding=first.cutouts.padding, jobs=self.jobs_per_call)
 
+    def warm(self, settings: Any, size: tuple[int, int]) -> None:
+        """Open the graph of jobs with these settings now (the given folder's; else exported into
+        the cache if missing), e.g. when a server starts, so the first job does not wait for it."""
+        from vqclip.export.generation import StepShape
+
+        if self.folder is not None:  # the one graph there is
+            self.session(self._given)
+            return
+        self.check(settings, size)
+        self.session(StepShape(size=tuple(size), cutn=settings.cutouts.cutn, prompts=8,
+                               palette=max(1, len(settings.palette)), padding=settings.cutouts.padding,
+                               jobs=self.jobs_per_call))
+
     def session(self, shape: Any) -> Any:
+        if shape in self.failed:  # an export that failed once fails again: not retried for every job
+            raise self.failed[shape]
         if shape not in self.sessions:
             from vqclip.export.generation import GRAPH
 
-            folder = self.folder if self.folder is not None else self._cached(shape)
+            try:
+                folder = self.folder if self.folder is not None else self._cached(shape)
+            except VqclipError as e:
+                self.failed[shape] = e
+                raise
             so = self.ort.SessionOptions()
             so.intra_op_num_threads = self.threads
             self.sessions[shape] = self.ort.InferenceSession(str(folder / f"{GRAPH}.onnx"), so,
@@ -165,15 +211,19 @@ class GraphStepper:
         from vqclip._files import cache_root
         from vqclip.export.generation import export_generation
 
-        key = hashlib.sha256(json.dumps(shape.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        configs = repr(getattr(self.gen.clip, "config", None)) + repr(getattr(self.gen.vqgan, "config", None))
+        key = hashlib.sha256((json.dumps(shape.to_dict(), sort_keys=True) + configs).encode()).hexdigest()[:12]
         folder = (cache_root() / "generation" /
                   f"{self.gen.identity['clip'][:12]}-{self.gen.identity['vqgan'][:12]}-{key}")
         if folder.is_dir():
             try:
-                self._read(folder)
+                self._read(folder, shape)
                 return folder
             except ManifestError as e:
-                log.warning("the cached generation step %s is damaged (%s); exporting it again", folder, e)
+                log.warning("the cached generation step %s is not usable (%s); exporting it again", folder, e)
+        for stale in folder.parent.glob(f".{folder.name}.*"):  # a killed export's temp folder, an hour old
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
         log.info("exporting the generation step for %s (first use of this shape)", shape)
         clip, vqgan = self.gen.clip, self.gen.vqgan
         if self.gen.device.type != "cpu":  # traced and checked on the CPU
@@ -181,7 +231,7 @@ class GraphStepper:
 
             clip, vqgan = copy.deepcopy(clip).cpu(), copy.deepcopy(vqgan).cpu()
         export_generation(clip, vqgan, folder, shape, mean=tuple(self.gen.mean.flatten().tolist()),
-                          std=tuple(self.gen.std.flatten().tolist()), force=True)
+                          std=tuple(self.gen.std.flatten().tolist()), force=True, identity=dict(self.gen.identity))
         return folder
 
     # ------------------------------------------------------------------ a step
@@ -196,12 +246,15 @@ class GraphStepper:
             chunk = jobs[start:start + per_call]
             rows = [self._inputs(job, shape) for job in chunk]
             rows += [rows[-1]] * (per_call - len(chunk))  # unused slots step a copy; its outputs are dropped
-            feed = {name: np.concatenate([r[i] for r in rows]) for i, name in enumerate(_INPUTS)}
+            names = [i.name for i in sess.get_inputs()]  # the graph's order: GenerationStep.specs()
+            feed = {name: np.concatenate([r[i] for r in rows]) for i, name in enumerate(names)}
             prompt_loss, regs, image, grad = sess.run(None, feed)
             for j, job in enumerate(chunk):
                 job.z.grad = torch.from_numpy(grad[j:j + 1]).to(job.z.device, job.z.dtype)
                 t = job.active_targets()
-                out = {str(p): float(v) for p, v in zip(t.prompts, prompt_loss[j])}
+                out: dict[str, float] = {}
+                for p, v in zip(t.prompts, prompt_loss[j]):  # a prompt given twice counts twice, as in torch
+                    out[str(p)] = out.get(str(p), 0.0) + float(v)
                 for name, value in zip(_REGULARISERS, regs[j]):
                     if getattr(job.settings, _SETTING_OF[name]):
                         out[name] = float(value)
@@ -210,17 +263,13 @@ class GraphStepper:
         return torch.cat(images), terms
 
     def _inputs(self, job: "Job", shape: Any) -> list[np.ndarray]:
-        """One job's rows of the graph's inputs, in ``_INPUTS`` order; draws its cutouts."""
+        """One job's rows of the graph's inputs, in the graph's order; draws its cutouts."""
         gen, s = self.gen, job.settings
         w, h = job.size
         params = [draw(s.cutouts, job.gen, (h, w), gen.cut_size)]  # the same draws as the torch path
         z = job.z.detach().float().cpu().numpy()
-        ref, coef = np.zeros_like(z), 0.0
-        if s.init_weight:
-            if s.init_mode == "decay":  # as Generator._regularisers
-                coef = s.init_weight / (2 * job.step + 1) / 2
-            else:
-                ref, coef = job.z_init.float().cpu().numpy(), s.init_weight / 2
+        coef, anchored = init_term(s, job.step)
+        ref = job.z_init.float().cpu().numpy() if anchored else np.zeros_like(z)
         t = job.active_targets()
         p, e = shape.prompts, t.embeddings.shape[1]
         targets = np.zeros((1, p, e), np.float32)
@@ -237,6 +286,3 @@ class GraphStepper:
                 np.zeros((s.cutouts.cutn, 3, size, size), np.float32) if noise is None else noise.numpy(),
                 np.array([[s.smoothness, s.symmetry, s.saturation, s.palette_weight]], np.float32), palette]
 
-
-_INPUTS = ("z", "z_ref", "init_coef", "targets", "weights", "stops", "grid", "jitter", "keep", "noise", "reg",
-           "palette")

@@ -19,7 +19,8 @@ from typing import Any
 from vqclip.errors import InvalidInputError
 from vqclip.jobs.generate.cutouts import CutoutSpec
 
-__all__ = ["GenerateSettings", "OPTIMISERS", "INITS", "INIT_MODES", "PRECISIONS", "parse_colour", "preset_for"]
+__all__ = ["GenerateSettings", "OPTIMISERS", "INITS", "INIT_MODES", "PRECISIONS", "parse_colour", "preset_for",
+           "init_term"]
 
 OPTIMISERS = ("adam", "adamw", "adamax", "adagrad", "rmsprop", "radam")
 INITS = ("random", "plain", "noise", "gradient", "image")
@@ -186,3 +187,15 @@ PRESETS: dict[tuple[str, str], GenerateSettings] = {
 def preset_for(clip: str, vqgan: str) -> GenerateSettings:
     """The tuned starting settings for this (clip, vqgan) zoo pair, else the defaults."""
     return PRESETS.get((clip, vqgan), GenerateSettings())
+
+
+def init_term(settings: GenerateSettings, step: int) -> tuple[float, bool]:
+    """The init regulariser at ``step`` as ``coef * mean((z - ref)^2)``: (coef, whether ref is the
+    initial z; else 0). "decay" is VQGAN-CLIP's ``mse(z, 0) * w / (2i + 1) / 2``; "init" keeps z
+    near its start, ``mse(z, z_init) * w / 2``; weight 0: (0.0, False)."""
+    w = settings.init_weight
+    if not w:
+        return 0.0, False
+    if settings.init_mode == "decay":
+        return w / (2 * step + 1) / 2, False
+    return w / 2, True

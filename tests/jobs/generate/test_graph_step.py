@@ -103,7 +103,51 @@ def test_on_cuda_the_graph_needs_onnxruntime_gpu(bundled_step_graph):
         gen = Generator(device="cuda", backend="onnxruntime", step_graph=bundled_step_graph)
         gen.add_job("a red star", _settings(gen))
         events = list(gen.run())
-        assert events[-1].status == "done" and gen.stepper.providers[0][0] == "CUDAExecutionProvider"
+        assert events[-1].status == "done"
+        assert all(sess.get_providers()[0] == "CUDAExecutionProvider" for sess in gen.stepper.sessions.values())
     else:
         with pytest.raises(BackendUnavailableError, match="needs onnxruntime-gpu"):
             Generator(device="cuda", backend="onnxruntime", step_graph=bundled_step_graph)
+
+
+def test_a_damaged_or_foreign_record_is_refused_in_one_line(bundled_step_graph, tmp_path):
+    for name, text in (("no-models", '{"format": "vqclip-generation-step", "shape": {"size": [64, 64], "cutn": 2}}'),
+                       ("a-list", "[]"), ("not-json", "{")):
+        folder = tmp_path / name
+        shutil.copytree(bundled_step_graph, folder)
+        (folder / "generation.json").write_text(text)
+        with pytest.raises(ManifestError, match="is not a generation-step export"):
+            Generator(backend="onnxruntime", step_graph=folder)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bundled_step_graph, damaged)
+    with open(damaged / "generation_step.onnx", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ManifestError, match="is damaged"):
+        Generator(backend="onnxruntime", step_graph=damaged)
+
+
+def test_the_cache_exports_once_and_again_when_its_graph_is_damaged(tiny_clip, tiny_vqgan, tmp_path, monkeypatch):
+    """Without a step graph folder: the first step exports into the cache, a new generator
+    reuses it, a damaged one is exported again (tiny models: seconds)."""
+    from vqclip.export import generation
+
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
+    exports = []
+    real = generation.export_generation
+    monkeypatch.setattr(generation, "export_generation", lambda *a, **k: exports.append(1) or real(*a, **k))
+
+    def run_one():
+        gen = Generator(tiny_clip, tiny_vqgan, backend="onnxruntime")
+        s = gen.default_settings()
+        gen.add_job("a red star|a red star", s.with_(seed=1, steps=2, save_every=0, cutouts=replace(s.cutouts, cutn=2)))
+        return list(gen.run())
+
+    events = run_one()
+    assert len(exports) == 1 and events[-1].status == "done"
+    assert events[-1].losses["text:a red star:1"] > 0  # the prompt given twice: both counted under its name
+    run_one()
+    assert len(exports) == 1
+    (graph,) = (tmp_path / "cache" / "generation").glob("*/generation_step.onnx")
+    graph.write_bytes(graph.read_bytes()[:-10])
+    run_one()
+    assert len(exports) == 2
