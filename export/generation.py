@@ -33,14 +33,13 @@ from torch import nn
 
 from vqclip.jobs.generate import ops
 from vqclip.jobs.generate.cutouts import PADDINGS, augment, pooled
+from vqclip.jobs.generate.ops import REGULARISERS
 from vqclip.manifest import TensorSpec
 
 __all__ = ["GRAPH", "REGULARISERS", "StepShape", "GenerationStep", "trace_step", "export_step",
            "BACKWARD_DECOMPOSITIONS"]
 
 GRAPH = "generation_step"
-# The step's regulariser terms, in the order of its ``terms`` output (and of ``reg`` after "init").
-REGULARISERS = ("init", "smoothness", "symmetry", "saturation", "palette")
 aten = torch.ops.aten
 
 
@@ -171,7 +170,7 @@ def _conv_backward(grad, x, weight, bias_sizes, stride, padding, dilation, trans
         return NotImplemented
     if all(v == 1 for v in stride) and groups == 1:
         # stride 1: the same as a plain convolution with the kernel flipped and its channels
-        # swapped, which ONNX Runtime runs ~2x faster than ConvTranspose on the CPU
+        # swapped, which ONNX Runtime's CPU kernels run faster than ConvTranspose (RESULTS.md)
         pad = [dilation[i] * (weight.shape[2 + i] - 1) - padding[i] for i in range(len(stride))]
         if min(pad) >= 0:
             flipped = weight.transpose(0, 1).flip(list(range(2, weight.dim())))
@@ -312,43 +311,29 @@ def trace_step(step: GenerationStep, example: tuple[torch.Tensor, ...]) -> torch
 
 def export_step(step: GenerationStep, path: Path, opset: int = 18) -> None:
     """Trace ``step`` and write it as a self-contained ONNX graph at ``path``, checked
-    against its I/O contract."""
-    import onnx
+    against its I/O contract (``onnx_export.export_onnx`` on the traced graph)."""
+    from vqclip.export.graphs import Component
+    from vqclip.export.onnx_export import _MAX_PROTO_BYTES, export_onnx
 
-    from vqclip.export.onnx_export import _MAX_PROTO_BYTES, _quiet_exporter, _rename_value, graph_io
-
-    ins, outs = step.specs()
     n_bytes = sum(p.numel() * p.element_size() for p in step.parameters())
-    if n_bytes > _MAX_PROTO_BYTES:
+    if n_bytes > _MAX_PROTO_BYTES:  # checked here: the traced graph holds its weights as constants
         raise NotImplementedError(f"{n_bytes / 2**30:.1f} GiB of weights needs ONNX external data, which this "
                                   "exporter does not write yet")
+    ins, outs = step.specs()
     example = step.example()
-    gm = trace_step(step, example)
-    names_out = [f"vqclip_output_{i}" for i in range(len(outs))]
-    with torch.no_grad(), _quiet_exporter():
-        program = torch.onnx.export(gm, example, input_names=[s.name for s in ins], output_names=names_out,
-                                    opset_version=opset, dynamo=True, external_data=False,
-                                    verbose=False, optimize=True)
-    model = program.model_proto
-    for tmp, spec in zip(names_out, outs):
-        _rename_value(model, spec.name, f"{spec.name}_inner")
-        _rename_value(model, tmp, spec.name)
-    onnx.save_model(model, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
-    got_in, got_out = graph_io(onnx.load(str(path), load_external_data=False))
-    if got_in != list(ins) or got_out != list(outs):
-        raise RuntimeError(f"{path.name}: graph I/O {got_in} -> {got_out} differs from the step's contract")
+    graph = Component(GRAPH, trace_step(step, example), ins, outs, dummy=lambda: example,
+                      parity_inputs=lambda: example, normalised=False, int8=False)
+    export_onnx(graph, path, opset)
 
 
 # ---------------------------------------------------------------------- the export folder
 RECORD = "generation.json"
 FORMAT = "vqclip-generation-step"
 # The exported step against the exact (float64) step it was traced from, on fixed inputs: its
-# dL/dz within a relative 1e-3 of exact, or within twice PyTorch's own fp32 distance from exact.
-# The step is not smooth everywhere (clamps whose gradient switches off past an edge): where a
-# check input puts a pixel on an edge, rounding either side of it moves the gradient, and PyTorch
-# fp32 itself lands ~1e-2 from exact (ViT-B/32 + f16 on random weights, two seeds of three); the
-# graph then does as well, not better. Losses within 1e-3; the image within 1e-4.
+# dL/dz within a relative 1e-3 of exact, or within twice PyTorch's own fp32 distance from exact,
+# because the step is not smooth everywhere (clamps switch a pixel's gradient off past an edge)
+# and no fp32 backend can be closer than rounding either side of an edge allows (RESULTS.md).
+# Losses within 1e-3; the image within 1e-4.
 TOLERANCES = {"grad_cosine": 0.999, "grad_rel_err": 1e-3, "loss_rel_err": 1e-3, "image_max_abs": 1e-4}
 
 

@@ -217,11 +217,9 @@ class Generator:
         if settings.background_prompt:
             sets = [_with_background(s, settings.background_prompt) for s in sets]
             job.prompt_sets = sets
-        if self.stepper is not None:
-            self.stepper.check(job.settings, (w, h))
         job.targets = [self._embed(s, settings.truncate) for s in sets]
         if self.stepper is not None:
-            self.stepper.shape_for([job])  # the prompt count against a given graph
+            self.stepper.shape_for([job])  # what the step graph cannot run is refused before the job joins
         self._init_latent(job)
         self.jobs.append(job)
         return job

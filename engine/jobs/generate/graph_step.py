@@ -8,7 +8,7 @@ runs forward and backward in one call, and the gradient is handed to the job's o
 
 A graph is made for one ``StepShape`` (size, cutouts, prompt and palette slots, padding, jobs
 per call): given as an export folder (``vqclip export CLIP --generation``), or made on first
-use into the cache (``<cache>/generation/``; 30 s for the bundled models on this project's CPU). On
+use into the cache (``<cache>/generation/``). On
 ``device="cuda"`` it runs on ONNX Runtime's CUDA provider (onnxruntime-gpu; NOT RUN here: no
 machine of this project has it).
 
@@ -34,6 +34,7 @@ import torch
 
 from vqclip.errors import BackendUnavailableError, ManifestError, UnsupportedOperationError, VqclipError
 from vqclip.jobs.generate.cutouts import additive_noise, draw, keep_mask, sampling_grid
+from vqclip.jobs.generate.ops import REGULARISERS
 from vqclip.jobs.generate.settings import init_term, parse_colour
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 __all__ = ["GraphStepper", "GENERATION_BACKENDS"]
 
 GENERATION_BACKENDS = ("torch", "onnxruntime")
-_REGULARISERS = ("init", "smoothness", "symmetry", "saturation", "palette")  # the graph's ``terms`` columns
 _SETTING_OF = {"init": "init_weight", "smoothness": "smoothness", "symmetry": "symmetry", "saturation": "saturation",
                "palette": "palette_weight"}
 
@@ -90,6 +90,7 @@ class GraphStepper:
         self.folder = None if folder is None else Path(folder)
         self.sessions: dict[Any, Any] = {}  # StepShape -> ONNX Runtime session
         self.failed: dict[Any, Exception] = {}  # StepShape -> why its export failed
+        self._no_noise: dict[tuple[int, int], torch.Tensor] = {}
         if self.folder is not None:
             self._given = self._read(self.folder)
 
@@ -255,7 +256,7 @@ class GraphStepper:
                 out: dict[str, float] = {}
                 for p, v in zip(t.prompts, prompt_loss[j]):  # a prompt given twice counts twice, as in torch
                     out[str(p)] = out.get(str(p), 0.0) + float(v)
-                for name, value in zip(_REGULARISERS, regs[j]):
+                for name, value in zip(REGULARISERS, regs[j]):
                     if getattr(job.settings, _SETTING_OF[name]):
                         out[name] = float(value)
                 terms.append(out)
@@ -277,12 +278,18 @@ class GraphStepper:
         stops = np.full((1, p), -math.inf, np.float32)
         n = len(t.prompts)
         targets[0, :n], weights[0, :n], stops[0, :n] = (x.cpu().numpy() for x in (t.embeddings, t.weights, t.stops))
-        colours = [parse_colour(c) for c in s.palette] or [(0.0, 0.0, 0.0)]
+        if job.palette is None and s.palette:  # parsed once per job, as the torch path keeps it
+            job.palette = torch.tensor([parse_colour(c) for c in s.palette])
+        colours = job.palette.tolist() if s.palette else [[0.0, 0.0, 0.0]]
         palette = np.array([colours + [colours[0]] * (shape.palette - len(colours))], np.float32)
         size = gen.cut_size
         noise = additive_noise(params, size)
+        if noise is None:  # the graph always adds noise: zeros, made once per shape
+            key = (s.cutouts.cutn, size)
+            noise = self._no_noise.get(key)
+            if noise is None:
+                noise = self._no_noise[key] = torch.zeros(s.cutouts.cutn, 3, size, size)
         return [z, ref, np.array([coef], np.float32), targets, weights, stops, sampling_grid(params, size).numpy(),
-                params[0].jitter.float().numpy(), keep_mask(params, size).numpy(),
-                np.zeros((s.cutouts.cutn, 3, size, size), np.float32) if noise is None else noise.numpy(),
+                params[0].jitter.float().numpy(), keep_mask(params, size).numpy(), noise.numpy(),
                 np.array([[s.smoothness, s.symmetry, s.saturation, s.palette_weight]], np.float32), palette]
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["quantise", "nearest_codes", "clamp_with_grad", "keep_into_range", "prompt_loss", "spherical_distance",
-           "smoothness", "symmetry",
+__all__ = ["REGULARISERS", "quantise", "nearest_codes", "clamp_with_grad", "keep_into_range", "prompt_loss",
+           "spherical_distance", "smoothness", "symmetry",
            "palette_loss", "saturation_loss", "codebook_bounds"]
+
+# The image and latent regularisers, in the order the exported step reports them.
+REGULARISERS = ("init", "smoothness", "symmetry", "saturation", "palette")
 
 
 class _ClampWithGrad(torch.autograd.Function):
