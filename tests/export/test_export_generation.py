@@ -101,23 +101,48 @@ def test_the_graph_gives_the_generators_own_gradient(bundled_step_graph, mode):
         b.z.data.copy_(a.z.data)
 
 
-def test_fifty_steps_on_onnxruntime_end_near_the_pytorch_loop(bundled_step_graph):
-    """The whole loop, four seeds. fp32 rounding differs between the graph and autograd (~1e-7
-    relative per step): most runs end on the same image; where a near-tie code flips, the run
-    becomes a nearby sample (measured: 3 of 4 seeds identical, the fourth 8.4/255 mean absolute
-    difference). Stated tolerance: the median seed within 1/255, every seed within 24/255."""
+def test_fifty_steps_on_onnxruntime_follow_the_pytorch_loop(bundled_step_graph):
+    """50 steps in lockstep: at every step of the PyTorch loop, the graph's dL/dz from the same z and
+    draws against the loop's own. Measured relative error, median / max / steps over 1e-3: 1.2e-6 /
+    8.6e-4 / 0 (avx512-vnni) and 1.5e-6 / 3.2e-3 / 1 with PyTorch on its AVX2 kernels
+    (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2): a step whose pixels sit on a clamp's edge
+    (export/generation.py) can pass 1e-3 on either backend. Asserted: cosine >= 0.999 and error
+    <= 1e-2 at every step, median <= 1e-4, at most 5 steps of 50 over 1e-3. Then four seeds run freely:
+    fp32 rounding differs between the graph and autograd (~1e-7 relative per step), so a near-tie
+    code can flip and a run becomes a nearby sample (measured: 3 of 4 seeds identical, the fourth
+    8.4/255 mean absolute difference, avx512-vnni); how many flip depends on the CPU's kernels, so
+    the stated tolerance is on every seed: within 24/255."""
     from vqclip.jobs.generate import Generator
 
     torch_gen, graph_gen = Generator(), Generator(backend="onnxruntime", step_graph=bundled_step_graph)
+    s = torch_gen.default_settings()
+    s = s.with_(seed=1, steps=50, save_every=0, cutouts=replace(s.cutouts, cutn=2))
+    a, b = torch_gen.add_job("a red star", s), graph_gen.add_job("a red star", s)
+    errors: list[float] = []
+    for _ in range(50):
+        state = a.gen.get_state()
+        torch_gen._gradients([a], 1)
+        b.gen.set_state(state)  # the same draws
+        b.z.data.copy_(a.z.data)
+        b.step = a.step
+        graph_gen.stepper.gradients([b])
+        ga, gb = a.z.grad.double().ravel(), b.z.grad.double().ravel()
+        errors.append(float((ga - gb).norm() / ga.norm()))
+        assert float(ga @ gb / (ga.norm() * gb.norm())) >= 0.999 and errors[-1] <= 1e-2
+        torch_gen._schedule(a)
+        a.opt.step()
+        with torch.no_grad():
+            a.z.copy_(a.z.maximum(torch_gen.z_min).minimum(torch_gen.z_max))
+        a.step += 1
+    torch_gen.jobs, graph_gen.jobs = [], []
+    assert np.median(errors) <= 1e-4 and sum(e > 1e-3 for e in errors) <= 5, errors
     diffs = []
     for seed in (1, 2, 3, 4):
-        s = torch_gen.default_settings()
-        s = s.with_(seed=seed, steps=50, save_every=0, cutouts=replace(s.cutouts, cutn=2))
-        a, b = torch_gen.add_job("a red star", s), graph_gen.add_job("a red star", s)
+        a, b = torch_gen.add_job("a red star", s.with_(seed=seed)), graph_gen.add_job("a red star", s.with_(seed=seed))
         list(torch_gen.run())
         list(graph_gen.run())
         diffs.append(np.abs(a.result.astype(np.float64) - b.result.astype(np.float64)).mean())
-    assert np.median(diffs) <= 1 and max(diffs) <= 24, diffs
+    assert max(diffs) <= 24, diffs
 
 
 def test_the_export_folder_records_its_shape_models_and_parity(bundled_step_graph):
